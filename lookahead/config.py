@@ -1,0 +1,324 @@
+"""Typed configuration: the one source of truth for every knob. YAML and ``--set`` are views of it.
+
+Load a preset (a name from ``lookahead/configs/`` or a YAML path) and apply ``key=value``
+overrides; dotted keys reach nested sections, values are parsed as YAML scalars.
+
+Sampling shorthands: the top-level keys ``temperature``, ``top_p``, ``top_k`` and ``seed`` set the
+draft's and the target's sampling together; the nested keys (``draft_sampling.temperature``,
+``target_sampling.temperature``, ...) override each side, whatever their order on the command line.
+
+Example:
+    >>> cfg = load_config("default", ["mode=lr", "gamma=2", "temperature=0"])
+    >>> cfg.gamma, cfg.target_sampling.temperature
+    (2, 0.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from lookahead.errors import ConfigError
+
+MODES = ("ar", "lr")
+"""``ar``: the target alone, step by step (the baseline). ``lr``: Lookahead Reasoning."""
+
+SAMPLING_SHORTHANDS = ("temperature", "top_p", "top_k", "seed")
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class SamplingParams:
+    """How one model picks tokens."""
+
+    temperature: float = 0.0  # 0 = greedy (argmax); > 0 samples from softmax(logits / T)
+    top_p: float = 1.0  # nucleus sampling: keep the smallest token set with this much mass
+    top_k: int = 0  # keep only the k most likely tokens; 0 = no limit
+    seed: int | None = None  # seed of the engine's sampler; None = nondeterministic
+    max_new_tokens: int = 256  # tokens per call; the loop sets it to the step cap / budget left
+
+    def validate(self, where: str) -> None:
+        if self.temperature < 0:
+            raise ConfigError(f"{where}.temperature must be >= 0 (got {self.temperature}); use 0 for greedy")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"{where}.top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0:
+            raise ConfigError(f"{where}.top_k must be >= 0 (got {self.top_k}); 0 disables it")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"{where}.max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+
+
+@dataclass
+class EngineConfig:
+    """Which model runs where. ``--set draft=PATH`` is short for ``--set draft.model=PATH``."""
+
+    _primary: ClassVar[str] = "model"
+
+    backend: str = "hf"  # engine registry name: "hf" (in-process transformers) or "fake" (tests)
+    model: str = "smollm2-135m-instruct"  # embedded alias, local HF dir, .gguf file or hub name
+    dtype: str = "float32"  # torch dtype of the weights: float32, bfloat16 or float16
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda if available)
+    cache_dir: str | None = None  # converted GGUF models go here; None = ~/.cache/lookahead
+    prefix_cache: bool = True  # reuse the KV cache of token prefixes seen in earlier calls
+
+    def validate(self, where: str) -> None:
+        from lookahead.engines import ENGINE_NAMES
+
+        if self.backend not in ENGINE_NAMES:
+            raise ConfigError(
+                f"{where}.backend {self.backend!r} is unknown; choose one of {', '.join(ENGINE_NAMES)}"
+            )
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"{where}.dtype must be float32, bfloat16 or float16 (got {self.dtype!r})")
+        if not self.model:
+            raise ConfigError(f"{where}.model is empty; give a model directory, .gguf file or alias")
+
+
+@dataclass
+class VerifierConfig:
+    """Which verifier judges (draft step, target step) pairs. ``--set verifier=NAME`` picks one."""
+
+    _primary: ClassVar[str] = "name"
+
+    name: str = "exact"  # verifier registry name: "exact" (byte-exact) or "normalized"
+    options: dict[str, Any] = field(default_factory=dict)  # verifier-specific settings
+
+    def validate(self) -> None:
+        from lookahead.verifiers import VERIFIER_NAMES
+
+        if self.name not in VERIFIER_NAMES:
+            raise ConfigError(
+                f"verifier {self.name!r} is unknown; choose one of {', '.join(VERIFIER_NAMES)}"
+            )
+
+
+@dataclass
+class LookaheadConfig:
+    """Everything `LookaheadReasoner` needs. Vocabulary: see `lookahead.types`."""
+
+    mode: str = "lr"  # "ar" (target alone) or "lr" (Lookahead Reasoning)
+    gamma: int = 2  # lookahead depth γ: draft steps proposed per round (steps)
+    step_delimiter: str = "\n\n"  # a step ends right after this string
+    max_step_tokens: int = 128  # per-step token cap (tokens); a capped target step is never matched
+    max_total_tokens: int = 512  # token budget of the whole completion (target tokens)
+    stop_at_final_answer: bool = True  # stop after the first committed step that states an answer
+    final_answer_pattern: str = r"\\boxed\{[^{}]*\}|[Ff]inal [Aa]nswer(?: is)?:?\s*\$?-?\d"  # regex
+    system_prompt: str | None = None  # system message; None = the model's own default
+    prompt_template: str = (
+        "{question}\n\nSolve the problem step by step. Separate the steps with a blank line. "
+        "End with: The final answer is \\boxed{{N}}."
+    )  # user message; {question} is replaced by the question
+    target: EngineConfig = field(default_factory=EngineConfig)  # the large model
+    draft: EngineConfig = field(default_factory=EngineConfig)  # the small model
+    target_sampling: SamplingParams = field(default_factory=SamplingParams)
+    draft_sampling: SamplingParams = field(default_factory=SamplingParams)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+
+    def validate(self) -> LookaheadConfig:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode {self.mode!r} is unknown; choose one of {', '.join(MODES)}")
+        if self.gamma < 1:
+            raise ConfigError(f"gamma (lookahead depth) must be >= 1 (got {self.gamma}); e.g. --set gamma=2")
+        if not self.step_delimiter:
+            raise ConfigError("step_delimiter must be a non-empty string, e.g. --set 'step_delimiter=\"\\n\\n\"'")
+        if self.max_step_tokens < 1:
+            raise ConfigError(f"max_step_tokens must be >= 1 (got {self.max_step_tokens})")
+        if self.max_total_tokens < 1:
+            raise ConfigError(f"max_total_tokens must be >= 1 (got {self.max_total_tokens})")
+        if "{question}" not in self.prompt_template:
+            raise ConfigError("prompt_template must contain {question}")
+        try:
+            self.prompt_template.format(question="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"prompt_template is not a valid format string ({exc}); write {{{{ for a literal brace") from None
+        import re
+
+        try:
+            re.compile(self.final_answer_pattern)
+        except re.error as exc:
+            raise ConfigError(f"final_answer_pattern is not a valid regex: {exc}") from None
+        self.target.validate("target")
+        self.draft.validate("draft")
+        self.target_sampling.validate("target_sampling")
+        self.draft_sampling.validate("draft_sampling")
+        self.verifier.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: YAML presets, dict -> dataclass, dotted overrides
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if not path.suffix and not path.exists():
+        path = PRESETS_DIR / f"{source}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"config {source!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
+            )
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the declared field type, or raise a ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _from_dict(tp, value, key)
+        primary = getattr(tp, "_primary", None)
+        if primary is not None and isinstance(value, str):
+            return _from_dict(tp, {primary: value}, key)
+        raise ConfigError(f"{key} must be a mapping (got {value!r})")
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping (got {value!r})")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false (got {value!r})")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key} must be an integer (got {value!r})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number (got {value!r})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            raise ConfigError(f"{key} must be a string (got {value!r})")
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; known keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _set_dotted(cfg: Any, key: str, value: Any) -> None:
+    obj = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        where = ".".join(parts[: i + 1])
+        if part not in names:
+            prefix = ".".join(parts[:i])
+            known = ", ".join(f"{prefix}.{n}" if prefix else n for n in names)
+            raise ConfigError(f"unknown config key {where!r}; known keys: {known}")
+        if i == len(parts) - 1:
+            hint = _field_types(type(obj))[part]
+            current = getattr(obj, part)
+            if dataclasses.is_dataclass(current) and isinstance(value, dict):
+                for sub_key, sub_value in value.items():
+                    _set_dotted(current, sub_key, sub_value)
+            elif dataclasses.is_dataclass(current) and isinstance(value, str) and getattr(current, "_primary", None):
+                setattr(current, current._primary, value)
+            else:
+                setattr(obj, part, _coerce(value, hint, where))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"config key {where!r} has no sub-keys")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"gamma=3"`` -> ``("gamma", 3)``; the value is parsed as a YAML scalar."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. --set gamma=3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _apply_shorthands(data: dict[str, Any]) -> dict[str, Any]:
+    """Move top-level sampling shorthands into both sides, unless a side sets the key itself."""
+    data = dict(data)
+    for key in SAMPLING_SHORTHANDS:
+        if key in data:
+            value = data.pop(key)
+            for side in ("draft_sampling", "target_sampling"):
+                section = dict(data.get(side) or {})
+                section.setdefault(key, value)
+                data[side] = section
+    return data
+
+
+def load_config(
+    source: str | Path | None = "default", overrides: typing.Iterable[str] = ()
+) -> LookaheadConfig:
+    """Build a validated `LookaheadConfig` from a preset name or YAML path plus ``key=value`` items."""
+    data = _read_yaml(source) if source is not None else {}
+    cfg = _from_dict(LookaheadConfig, _apply_shorthands(data))
+    pairs = [parse_override(item) for item in overrides]
+    # Shorthands first, so that nested keys override them whatever the command-line order.
+    pairs.sort(key=lambda kv: kv[0] not in SAMPLING_SHORTHANDS)
+    for key, value in pairs:
+        if key in SAMPLING_SHORTHANDS:
+            _set_dotted(cfg, f"draft_sampling.{key}", value)
+            _set_dotted(cfg, f"target_sampling.{key}", value)
+        else:
+            _set_dotted(cfg, key, value)
+    return cfg.validate()
+
+
+def config_from_dict(data: dict[str, Any]) -> LookaheadConfig:
+    """Build a validated config from a plain dict (same keys as the YAML files)."""
+    return _from_dict(LookaheadConfig, _apply_shorthands(data)).validate()

@@ -1,0 +1,55 @@
+"""The `Engine` protocol: the only thing the loop knows about a model backend.
+
+An engine turns a batch of prompt texts into one `Completion` each. Steps are exchanged as
+text, so draft and target may use different tokenizers. Engines keep whatever cache they like
+(the HF engine reuses the KV cache of the longest token prefix it has already seen).
+
+Example:
+    >>> from lookahead.engines import create_engine
+    >>> engine = create_engine(EngineConfig(backend="fake"))           # doctest: +SKIP
+    >>> engine.generate(["2+2="], SamplingParams(max_new_tokens=8), stop=["\\n\\n"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from lookahead.config import SamplingParams
+from lookahead.types import Completion
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # short label for logs and traces, e.g. "hf:SmolLM2-135M-Instruct"
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams | Sequence[SamplingParams],
+        stop: Sequence[str] = (),
+    ) -> list[Completion]:
+        """Continue every prompt in one batched call.
+
+        ``params`` is one `SamplingParams` for all rows or one per row (rows may have different
+        ``max_new_tokens``). A row ends at the first stop string (kept at the end of its text,
+        ``finish_reason="stop"``), at ``max_new_tokens`` (``"length"``) or at end of sequence
+        (``"eos"``; the EOS token is not part of the text). Results are in input order.
+        """
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` in this engine's tokenizer (no special tokens)."""
+        ...
+
+    def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """Render chat messages as the prompt text that precedes the assistant's answer."""
+        ...
+
+    def context_length(self) -> int | None:
+        """Maximum tokens (prompt + completion) the model accepts, or None if unbounded."""
+        ...
+
+    def shutdown(self) -> None:
+        """Free models and caches. Calling it twice is harmless."""
+        ...

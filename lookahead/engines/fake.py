@@ -1,0 +1,120 @@
+"""A scripted engine for tests and demos: every character is one token, no model involved.
+
+The engine "knows" a solution as a list of steps. Given a prompt, it finds the completion written
+so far (the text after its chat marker), counts the complete steps in it and continues with the
+remaining scripted steps. So a draft and a target with different step lists disagree exactly
+where their scripts differ, and every loop edge case is a few lines of test.
+
+Example:
+    >>> eng = FakeEngine(["a\\n\\n", "b\\n\\n"])
+    >>> p = eng.format_chat([{"role": "user", "content": "q"}])
+    >>> eng.generate([p], SamplingParams(max_new_tokens=50), stop=["\\n\\n"])[0].text
+    'a\\n\\n'
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from lookahead.config import EngineConfig, SamplingParams
+from lookahead.errors import ModelLoadError
+from lookahead.types import Completion
+
+ANSWER_MARKER = "<assistant>\n"
+
+DEFAULT_SCRIPT = [
+    "Natalia sold 48 clips in April.\n\n",
+    "In May she sold half as many: 48 / 2 = 24 clips.\n\n",
+    "Altogether she sold 48 + 24 = 72 clips.\n\n",
+    "The final answer is \\boxed{72}.",
+]
+
+
+class FakeEngine:
+    """Scripted engine; ``calls`` records the batch size of every `generate` call."""
+
+    def __init__(
+        self,
+        steps: Sequence[str],
+        delimiter: str = "\n\n",
+        name: str = "fake",
+        context: int | None = None,
+    ) -> None:
+        self.steps = list(steps)  # the scripted solution, one entry per step
+        self.delimiter = delimiter  # how the script's steps are counted in a completion
+        self.name = name
+        self.context = context  # context length in characters (None = unbounded)
+        self.calls: list[int] = []  # batch size of each generate() call, in order
+        self.delay_per_token = 0.0  # seconds slept per generated token (for timing demos)
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> FakeEngine:
+        """``model`` is "fake" (a built-in GSM8K-style script) or a JSON/YAML file ``{steps: [...]}``."""
+        if config.model in ("fake", "smollm2-135m-instruct"):
+            return cls(DEFAULT_SCRIPT)
+        path = Path(config.model)
+        if not path.is_file():
+            raise ModelLoadError(f"fake engine script {path} does not exist")
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
+            raise ModelLoadError(f"fake engine script {path} must hold a mapping with a 'steps' list")
+        return cls([str(s) for s in data["steps"]], name=f"fake:{path.stem}")
+
+    def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + ANSWER_MARKER
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def context_length(self) -> int | None:
+        return self.context
+
+    def shutdown(self) -> None:
+        pass
+
+    def continuation(self, prompt: str) -> str:
+        """What this script writes after ``prompt`` (until the end of the script)."""
+        completion = prompt.rsplit(ANSWER_MARKER, 1)[-1]
+        done = completion.count(self.delimiter)
+        partial = completion[completion.rfind(self.delimiter) + len(self.delimiter) :] if done else completion
+        rest = self.steps[done:]
+        if rest and partial and rest[0].startswith(partial):
+            rest = [rest[0][len(partial) :], *rest[1:]]
+        return "".join(rest)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams | Sequence[SamplingParams],
+        stop: Sequence[str] = (),
+    ) -> list[Completion]:
+        start = time.perf_counter()
+        per_row = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        self.calls.append(len(prompts))
+        out = []
+        for prompt, p in zip(prompts, per_row, strict=True):
+            text = self.continuation(prompt)
+            finish, matched = "eos", None
+            cut = min(((text.find(s) + len(s), s) for s in stop if s and s in text), default=None)
+            if cut is not None:
+                text, finish, matched = text[: cut[0]], "stop", cut[1]
+            if len(text) > p.max_new_tokens or (len(text) == p.max_new_tokens and finish == "eos"):
+                text, finish, matched = text[: p.max_new_tokens], "length", None
+            if self.delay_per_token:
+                time.sleep(self.delay_per_token * len(text))
+            out.append(
+                Completion(
+                    text=text,
+                    prompt_tokens=len(prompt),
+                    completion_tokens=len(text),
+                    finish_reason=finish,
+                    matched_stop=matched,
+                    latency_s=time.perf_counter() - start,
+                )
+            )
+        return out

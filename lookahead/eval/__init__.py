@@ -1,0 +1,1 @@
+"""Evaluation helpers: benchmark tasks and answer checking."""

@@ -1,0 +1,332 @@
+"""THE algorithm: Lookahead Reasoning (arXiv 2506.19830), one round at a time.
+
+One round for one problem, with lookahead depth γ (vocabulary: `lookahead.types`)::
+
+    propose : d_1 = draft(P), d_2 = draft(P + d_1), ..., d_γ            (sequential, cheap)
+    expand  : t_i = target(P + d_1 .. d_{i-1}) for i = 1..γ+1           (ONE batched call)
+    judge   : verdict_i = verifier(P + d_1 .. d_{i-1}, d_i, t_i)        (one batched call)
+    commit  : j = longest run of accepted verdicts (t_i must end on the delimiter);
+              P += d_1 .. d_j, then the fallback step t_{j+1} (the bonus step if j = γ)
+
+so every round commits at least one target-quality step. ``ar`` mode is the baseline: the target
+alone, one step per round, through the same engine calls and stop rules -- with greedy decoding
+and the exact verifier ``lr`` therefore commits exactly the text ``ar`` commits.
+
+Stop rules, checked after every committed step in order: the step ended with end of sequence
+(``eos``), the step states a final answer (``answer``, if configured), the completion reached the
+token budget (``length``; counted as the target tokens of the committed text, and never past the
+model context).
+
+Example:
+    >>> from lookahead import LookaheadReasoner, load_config
+    >>> reasoner = LookaheadReasoner.from_config(load_config("default"))   # doctest: +SKIP
+    >>> result = reasoner.generate("Natalia sold 48 clips in April ...")  # doctest: +SKIP
+    >>> result.text, result.stats["acceptance_rate"]                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from lookahead.config import MODES, LookaheadConfig
+from lookahead.engines import create_engine
+from lookahead.engines.base import Engine
+from lookahead.errors import ConfigError, PromptError
+from lookahead.eval.answers import extract_answer
+from lookahead.prompts import Messages, build_messages, normalize_messages
+from lookahead.stats import RoundStats
+from lookahead.steps import is_complete_step
+from lookahead.types import Completion, Result, StepRecord, Verdict
+from lookahead.verifiers import create_verifier
+from lookahead.verifiers.base import Verifier
+
+
+@dataclass
+class ProblemState:
+    """One problem's state, advanced round by round."""
+
+    messages: Messages  # the chat messages of the question
+    target_prompt: str  # messages rendered with the target's chat template
+    draft_prompt: str  # messages rendered with the draft's chat template ("" in ar mode)
+    token_limit: int  # budget for the completion (tokens): min(max_total_tokens, context left)
+    prompt_tokens: int  # tokens of target_prompt
+    completion: str = ""  # the committed steps, joined
+    tokens: int = 0  # target tokens of `completion`
+    steps: list[StepRecord] = field(default_factory=list)  # the trace
+    rounds: int = 0  # rounds run so far
+    finish_reason: str | None = None  # set once a stop rule fires
+    stats: RoundStats = field(default_factory=RoundStats)
+
+
+@dataclass
+class Proposal:
+    """What one round produced before committing."""
+
+    drafts: list[str]  # d_1..d_k (k <= γ), each a complete step
+    targets: list[Completion]  # t_1..t_{k+1}; the bonus row is missing when no budget is left
+    verdicts: list[Verdict]  # verdict_i for (d_i, t_i), i = 1..k
+
+
+class LookaheadReasoner:
+    """Runs ``ar`` or ``lr`` generation over a target engine, a draft engine and a verifier.
+
+    Engines are created from the config unless given; the draft is created lazily (``ar`` never
+    loads it). Use it as a context manager, or call `close`, to free the engines.
+    """
+
+    def __init__(
+        self,
+        config: LookaheadConfig,
+        target: Engine | None = None,
+        draft: Engine | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.config = config.validate()
+        self._target = target
+        self._draft = draft
+        self._verifier = verifier
+        self._final_answer = re.compile(config.final_answer_pattern)
+
+    @classmethod
+    def from_config(cls, config: LookaheadConfig) -> LookaheadReasoner:
+        reasoner = cls(config)
+        reasoner.target  # load the target now: errors surface before the first question
+        if config.mode != "ar":
+            reasoner.draft
+        return reasoner
+
+    # -- components, created on first use ----------------------------------------------------
+    @property
+    def target(self) -> Engine:
+        if self._target is None:
+            self._target = create_engine(self.config.target)
+        return self._target
+
+    @property
+    def draft(self) -> Engine:
+        if self._draft is None:
+            self._draft = create_engine(self.config.draft)
+        return self._draft
+
+    @property
+    def verifier(self) -> Verifier:
+        if self._verifier is None:
+            self._verifier = create_verifier(self.config.verifier)
+        return self._verifier
+
+    def close(self) -> None:
+        for engine in {id(e): e for e in (self._target, self._draft) if e is not None}.values():
+            engine.shutdown()
+        self._target = self._draft = None
+
+    def __enter__(self) -> LookaheadReasoner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public API ----------------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[dict[str, str]], mode: str | None = None) -> Result:
+        """Solve one question (plain text or chat messages) and return the result with its trace."""
+        start = time.perf_counter()
+        state = self.start(prompt, mode)
+        for _ in self.advance(state, mode):
+            pass
+        return self.result(state, mode or self.config.mode, time.perf_counter() - start)
+
+    def stream(self, prompt: str | Sequence[dict[str, str]], mode: str | None = None) -> Iterator[StepRecord]:
+        """Yield each step as it is committed; the last committed step ends the iteration."""
+        state = self.start(prompt, mode)
+        yield from self.advance(state, mode)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def start(self, prompt: str | Sequence[dict[str, str]], mode: str | None = None) -> ProblemState:
+        """Render the prompt for each engine and check it fits the context."""
+        mode = self._check_mode(mode)
+        cfg = self.config
+        if isinstance(prompt, str):
+            messages = build_messages(prompt, cfg.prompt_template, cfg.system_prompt)
+        else:
+            messages = normalize_messages(prompt)
+        target_prompt = self.target.format_chat(messages)
+        prompt_tokens = self.target.count_tokens(target_prompt)
+        token_limit = cfg.max_total_tokens
+        context = self.target.context_length()
+        if context is not None:
+            if prompt_tokens >= context:
+                raise PromptError(
+                    f"the prompt has {prompt_tokens} tokens but the target's context holds {context}; "
+                    "shorten the question"
+                )
+            token_limit = min(token_limit, context - prompt_tokens)
+        draft_prompt = ""
+        if mode == "lr":
+            draft_prompt = self.draft.format_chat(messages)
+            draft_context = self.draft.context_length()
+            if draft_context is not None and self.draft.count_tokens(draft_prompt) >= draft_context:
+                raise PromptError(
+                    f"the prompt has {self.draft.count_tokens(draft_prompt)} tokens but the draft's "
+                    f"context holds {draft_context}; shorten the question"
+                )
+        return ProblemState(messages, target_prompt, draft_prompt, token_limit, prompt_tokens)
+
+    def advance(self, state: ProblemState, mode: str | None = None) -> Iterator[StepRecord]:
+        """Run rounds until a stop rule fires, yielding committed steps."""
+        mode = self._check_mode(mode)
+        while state.finish_reason is None:
+            round_start = time.perf_counter()
+            if mode == "ar":
+                proposal = Proposal(drafts=[], targets=self.expand(state, []), verdicts=[])
+            else:
+                drafts = self.propose(state)
+                targets = self.expand(state, drafts)
+                proposal = Proposal(drafts, targets, self.judge(state, drafts, targets))
+            yield from self.commit(state, proposal, time.perf_counter() - round_start)
+
+    def propose(self, state: ProblemState) -> list[str]:
+        """Draft up to γ complete steps, one after another (each from the previous ones)."""
+        cfg = self.config
+        params = dataclasses.replace(cfg.draft_sampling, max_new_tokens=cfg.max_step_tokens)
+        drafts: list[str] = []
+        text = state.completion
+        start = time.perf_counter()
+        for _ in range(cfg.gamma):
+            if self.target.count_tokens(text) >= state.token_limit:
+                break  # no budget left for a target step after this prefix
+            step = self.draft.generate([state.draft_prompt + text], params, stop=[cfg.step_delimiter])[0]
+            if step.finish_reason != "stop" or not is_complete_step(step.text, cfg.step_delimiter):
+                break  # an incomplete draft step can never be accepted: stop looking ahead
+            drafts.append(step.text)
+            text += step.text
+            if cfg.stop_at_final_answer and self._final_answer.search(step.text):
+                break  # the problem ends here if this step is accepted
+        state.stats.draft_s += time.perf_counter() - start
+        return drafts
+
+    def expand(self, state: ProblemState, drafts: list[str]) -> list[Completion]:
+        """The target's own step from P, P+d_1, ..., P+d_1..d_k: one batched call.
+
+        The bonus row (after all k drafts) is left out when no budget is left after them or the
+        last draft states the final answer.
+        """
+        cfg = self.config
+        prompts, params = [], []
+        prefix = state.completion
+        for i in range(len(drafts) + 1):
+            if i > 0:
+                prefix += drafts[i - 1]
+            left = state.token_limit - (self.target.count_tokens(prefix) if i else state.tokens)
+            is_bonus = i == len(drafts) and i > 0
+            if left <= 0 or (is_bonus and cfg.stop_at_final_answer and self._final_answer.search(drafts[-1])):
+                break
+            prompts.append(state.target_prompt + prefix)
+            params.append(dataclasses.replace(cfg.target_sampling, max_new_tokens=min(cfg.max_step_tokens, left)))
+        start = time.perf_counter()
+        targets = self.target.generate(prompts, params, stop=[cfg.step_delimiter]) if prompts else []
+        state.stats.target_s += time.perf_counter() - start
+        return targets
+
+    def judge(self, state: ProblemState, drafts: list[str], targets: list[Completion]) -> list[Verdict]:
+        """Verdicts for (d_i, t_i); a verifier failure rejects every pair and is counted."""
+        if not drafts:
+            return []
+        contexts, context = [], state.completion
+        for draft in drafts:
+            contexts.append(context)
+            context += draft
+        start = time.perf_counter()
+        try:
+            verdicts = self.verifier.verify(contexts, drafts, [t.text for t in targets[: len(drafts)]])
+            if len(verdicts) != len(drafts):
+                raise ValueError(f"verifier returned {len(verdicts)} verdicts for {len(drafts)} pairs")
+        except Exception as exc:  # a broken verifier must not kill the run: reject, count, go on
+            state.stats.verifier_failures += 1
+            verdicts = [
+                Verdict(accepted=False, score=0.0, verifier=self.verifier.name, reason=f"failed: {exc}")
+                for _ in drafts
+            ]
+        state.stats.verify_s += time.perf_counter() - start
+        return verdicts
+
+    def commit(self, state: ProblemState, proposal: Proposal, seconds: float) -> Iterator[StepRecord]:
+        """Commit the accepted run of draft steps, then the fallback (or bonus) target step."""
+        drafts, targets, verdicts = proposal.drafts, proposal.targets, proposal.verdicts
+        accepted = 0
+        while (
+            accepted < len(drafts)
+            and accepted < len(targets)
+            and verdicts[accepted].accepted
+            and targets[accepted].finish_reason == "stop"  # a capped target step is never matched
+        ):
+            accepted += 1
+        to_commit: list[tuple[str, str, Completion | None]] = [("draft", d, None) for d in drafts[:accepted]]
+        if accepted < len(targets):
+            to_commit.append(("target", targets[accepted].text, targets[accepted]))
+        share = seconds / max(len(to_commit), 1)
+        committed = 0
+        for depth, (source, text, completion) in enumerate(to_commit, start=1):
+            if state.finish_reason is not None:
+                break
+            record = self._append(state, text, source, depth, share)
+            if depth <= len(drafts):
+                record.draft_text = drafts[depth - 1]
+                record.target_text = targets[depth - 1].text if depth - 1 < len(targets) else None
+                record.verdict = verdicts[depth - 1]
+                if source == "target" and record.verdict.accepted:  # matched, but the target was capped
+                    record.verdict = dataclasses.replace(
+                        record.verdict, accepted=False, reason="target step did not end on the delimiter"
+                    )
+            else:
+                record.target_text = text
+            committed += 1
+            if completion is not None and completion.finish_reason == "eos":
+                state.finish_reason = "eos"
+            elif self.config.stop_at_final_answer and self._final_answer.search(text):
+                state.finish_reason = "answer"
+            elif state.tokens >= state.token_limit:
+                state.finish_reason = "length"
+            yield record
+        if not to_commit:  # nothing could be generated (no budget): end instead of looping
+            state.finish_reason = "length"
+        state.stats.observe_round(len(drafts), [v.accepted for v in verdicts], min(accepted, committed), committed)
+        state.rounds += 1
+
+    def _append(self, state: ProblemState, text: str, source: str, depth: int, seconds: float) -> StepRecord:
+        before = state.tokens
+        state.completion += text
+        state.tokens = self.target.count_tokens(state.completion)
+        record = StepRecord(
+            index=len(state.steps),
+            round=state.rounds,
+            depth=depth,
+            text=text,
+            source=source,  # type: ignore[arg-type]
+            tokens=state.tokens - before,
+            seconds=seconds,
+        )
+        state.steps.append(record)
+        return record
+
+    def result(self, state: ProblemState, mode: str, wall_time_s: float) -> Result:
+        return Result(
+            text=state.completion,
+            mode=mode,
+            steps=state.steps,
+            prompt_tokens=state.prompt_tokens,
+            completion_tokens=state.tokens,
+            finish_reason=state.finish_reason or "stop",
+            wall_time_s=wall_time_s,
+            rounds=state.rounds,
+            stats=state.stats.summary(),
+            answer=extract_answer(state.completion),
+        )
+
+    def _check_mode(self, mode: str | None) -> str:
+        mode = mode or self.config.mode
+        if mode not in MODES:
+            raise ConfigError(f"mode {mode!r} is unknown; choose one of {', '.join(MODES)}")
+        return mode

@@ -1,0 +1,64 @@
+"""Exact and normalized string verifiers: the cheapest, strictest check of a drafted step.
+
+``exact`` accepts only byte-identical steps: with greedy decoding it makes Lookahead Reasoning
+lossless (the output equals the target-only output). ``normalized`` forgives whitespace, case and
+number formatting (``1,000`` = ``1000``, ``5.0`` = ``5``): cheap, a little more permissive.
+
+Example:
+    >>> NormalizedVerifier().verify([""], ["Total: 1,000 apples\\n\\n"], ["total:  1000 apples\\n\\n"])[0].accepted
+    True
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from lookahead.types import Verdict
+
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
+_TRAILING_ZEROS = re.compile(r"(\d+)\.0+(?!\d)")
+_DECIMAL_ZEROS = re.compile(r"(\d+\.\d*?[1-9])0+(?!\d)")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_step(text: str) -> str:
+    """Lower-case, collapse whitespace, drop thousands separators and trailing decimal zeros."""
+    text = _THOUSANDS.sub("", text)
+    text = _TRAILING_ZEROS.sub(r"\1", text)
+    text = _DECIMAL_ZEROS.sub(r"\1", text)
+    return _SPACES.sub(" ", text).strip().casefold()
+
+
+class ExactVerifier:
+    """Accept a draft step only if it is byte-identical to the target step."""
+
+    name = "exact"
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise ValueError(f"the exact verifier takes no options (got {sorted(options)})")
+
+    def verify(self, contexts: Sequence[str], drafts: Sequence[str], targets: Sequence[str]) -> list[Verdict]:
+        return [
+            Verdict(accepted=d == t, score=1.0 if d == t else 0.0, verifier=self.name)
+            for d, t in zip(drafts, targets, strict=True)
+        ]
+
+
+class NormalizedVerifier:
+    """Accept a draft step if it equals the target step after `normalize_step`."""
+
+    name = "normalized"
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise ValueError(f"the normalized verifier takes no options (got {sorted(options)})")
+
+    def verify(self, contexts: Sequence[str], drafts: Sequence[str], targets: Sequence[str]) -> list[Verdict]:
+        verdicts = []
+        for d, t in zip(drafts, targets, strict=True):
+            same = bool(normalize_step(d)) and normalize_step(d) == normalize_step(t)
+            verdicts.append(Verdict(accepted=same, score=1.0 if same else 0.0, verifier=self.name))
+        return verdicts

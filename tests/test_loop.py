@@ -1,0 +1,205 @@
+"""Loop edge cases on scripted fake engines (one character = one token), milliseconds each."""
+
+from __future__ import annotations
+
+import pytest
+
+from lookahead import LookaheadReasoner, config_from_dict
+from lookahead.engines.fake import FakeEngine
+from lookahead.types import Verdict
+
+T = ["A1.\n\n", "A2.\n\n", "A3.\n\n", "A4.\n\n", "Answer \\boxed{4}."]
+
+
+def make(target_steps, draft_steps, **overrides):
+    cfg = config_from_dict(
+        {
+            "mode": "lr",
+            "gamma": 3,
+            "max_step_tokens": 64,
+            "max_total_tokens": 1000,
+            "target": {"backend": "fake"},
+            "draft": {"backend": "fake"},
+            **overrides,
+        }
+    )
+    target, draft = FakeEngine(target_steps), FakeEngine(draft_steps)
+    return LookaheadReasoner(cfg, target=target, draft=draft), target, draft
+
+
+def ar_text(target_steps, **overrides):
+    reasoner, _, _ = make(target_steps, target_steps, **overrides)
+    return reasoner.generate("q", mode="ar")
+
+
+def test_all_accepted_commits_gamma_plus_bonus_per_round():
+    """All γ draft steps accepted -> γ draft steps plus the bonus target step per round."""
+    reasoner, target, _ = make(T, T)
+    result = reasoner.generate("q")
+    assert result.text == "".join(T)
+    assert [s.source for s in result.steps[:4]] == ["draft", "draft", "draft", "target"]
+    assert result.steps[3].depth == 4 and result.steps[3].draft_text is None  # the bonus step
+    assert result.stats["acceptance_rate"] == 1.0
+    assert target.calls[0] == 4  # P, P+d1, P+d2, P+d3 in ONE batched call
+
+
+def test_none_accepted_commits_one_target_step_per_round():
+    """Every draft step rejected -> each round commits exactly the target's first step."""
+    drafts = ["B1.\n\n", "B2.\n\n", "B3.\n\n", "B4.\n\n", "B5.\n\n"]
+    reasoner, _, _ = make(T, drafts)
+    result = reasoner.generate("q")
+    assert result.text == "".join(T)
+    assert all(s.source == "target" for s in result.steps)
+    assert result.rounds == len(T)
+    assert result.accepted_steps == 0 and result.drafted_steps > 0
+    assert result.steps[0].verdict is not None and not result.steps[0].verdict.accepted
+
+
+def test_first_accepted_then_rejected_uses_fallback_at_mismatch():
+    """d1 accepted, d2 rejected -> commit d1 then the target's t2 (the fallback step)."""
+    drafts = ["A1.\n\n", "XX.\n\n", "A3.\n\n", "A4.\n\n", "Answer \\boxed{4}."]
+    reasoner, _, _ = make(T, drafts)
+    result = reasoner.generate("q")
+    assert result.text == "".join(T)
+    first = [s for s in result.steps if s.round == 0]
+    assert [(s.source, s.text) for s in first] == [("draft", "A1.\n\n"), ("target", "A2.\n\n")]
+    assert first[1].draft_text == "XX.\n\n" and first[1].target_text == "A2.\n\n"
+    assert result.stats["acceptance_by_depth"][0] == 1.0
+
+
+def test_first_step_rejected_still_advances():
+    """A rejection at depth 1 still commits one target step (every round moves forward)."""
+    drafts = ["ZZ.\n\n", *T[1:]]
+    reasoner, _, _ = make(T, drafts, gamma=2)
+    state = reasoner.start("q")
+    records = list(_one_round(reasoner, state))
+    assert [(r.source, r.text) for r in records] == [("target", "A1.\n\n")]
+
+
+def _one_round(reasoner, state):
+    drafts = reasoner.propose(state)
+    targets = reasoner.expand(state, drafts)
+    from lookahead.loop import Proposal
+
+    yield from reasoner.commit(state, Proposal(drafts, targets, reasoner.judge(state, drafts, targets)), 0.0)
+
+
+def test_end_of_sequence_inside_the_lookahead():
+    """The target ends (EOS) at depth 2 of a round -> stop there, nothing after it is committed."""
+    short = ["A1.\n\n", "end"]
+    reasoner, _, _ = make(short, ["A1.\n\n", "end-draft\n\n", "more\n\n"], stop_at_final_answer=False)
+    result = reasoner.generate("q")
+    assert result.text == "A1.\n\nend"
+    assert result.finish_reason == "eos"
+    assert result.text == ar_text(short, stop_at_final_answer=False).text
+
+
+def test_budget_reached_mid_round():
+    """The token budget runs out inside a round -> stop at the budget, same text as ar."""
+    reasoner, _, _ = make(T, T, max_total_tokens=12)  # each step is 5 tokens
+    result = reasoner.generate("q")
+    assert result.finish_reason == "length"
+    assert result.completion_tokens <= 12
+    assert result.text == "A1.\n\nA2.\n\nA3"  # the third step is cut at the budget
+    assert result.text == ar_text(T, max_total_tokens=12).text
+
+
+def test_gamma_one():
+    """γ = 1: one draft step and one bonus step per round when accepted."""
+    reasoner, target, _ = make(T, T, gamma=1)
+    result = reasoner.generate("q")
+    assert result.text == "".join(T)
+    assert all(n == 2 for n in target.calls[:-1])
+    assert result.stats["steps_per_round"] == 2.0 or result.rounds == 3
+
+
+def test_delimiter_missing_steps_end_at_the_cap():
+    """No delimiter at all -> every step ends at the token cap and no draft step is accepted."""
+    text = ["x" * 50]
+    reasoner, _, _ = make(text, text, max_step_tokens=8, stop_at_final_answer=False)
+    result = reasoner.generate("q")
+    assert result.text == "x" * 50
+    assert result.accepted_steps == 0  # capped draft steps are never proposed
+    assert all(s.tokens <= 8 for s in result.steps)
+    assert result.text == ar_text(text, max_step_tokens=8, stop_at_final_answer=False).text
+
+
+def test_capped_target_step_is_never_accepted():
+    """A draft equal to a target step that hit the cap is rejected (the step was not complete)."""
+    target = ["A1.\n\n", "a very long second step\n\n", "end"]
+    reasoner, _, _ = make(target, ["A1.\n\n", "a very long\n\n"], max_step_tokens=11, stop_at_final_answer=False)
+    state = reasoner.start("q")
+    records = list(_one_round(reasoner, state))
+    assert [r.source for r in records] == ["draft", "target"]
+    assert records[1].text == "a very long"  # the capped fallback step
+
+
+def test_final_answer_stops_and_skips_the_bonus_row():
+    """A committed step stating the answer ends generation; no bonus row is computed after it."""
+    steps = ["A1.\n\n", "The final answer is \\boxed{7}.\n\n", "junk\n\n"]
+    reasoner, target, _ = make(steps, steps, gamma=3)
+    result = reasoner.generate("q")
+    assert result.finish_reason == "answer" and result.answer == "7"
+    assert result.text == "".join(steps[:2])
+    assert target.calls == [2]
+
+
+class Broken:
+    name = "broken"
+
+    def verify(self, contexts, drafts, targets):
+        raise RuntimeError("judge crashed")
+
+
+def test_verifier_failure_rejects_and_is_counted():
+    """A verifier that raises rejects the round's drafts; the run finishes with target steps."""
+    reasoner, _, _ = make(T, T)
+    reasoner._verifier = Broken()
+    result = reasoner.generate("q")
+    assert result.text == "".join(T)
+    assert result.accepted_steps == 0
+    # every round but the last judged drafts (the last step has no delimiter, so no draft step)
+    assert result.stats["verifier_failures"] == result.rounds - 1 == 4
+
+
+class AcceptAll:
+    name = "accept-all"
+
+    def verify(self, contexts, drafts, targets):
+        return [Verdict(True, 1.0, self.name) for _ in drafts]
+
+
+def test_lenient_verifier_commits_draft_text():
+    """With a verifier that accepts paraphrases, the draft's own words are committed."""
+    drafts = ["B1.\n\n", "B2.\n\n", "B3.\n\n", "B4.\n\n", "B5.\n\n"]
+    reasoner, _, _ = make(T, drafts, stop_at_final_answer=False, max_total_tokens=15)
+    reasoner._verifier = AcceptAll()
+    result = reasoner.generate("q")
+    assert result.text.startswith("B1.\n\nB2.\n\nB3.\n\n")
+
+
+@pytest.mark.parametrize("gamma", [1, 2, 4])
+@pytest.mark.parametrize(
+    "drafts",
+    [T, ["A1.\n\n", "no\n\n", "A3.\n\n", "nope\n\n", "Answer \\boxed{4}."], ["x\n\n"] * 6, ["A1.\n\n"]],
+)
+def test_lr_equals_ar_under_exact_verifier(gamma, drafts):
+    """Lossless: with the exact verifier lr commits exactly the text ar commits."""
+    reasoner, _, _ = make(T, drafts, gamma=gamma, max_total_tokens=23)
+    assert reasoner.generate("q").text == ar_text(T, max_total_tokens=23).text
+
+
+def test_prompt_longer_than_context_is_refused():
+    """A prompt that does not fit the target context raises PromptError with its token count."""
+    from lookahead.errors import PromptError
+
+    reasoner, target, _ = make(T, T)
+    target.context = 10
+    with pytest.raises(PromptError, match="tokens"):
+        reasoner.generate("a long question")
+
+
+def test_stream_yields_the_steps_of_generate():
+    """stream() yields the committed steps; their texts join to the generate() text."""
+    reasoner, _, _ = make(T, ["A1.\n\n", "no\n\n"])
+    assert "".join(s.text for s in reasoner.stream("q")) == reasoner.generate("q").text
