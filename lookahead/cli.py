@@ -45,6 +45,24 @@ def _group() -> None:
     """
 
 
+def _quiet_libraries() -> None:
+    """Our own INFO messages (e.g. the one-time model conversion) on stderr; library bars off."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("lookahead")
+    if not log.handlers:
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code)
@@ -86,9 +104,16 @@ def _summary_table(result: Any, reference: str | None) -> Table:
             f"{result.accepted_steps}/{result.drafted_steps} drafted steps "
             f"({stats['acceptance_rate']:.0%}; {stats['accepted_per_round']:.2f} per round; by depth {by_depth or '-'})",
         )
+    parts = [f"draft {stats['draft_s']:.2f} s"] if result.mode != "ar" else []
+    parts.append(f"target {stats['target_s']:.2f} s")
+    if result.mode != "ar":
+        parts.append(f"verify {stats['verify_s']:.3f} s")
+    parts.append(f"other {stats['other_s']:.3f} s")
+    table.add_row("time split", ", ".join(parts))
+    if stats["target_prompt_tokens"]:
         table.add_row(
-            "time split",
-            f"draft {stats['draft_s']:.2f} s, target {stats['target_s']:.2f} s, verify {stats['verify_s']:.3f} s",
+            "prefix cache",
+            f"{stats['target_cached_tokens']}/{stats['target_prompt_tokens']} target prompt tokens reused from earlier calls",
         )
     return table
 
@@ -141,6 +166,8 @@ def solve(
         if not question.strip():
             raise _fail("the question is empty; pass the problem text or --example TASK:N")
         same_model = cfg.mode == "lr" and cfg.draft == cfg.target
+        if "hf" in (cfg.target.backend, cfg.draft.backend):
+            _quiet_libraries()
         with console.status("loading models..."):
             reasoner = LookaheadReasoner.from_config(cfg)
         console.print(Text(f"question: {question.strip()}", style="bold"))

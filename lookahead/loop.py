@@ -228,6 +228,8 @@ class LookaheadReasoner:
         start = time.perf_counter()
         targets = self.target.generate(prompts, params, stop=[cfg.step_delimiter]) if prompts else []
         state.stats.target_s += time.perf_counter() - start
+        state.stats.target_prompt_tokens += sum(t.prompt_tokens for t in targets)
+        state.stats.target_cached_tokens += sum(t.cached_tokens for t in targets)
         return targets
 
     def judge(self, state: ProblemState, drafts: list[str], targets: list[Completion]) -> list[Verdict]:
@@ -312,6 +314,9 @@ class LookaheadReasoner:
         return record
 
     def result(self, state: ProblemState, mode: str, wall_time_s: float) -> Result:
+        stats = state.stats.summary()
+        # orchestration: wall time not spent inside draft, target or verifier calls (seconds)
+        stats["other_s"] = round(max(wall_time_s - stats["draft_s"] - stats["target_s"] - stats["verify_s"], 0.0), 4)
         return Result(
             text=state.completion,
             mode=mode,
@@ -321,7 +326,7 @@ class LookaheadReasoner:
             finish_reason=state.finish_reason or "stop",
             wall_time_s=wall_time_s,
             rounds=state.rounds,
-            stats=state.stats.summary(),
+            stats=stats,
             answer=extract_answer(state.completion),
         )
 

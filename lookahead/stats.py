@@ -35,6 +35,8 @@ class RoundStats:
     target_s: float = 0.0  # seconds spent in target calls
     verify_s: float = 0.0  # seconds spent in the verifier
     verifier_failures: int = 0  # verifier calls that raised (counted as rejections)
+    target_prompt_tokens: int = 0  # prompt tokens sent to the target, all rows of all calls
+    target_cached_tokens: int = 0  # of those, tokens whose KV cache an earlier call had computed
 
     def _grow(self, depth: int) -> None:
         for counts in (self.drafted, self.matched, self.accepted):
@@ -68,4 +70,6 @@ class RoundStats:
             "target_s": round(self.target_s, 4),
             "verify_s": round(self.verify_s, 4),
             "verifier_failures": self.verifier_failures,
+            "target_prompt_tokens": self.target_prompt_tokens,
+            "target_cached_tokens": self.target_cached_tokens,
         }

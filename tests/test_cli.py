@@ -60,6 +60,8 @@ def test_solve_example_reads_the_data_dir(tmp_path):
         (["--example", "gsm8k"], "TASK:N"),
         (["--example", "gsm8k:0", "--data-dir", "/nonexistent"], "does not exist"),
         (["q", "--set", "target.model=/no/such/script.json"], "does not exist"),
+        (["q", "--config", "default", "--set", "target.model=/no/such/model-dir"], "does not exist"),
+        (["q", "--config", "default", "--set", "target.model=notes.txt"], "does not exist"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_traceback(args, message):
@@ -68,3 +70,11 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(args, message):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_prompt_longer_than_the_context_is_refused_with_its_token_count():
+    """A question beyond SmolLM2's 8192-token context: exit 2 naming the count, no traceback."""
+    proc = run_cli("solve", "apple " * 9000, "--mode", "ar")
+    assert proc.returncode == 2, proc.stderr
+    assert "tokens" in proc.stderr and "context" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -7,10 +7,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from lookahead.errors import ConfigError, ModelLoadError
+from lookahead.registry import lookup
 
 if TYPE_CHECKING:
     from lookahead.config import EngineConfig
@@ -25,18 +24,4 @@ ENGINE_NAMES = tuple(_REGISTRY)
 
 def create_engine(config: EngineConfig) -> Engine:
     """Instantiate the engine named by ``config.backend``; unknown names raise with the list."""
-    try:
-        target = _REGISTRY[config.backend]
-    except KeyError:
-        raise ConfigError(
-            f"engine backend {config.backend!r} is unknown; choose one of {', '.join(ENGINE_NAMES)}"
-        ) from None
-    module_name, class_name = target.split(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"the {config.backend!r} engine needs the package {exc.name!r}, which is not installed; "
-            f"pip install {exc.name}"
-        ) from None
-    return cls.from_config(config)
+    return lookup(_REGISTRY, config.backend, "engine backend").from_config(config)

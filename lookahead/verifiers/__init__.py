@@ -1,4 +1,4 @@
-"""Verifier registry: one place that maps a verifier name to its class.
+"""Verifier registry: one place that maps a verifier name to its class (imported lazily).
 
 Example:
     >>> from lookahead.config import VerifierConfig
@@ -8,10 +8,10 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from lookahead.errors import ConfigError
+from lookahead.registry import lookup
 
 if TYPE_CHECKING:
     from lookahead.config import VerifierConfig
@@ -26,14 +26,7 @@ VERIFIER_NAMES = tuple(_REGISTRY)
 
 def create_verifier(config: VerifierConfig) -> Verifier:
     """Instantiate the verifier named by ``config.name``; unknown names raise with the list."""
-    try:
-        target = _REGISTRY[config.name]
-    except KeyError:
-        raise ConfigError(
-            f"verifier {config.name!r} is unknown; choose one of {', '.join(VERIFIER_NAMES)}"
-        ) from None
-    module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = lookup(_REGISTRY, config.name, "verifier")
     try:
         return cls(**config.options)
     except ValueError as exc:

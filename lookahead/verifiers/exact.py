@@ -38,27 +38,25 @@ class ExactVerifier:
 
     def __init__(self, **options: Any) -> None:
         if options:
-            raise ValueError(f"the exact verifier takes no options (got {sorted(options)})")
+            raise ValueError(f"the {self.name} verifier takes no options (got {sorted(options)})")
 
-    def verify(self, contexts: Sequence[str], drafts: Sequence[str], targets: Sequence[str]) -> list[Verdict]:
-        return [
-            Verdict(accepted=d == t, score=1.0 if d == t else 0.0, verifier=self.name)
-            for d, t in zip(drafts, targets, strict=True)
-        ]
-
-
-class NormalizedVerifier:
-    """Accept a draft step if it equals the target step after `normalize_step`."""
-
-    name = "normalized"
-
-    def __init__(self, **options: Any) -> None:
-        if options:
-            raise ValueError(f"the normalized verifier takes no options (got {sorted(options)})")
+    def same(self, draft: str, target: str) -> bool:
+        """Do the two steps count as the same?"""
+        return draft == target
 
     def verify(self, contexts: Sequence[str], drafts: Sequence[str], targets: Sequence[str]) -> list[Verdict]:
         verdicts = []
-        for d, t in zip(drafts, targets, strict=True):
-            same = bool(normalize_step(d)) and normalize_step(d) == normalize_step(t)
+        for draft, target in zip(drafts, targets, strict=True):
+            same = self.same(draft, target)
             verdicts.append(Verdict(accepted=same, score=1.0 if same else 0.0, verifier=self.name))
         return verdicts
+
+
+class NormalizedVerifier(ExactVerifier):
+    """Accept a draft step if it equals the target step after `normalize_step` (and is not empty)."""
+
+    name = "normalized"
+
+    def same(self, draft: str, target: str) -> bool:
+        normalized = normalize_step(draft)
+        return bool(normalized) and normalized == normalize_step(target)
