@@ -66,6 +66,7 @@ class EngineConfig:
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda if available)
     cache_dir: str | None = None  # converted GGUF models go here; None = ~/.cache/lookahead
     prefix_cache: bool = True  # reuse the KV cache of token prefixes seen in earlier calls
+    pad_batches: bool = True  # decode at the cheapest batch size >= the live rows (measured once)
 
     def validate(self, where: str) -> None:
         from lookahead.engines import ENGINE_NAMES

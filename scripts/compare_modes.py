@@ -31,7 +31,8 @@ from lookahead.eval.tasks import load_example
 def batch_cost_curve(reasoner: LookaheadReasoner, question: str, tokens: int, repeats: int) -> list[dict]:
     """Seconds for one target call of `tokens` new tokens at batch 1..4, rows sharing a prefix.
 
-    Batch sizes are measured round-robin (so machine noise hits all of them alike) and the best of
+    With `pad_batches` on (the default) the engine decodes 2-3 live rows at a larger, cheaper
+    batch size where the measured curve says so. Batch sizes are measured round-robin (so machine noise hits all of them alike) and the best of
     `repeats` is kept. Before each timed call the prefix cache is pointed at the bare prompt, so
     every size reuses the same prompt KV and pays for its own suffixes and decode.
     """
@@ -120,6 +121,10 @@ def main() -> None:
         "config": dataclasses.asdict(cfg),
         "summary": summary,
         "batch_cost_curve": curve,
+        # the model's own decode step by batch size (index = batch; measured once, see hf.py)
+        "decode_step_s_by_batch": [
+            None if c == float("inf") else round(c, 5) for c in getattr(reasoner.target, "batch_costs", None) or []
+        ],
         "questions": rows,
     }
     reasoner.close()

@@ -227,9 +227,12 @@ def test_from_config_local_dir_shares_weights(model, tokenizer, tmp_path):
 
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    cfg = EngineConfig(model=str(tmp_path / "tiny"))
+    cfg = EngineConfig(model=str(tmp_path / "tiny"), cache_dir=str(tmp_path / "cache"))
     a, b = HFEngine.from_config(cfg), HFEngine.from_config(cfg)
     assert a.model is b.model and a.name == "hf:tiny"
+    # the batch-cost curve was measured once and stored in the given cache, not the user's
+    assert a.batch_costs is not None and len(a.batch_costs) == hf.MAX_PLANNED_BATCH + 1
+    assert (tmp_path / "cache" / "batch-costs.json").is_file()
     want = HFEngine(model, tokenizer).generate(PROMPTS, greedy(8))
     assert [c.text for c in a.generate(PROMPTS, greedy(8))] == [c.text for c in want]
     a.shutdown()
@@ -287,3 +290,34 @@ def test_embedded_smollm2_conversion_and_batching(tmp_path):
     assert again.model is engine.model  # draft and target naming one model share the weights
     engine.shutdown()
     again.shutdown()
+
+
+# Costs that make every live count pad up to 4 or 6 rows: fillers (finished rows and copies of
+# live ones) must never change what the live rows produce.
+PADDING_COSTS = [float("inf"), 9.0, 9.0, 9.0, 2.0, 9.0, 1.0, 9.0]
+
+
+def test_plan_batch_picks_the_cheapest_size_and_fills_with_spare_rows_first(model, tokenizer):
+    """Guards the batch planner: cheapest size >= live rows, finished positions reused first."""
+    engine = HFEngine(model, tokenizer, batch_costs=[float("inf"), 1.0, 1.9, 2.0, 1.5, 1.3])
+    assert engine._plan_batch([0], 3) == [0]  # batch 1 is cheapest: shrink
+    assert engine._plan_batch([0, 2], 3) == [0, 1, 2, 0, 2]  # 2 live -> 5 rows: spare 1, then copies
+    assert engine._plan_batch([0, 1, 2], 3) == [0, 1, 2, 0, 1]
+    assert HFEngine(model, tokenizer)._plan_batch([1, 3], 4) == [1, 3]  # no curve: live rows only
+
+
+def test_filler_rows_do_not_change_outputs(model, tokenizer):
+    """Guards filler handling: padded batches give the same text as exact-size batches."""
+    plain = HFEngine(model, tokenizer, prefix_cache=False)
+    padded = HFEngine(model, tokenizer, prefix_cache=True, batch_costs=PADDING_COSTS)
+    prompts = PROMPTS + [PROMPTS[1] + " add"]
+    params = [greedy(5), greedy(17), greedy(9), greedy(12)]
+    for stop in ([], [" the"], ["e"]):
+        expected = plain.generate(prompts, params, stop=stop)
+        got = padded.generate(prompts, params, stop=stop)
+        assert [(c.text, c.finish_reason, c.completion_tokens) for c in got] == [
+            (c.text, c.finish_reason, c.completion_tokens) for c in expected
+        ]
+    # the remembered rows (captured from padded batches) still give exact prefix reuse
+    follow = [PROMPTS[1] + " add" + got[3].text, PROMPTS[0]]
+    assert [c.text for c in padded.generate(follow, greedy(8))] == [c.text for c in plain.generate(follow, greedy(8))]

@@ -126,3 +126,13 @@ def test_lossless_on_the_embedded_smollm2():
             accepted += lr.accepted_steps
             rejected += lr.drafted_steps - lr.accepted_steps
     assert accepted > 0 and rejected > 0  # both the accepting and the fallback path ran
+
+
+def test_lossless_with_padded_batches(target_model, tok300):
+    """Decoding the target's rows in filler-padded batches keeps lr == ar."""
+    costs = [float("inf"), 9.0, 9.0, 9.0, 2.0, 9.0, 1.0]
+    target = HFEngine(target_model, tok300, batch_costs=costs)
+    draft = HFEngine(tiny_llama(tok300, seed=1), tok300, batch_costs=costs)
+    for question in QUESTIONS:
+        ar, lr = run_both(tiny_config(gamma=3), target, draft, question)
+        assert lr.text == ar.text

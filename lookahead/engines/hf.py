@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import re
@@ -265,6 +266,69 @@ def _release(key: tuple[str, str, str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# The decode-step cost by batch size, measured once per machine and model
+
+MAX_PLANNED_BATCH = 8  # largest batch size the cost curve covers (rows)
+
+
+def measure_batch_costs(model: PreTrainedModel, max_batch: int = MAX_PLANNED_BATCH, context: int = 96,
+                        steps: int = 4, repeats: int = 3) -> list[float]:
+    """Seconds of one decode step at batch sizes 1..max_batch (index 0 is unused, +inf).
+
+    On CPUs small odd batch sizes can fall on a slow matrix-multiply path (measured here with
+    SmolLM2-135M fp32: batch 3 = 1.96x batch 1, batch 4 = 1.48x, batch 5 = 1.29x), so decoding
+    3 live rows as 4 is faster. Sizes are timed round-robin and the best of `repeats` is kept.
+    """
+    device = next(model.parameters()).device
+    vocab = int(model.config.vocab_size)
+    best = [float("inf")] * (max_batch + 1)
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for batch in range(1, max_batch + 1):
+                ids = torch.randint(0, vocab, (batch, context), generator=generator).to(device)
+                cache = DynamicCache(config=model.config)
+                model(input_ids=ids, past_key_values=cache, use_cache=True)
+                step = torch.randint(0, vocab, (batch, 1), generator=generator).to(device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(steps):
+                    model(input_ids=step, past_key_values=cache, use_cache=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                best[batch] = min(best[batch], (time.perf_counter() - start) / steps)
+    return best
+
+
+def cached_batch_costs(model: PreTrainedModel, source: str, dtype: str, root: Path) -> list[float]:
+    """`measure_batch_costs`, remembered in ``<root>/batch-costs.json`` per model and machine."""
+    device = next(model.parameters()).device
+    key = "|".join(
+        [source, dtype, str(device), torch.__version__, str(os.cpu_count()), str(torch.get_num_threads())]
+    )
+    path = root / "batch-costs.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    costs = table.get(key)
+    if isinstance(costs, list) and len(costs) == MAX_PLANNED_BATCH + 1:
+        return [float("inf") if c is None else float(c) for c in costs]
+    logger.info("measuring decode cost by batch size for %s (one time, a few seconds)", Path(source).name)
+    costs = measure_batch_costs(model)
+    table[key] = [None if c == float("inf") else round(c, 6) for c in costs]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=1))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs the measurement next time
+        logger.warning("could not save %s: %s", path, exc)
+    return costs
+
+
+# --------------------------------------------------------------------------------------------
 # Decode-loop state
 
 
@@ -322,7 +386,14 @@ def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.G
 class HFEngine:
     """`Engine` backed by an in-process transformers causal LM (see the module docstring)."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer, name: str | None = None, prefix_cache: bool = True):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        name: str | None = None,
+        prefix_cache: bool = True,
+        batch_costs: Sequence[float] | None = None,
+    ):
         layers = DynamicCache(config=model.config).layers
         if any(type(layer) is not DynamicLayer for layer in layers):
             kinds = sorted({type(layer).__name__ for layer in layers})
@@ -335,6 +406,9 @@ class HFEngine:
         base = Path(str(getattr(model.config, "_name_or_path", "") or "model")).name or "model"
         self.name = name or f"hf:{base}"
         self.prefix_cache = prefix_cache
+        # batch_costs[k]: relative seconds of one decode step at batch size k (index 0 unused);
+        # None = always decode exactly the live rows. See `measure_batch_costs`.
+        self.batch_costs: list[float] | None = list(batch_costs) if batch_costs is not None else None
         self.device = next(model.parameters()).device
         self._eos_ids = self._collect_eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
@@ -357,7 +431,16 @@ class HFEngine:
         resolved = resolve_model(cfg)
         key, shared = _acquire(resolved, cfg.dtype, device)
         try:
-            engine = cls(shared.model, shared.tokenizer, name=f"hf:{resolved.name}", prefix_cache=cfg.prefix_cache)
+            costs = None
+            if cfg.pad_batches:
+                costs = cached_batch_costs(shared.model, resolved.source, cfg.dtype, cache_root(cfg.cache_dir))
+            engine = cls(
+                shared.model,
+                shared.tokenizer,
+                name=f"hf:{resolved.name}",
+                prefix_cache=cfg.prefix_cache,
+                batch_costs=costs,
+            )
         except BaseException:
             _release(key)
             raise
@@ -596,32 +679,61 @@ class HFEngine:
         next_pos = torch.tensor(prompt_lens, dtype=torch.long, device=device)
 
         window = max([_MIN_STOP_WINDOW] + [len(s.encode("utf-8")) + 2 for s in stops])
-        active = list(rows)
+        # slots[j] is the row decoded in batch position j, or None for a filler position (a
+        # finished or duplicated row kept only because that batch size decodes faster).
+        slots: list[_Row | None] = list(rows)
         remembered: list[_RememberedRow] = []
-        while active:
-            tokens = self._pick_tokens(logits, active)
-            ended = [self._advance(r, t, stops, window, started) for r, t in zip(active, tokens)]
-            if any(ended):
-                for j, r in enumerate(active):
-                    if not ended[j]:
-                        continue
-                    r.completion.cached_tokens = reused
+        ended_any = True  # plan the batch size before the first decode step too
+        while True:
+            live = [j for j, r in enumerate(slots) if r is not None]
+            tokens = self._pick_tokens(logits[live], [slots[j] for j in live])
+            next_token = [self._pad_id] * len(slots)
+            for j, token in zip(live, tokens):
+                row = slots[j]
+                next_token[j] = token
+                if self._advance(row, token, stops, window, started):
+                    ended_any = True
+                    row.completion.cached_tokens = reused
                     if self.prefix_cache:
-                        remembered.append(self._capture(cache, mask, j, r.fed_ids))
-                keep_rows = [j for j, e in enumerate(ended) if not e]
-                if not keep_rows:
-                    break
-                index = torch.tensor(keep_rows, dtype=torch.long, device=device)
-                cache.batch_select_indices(index)
-                mask = mask[index]
-                next_pos = next_pos[index]
-                active = [active[j] for j in keep_rows]
-                tokens = [tokens[j] for j in keep_rows]
-            step = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long, device=device)], dim=1)
+                        remembered.append(self._capture(cache, mask, j, row.fed_ids))
+                    slots[j] = None
+            live = [j for j, r in enumerate(slots) if r is not None]
+            if not live:
+                break
+            if ended_any:
+                index = self._plan_batch(live, len(slots))
+                if index != list(range(len(slots))):
+                    select = torch.tensor(index, dtype=torch.long, device=device)
+                    cache.batch_select_indices(select)
+                    mask = mask[select]
+                    next_pos = next_pos[select]
+                    # a position that repeats an earlier one is a filler: decoded, never read
+                    slots = [slots[j] if index.index(j) == k else None for k, j in enumerate(index)]
+                    next_token = [next_token[j] if slots[k] is not None else self._pad_id for k, j in enumerate(index)]
+                ended_any = False
+            step = torch.tensor(next_token, dtype=torch.long, device=device).unsqueeze(1)
+            mask = torch.cat([mask, torch.ones((len(slots), 1), dtype=torch.long, device=device)], dim=1)
             logits = self._forward(step, mask, next_pos.unsqueeze(1), cache)
             next_pos = next_pos + 1
         return remembered
+
+    def _plan_batch(self, live: list[int], current: int) -> list[int]:
+        """Batch positions to keep for the next decode steps: the live ones plus fillers.
+
+        Without a cost curve the batch shrinks to the live rows. With one, it takes the cheapest
+        size >= the live count (smallest size on a tie; a larger one only if it saves >5%):
+        fillers are finished positions first, then copies of live ones.
+        """
+        n = len(live)
+        costs = self.batch_costs
+        size = n
+        if costs is not None and n < len(costs):
+            for k in range(n + 1, len(costs)):
+                if costs[k] < 0.95 * costs[size]:
+                    size = k
+        spare = [j for j in range(current) if j not in live]
+        fillers = (spare + live * size)[: size - n]
+        return sorted(live + fillers[: len(spare)]) + fillers[len(spare) :]
 
     @staticmethod
     def _capture(cache: DynamicCache, mask: torch.Tensor, j: int, fed_ids: list[int]) -> _RememberedRow:
