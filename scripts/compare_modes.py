@@ -64,7 +64,12 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=32, help="new tokens per row in the batch-cost curve")
     parser.add_argument("--batch-repeats", type=int, default=5, help="timed repeats per batch size (best kept)")
     parser.add_argument("--out", default="docs/benchmarks/foundation-cpu", help="output path without extension")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the existing JSON")
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.plot_only:
+        plot(json.loads(out.with_suffix(".json").read_text()), out.with_suffix(".png"))
+        return
 
     cfg = load_config(args.config, [*args.overrides, "mode=lr"])
     reasoner = LookaheadReasoner.from_config(cfg)
@@ -128,7 +133,6 @@ def main() -> None:
         "questions": rows,
     }
     reasoner.close()
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out.with_suffix(".png"))
@@ -145,7 +149,13 @@ def plot(report: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     xs = range(len(rows))
     left.bar([x - 0.2 for x in xs], [r["wall_time_s"]["ar"] for r in rows], 0.4, label="ar (target alone)")
-    left.bar([x + 0.2 for x in xs], [r["wall_time_s"]["lr"] for r in rows], 0.4, label="lr")
+    lr_draft = [r["lr_stats"]["draft_s"] for r in rows]
+    lr_target = [r["lr_stats"]["target_s"] for r in rows]
+    lr_rest = [r["wall_time_s"]["lr"] - d - t for r, d, t in zip(rows, lr_draft, lr_target)]
+    right_x = [x + 0.2 for x in xs]
+    left.bar(right_x, lr_target, 0.4, label="lr: batched target calls", color="tab:orange")
+    left.bar(right_x, lr_draft, 0.4, bottom=lr_target, label="lr: draft steps", color="navajowhite")
+    left.bar(right_x, lr_rest, 0.4, bottom=[a + b for a, b in zip(lr_target, lr_draft)], color="grey")
     left.set_xlabel("GSM8K test question")
     left.set_ylabel("wall time (s)")
     left.set_title(f"ar vs lr: {report['summary']['lr_speedup_vs_ar']:.2f}x (draft: {report['draft']})", fontsize=9)
