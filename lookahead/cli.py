@@ -197,21 +197,8 @@ def solve(
     console.print()
     console.print(_summary_table(result, reference))
     if as_json:
-        payload = {
-            "text": result.text,
-            "answer": result.answer,
-            "reference": reference,
-            "mode": result.mode,
-            "finish_reason": result.finish_reason,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "wall_time_s": round(result.wall_time_s, 4),
-            "rounds": result.rounds,
-            "drafted_steps": result.drafted_steps,
-            "accepted_steps": result.accepted_steps,
-            "stats": result.stats,
-            "config": cfg.to_dict(),
-        }
+        payload = result.to_dict()  # text, answer, mode, tokens, wall_time_s, stats, the step trace
+        payload.update(reference=reference, config=cfg.to_dict())
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
     if result.finish_reason == "interrupted":
         raise typer.Exit(130)

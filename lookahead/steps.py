@@ -2,6 +2,7 @@
 
 A **step** is text up to and including the first occurrence of the delimiter. Text after the
 last delimiter is an incomplete trailing step. ``"".join(split_steps(t, d)) == t`` always holds.
+The engines cut generated text at the delimiter themselves (it is their stop string).
 
 Example:
     >>> split_steps("a\\n\\nb\\n\\nc", "\\n\\n")
@@ -30,19 +31,7 @@ def split_steps(text: str, delimiter: str) -> list[str]:
     return steps
 
 
-def join_steps(steps: list[str]) -> str:
-    """Inverse of `split_steps`."""
-    return "".join(steps)
-
-
 def is_complete_step(text: str, delimiter: str) -> bool:
     """True if ``text`` ends with the delimiter (and is not only the delimiter)."""
     return text.endswith(delimiter) and len(text) > len(delimiter)
 
-
-def cut_at_delimiter(text: str, delimiter: str) -> tuple[str, bool]:
-    """Cut ``text`` right after the first delimiter; return (text, whether it was found)."""
-    end = text.find(delimiter)
-    if end < 0:
-        return text, False
-    return text[: end + len(delimiter)], True

@@ -6,7 +6,7 @@ import pytest
 
 from lookahead import ConfigError, VerifierConfig
 from lookahead.eval.answers import extract_answer
-from lookahead.steps import cut_at_delimiter, is_complete_step, split_steps
+from lookahead.steps import is_complete_step, split_steps
 from lookahead.verifiers import create_verifier
 from lookahead.verifiers.exact import normalize_step
 
@@ -59,7 +59,6 @@ def test_split_steps_roundtrip_and_completeness():
     steps = split_steps(text, "\n\n")
     assert "".join(steps) == text and steps[0] == "a\n\n"
     assert is_complete_step("a\n\n", "\n\n") and not is_complete_step("\n\n", "\n\n")
-    assert cut_at_delimiter("x\n\ny", "\n\n") == ("x\n\n", True)
 
 
 @pytest.mark.parametrize(
