@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -181,16 +180,15 @@ def solve(
                 "[yellow]note: the draft is the same model as the target (no distilled draft yet), "
                 "so lr shows the mechanics, not a speedup[/]"
             )
-        start = time.perf_counter()
-        state = reasoner.start(question)
+        stream = reasoner.stream(question)
         try:
-            for record in reasoner.advance(state):
+            for record in stream:
                 if not quiet:
                     console.print(_step_text(record, cfg.gamma))
         except KeyboardInterrupt:
-            state.finish_reason = "interrupted"
             err_console.print("[yellow]interrupted: showing the steps committed so far[/]")
-        result = reasoner.result(state, cfg.mode, time.perf_counter() - start)
+        result = stream.result
+        assert result is not None
         reasoner.close()
     except LookaheadError as exc:
         raise _fail(str(exc)) from None
@@ -200,7 +198,7 @@ def solve(
         payload = result.to_dict()  # text, answer, mode, tokens, wall_time_s, stats, the step trace
         payload.update(reference=reference, config=cfg.to_dict())
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
-    if result.finish_reason == "interrupted":
+    if result.finish_reason == "cancelled":
         raise typer.Exit(130)
 
 

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -302,22 +303,38 @@ def _apply_shorthands(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def load_config(
-    source: str | Path | None = "default", overrides: typing.Iterable[str] = ()
-) -> LookaheadConfig:
-    """Build a validated `LookaheadConfig` from a preset name or YAML path plus ``key=value`` items."""
-    data = _read_yaml(source) if source is not None else {}
-    cfg = _from_dict(LookaheadConfig, _apply_shorthands(data))
-    pairs = [parse_override(item) for item in overrides]
-    # Shorthands first, so that nested keys override them whatever the command-line order.
-    pairs.sort(key=lambda kv: kv[0] not in SAMPLING_SHORTHANDS)
-    for key, value in pairs:
+def _apply_overrides(cfg: LookaheadConfig, pairs: list[tuple[str, Any]]) -> LookaheadConfig:
+    # Shorthands first, so that nested keys override them whatever the order they came in.
+    for key, value in sorted(pairs, key=lambda kv: kv[0] not in SAMPLING_SHORTHANDS):
         if key in SAMPLING_SHORTHANDS:
             _set_dotted(cfg, f"draft_sampling.{key}", value)
             _set_dotted(cfg, f"target_sampling.{key}", value)
         else:
             _set_dotted(cfg, key, value)
     return cfg.validate()
+
+
+def load_config(
+    source: str | Path | None = "default", overrides: typing.Iterable[str] = ()
+) -> LookaheadConfig:
+    """Build a validated `LookaheadConfig` from a preset name or YAML path plus ``key=value`` items."""
+    data = _read_yaml(source) if source is not None else {}
+    cfg = _from_dict(LookaheadConfig, _apply_shorthands(data))
+    return _apply_overrides(cfg, [parse_override(item) for item in overrides])
+
+
+REQUEST_KEYS_FIXED = ("target", "draft")
+"""Config sections a single request cannot change (they name loaded models)."""
+
+
+def with_overrides(cfg: LookaheadConfig, overrides: dict[str, Any]) -> LookaheadConfig:
+    """A validated copy of ``cfg`` with per-request overrides (same keys as ``--set``)."""
+    if not overrides:
+        return cfg
+    for key in overrides:
+        if key.split(".")[0] in REQUEST_KEYS_FIXED:
+            raise ConfigError(f"{key!r} names a loaded model and cannot change per request; build another reasoner")
+    return _apply_overrides(copy.deepcopy(cfg), list(overrides.items()))
 
 
 def config_from_dict(data: dict[str, Any]) -> LookaheadConfig:

@@ -26,13 +26,16 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from lookahead.config import MODES, LookaheadConfig
+from lookahead.config import MODES, LookaheadConfig, with_overrides
 from lookahead.engines import create_engine
 from lookahead.engines.base import Engine
 from lookahead.errors import ConfigError, PromptError
@@ -49,6 +52,9 @@ from lookahead.verifiers.base import Verifier
 class ProblemState:
     """One problem's state, advanced round by round."""
 
+    config: LookaheadConfig  # the effective config of this request (defaults + its overrides)
+    mode: str  # "ar" or "lr"
+    final_answer: re.Pattern[str]  # compiled config.final_answer_pattern
     messages: Messages  # the chat messages of the question
     target_prompt: str  # messages rendered with the target's chat template
     draft_prompt: str  # messages rendered with the draft's chat template ("" in ar mode)
@@ -88,8 +94,10 @@ class LookaheadReasoner:
         self.config = config.validate()
         self._target = target
         self._draft = draft
-        self._verifier = verifier
-        self._final_answer = re.compile(config.final_answer_pattern)
+        self._verifiers: dict[str, Verifier] = {}  # by repr(VerifierConfig), created on first use
+        if verifier is not None:
+            self._verifiers[repr(config.verifier)] = verifier
+        self._lock = threading.RLock()  # engines keep caches: one generation at a time
 
     @classmethod
     def from_config(cls, config: LookaheadConfig) -> LookaheadReasoner:
@@ -114,9 +122,14 @@ class LookaheadReasoner:
 
     @property
     def verifier(self) -> Verifier:
-        if self._verifier is None:
-            self._verifier = create_verifier(self.config.verifier)
-        return self._verifier
+        """The verifier of the reasoner's own config."""
+        return self.verifier_for(self.config)
+
+    def verifier_for(self, config: LookaheadConfig) -> Verifier:
+        key = repr(config.verifier)
+        if key not in self._verifiers:
+            self._verifiers[key] = create_verifier(config.verifier)
+        return self._verifiers[key]
 
     def close(self) -> None:
         for engine in {id(e): e for e in (self._target, self._draft) if e is not None}.values():
@@ -130,24 +143,55 @@ class LookaheadReasoner:
         self.close()
 
     # -- public API ----------------------------------------------------------------------------
-    def generate(self, prompt: str | Sequence[dict[str, str]], mode: str | None = None) -> Result:
-        """Solve one question (plain text or chat messages) and return the result with its trace."""
-        start = time.perf_counter()
-        state = self.start(prompt, mode)
-        for _ in self.advance(state, mode):
-            pass
-        return self.result(state, mode or self.config.mode, time.perf_counter() - start)
+    def generate(
+        self, prompt: str | Sequence[dict[str, str]], *, mode: str | None = None, speculation: bool = True, **overrides: Any
+    ) -> Result:
+        """Solve one question (plain text or chat messages) and return the result with its trace.
 
-    def stream(self, prompt: str | Sequence[dict[str, str]], mode: str | None = None) -> Iterator[StepRecord]:
-        """Yield each step as it is committed; the last committed step ends the iteration."""
-        state = self.start(prompt, mode)
-        yield from self.advance(state, mode)
+        ``mode`` picks ``ar`` or ``lr`` for this call; ``speculation=False`` is ``mode="ar"``;
+        ``overrides`` are config keys for this call only (``gamma=3``, ``temperature=0.7``,
+        ``verifier="normalized"``, ``max_total_tokens=256``, ...).
+        """
+        stream = self.stream(prompt, mode=mode, speculation=speculation, **overrides)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def stream(
+        self, prompt: str | Sequence[dict[str, str]], *, mode: str | None = None, speculation: bool = True, **overrides: Any
+    ) -> ResultStream:
+        """Iterate over the steps as they are committed; ``.result`` holds the `Result` afterwards.
+
+        Bad input (empty prompt, unknown override, prompt beyond the context) raises here, before
+        the first step. Stopping the iteration early ends the generation (finish "cancelled").
+        """
+        config = with_overrides(self.config, overrides)
+        if not speculation:
+            mode = "ar"
+        with self._lock:
+            state = self.start(prompt, mode, config)
+        return ResultStream(self, state)
+
+    async def agenerate(
+        self, prompt: str | Sequence[dict[str, str]], *, mode: str | None = None, speculation: bool = True, **overrides: Any
+    ) -> Result:
+        """`generate` in a worker thread, for asyncio code (generations still run one at a time)."""
+        return await asyncio.to_thread(self.generate, prompt, mode=mode, speculation=speculation, **overrides)
+
+    def generate_batch(
+        self, prompts: Sequence[str | Sequence[dict[str, str]]], *, mode: str | None = None, **overrides: Any
+    ) -> list[Result]:
+        """Solve several questions, in order (one after another in this process)."""
+        return [self.generate(p, mode=mode, **overrides) for p in prompts]
 
     # -- the loop ------------------------------------------------------------------------------
-    def start(self, prompt: str | Sequence[dict[str, str]], mode: str | None = None) -> ProblemState:
+    def start(
+        self, prompt: str | Sequence[dict[str, str]], mode: str | None = None, config: LookaheadConfig | None = None
+    ) -> ProblemState:
         """Render the prompt for each engine and check it fits the context."""
-        mode = self._check_mode(mode)
-        cfg = self.config
+        cfg = config or self.config
+        mode = self._check_mode(mode or cfg.mode)
         if isinstance(prompt, str):
             messages = build_messages(prompt, cfg.prompt_template, cfg.system_prompt)
         else:
@@ -172,14 +216,15 @@ class LookaheadReasoner:
                     f"the prompt has {self.draft.count_tokens(draft_prompt)} tokens but the draft's "
                     f"context holds {draft_context}; shorten the question"
                 )
-        return ProblemState(messages, target_prompt, draft_prompt, token_limit, prompt_tokens)
+        return ProblemState(
+            cfg, mode, re.compile(cfg.final_answer_pattern), messages, target_prompt, draft_prompt, token_limit, prompt_tokens
+        )
 
-    def advance(self, state: ProblemState, mode: str | None = None) -> Iterator[StepRecord]:
+    def advance(self, state: ProblemState) -> Iterator[StepRecord]:
         """Run rounds until a stop rule fires, yielding committed steps."""
-        mode = self._check_mode(mode)
         while state.finish_reason is None:
             round_start = time.perf_counter()
-            if mode == "ar":
+            if state.mode == "ar":
                 proposal = Proposal(drafts=[], targets=self.expand(state, []), verdicts=[])
             else:
                 drafts = self.propose(state)
@@ -189,7 +234,7 @@ class LookaheadReasoner:
 
     def propose(self, state: ProblemState) -> list[str]:
         """Draft up to γ complete steps, one after another (each from the previous ones)."""
-        cfg = self.config
+        cfg = state.config
         params = dataclasses.replace(cfg.draft_sampling, max_new_tokens=cfg.max_step_tokens)
         drafts: list[str] = []
         text = state.completion
@@ -202,7 +247,7 @@ class LookaheadReasoner:
                 break  # an incomplete draft step can never be accepted: stop looking ahead
             drafts.append(step.text)
             text += step.text
-            if cfg.stop_at_final_answer and self._final_answer.search(step.text):
+            if cfg.stop_at_final_answer and state.final_answer.search(step.text):
                 break  # the problem ends here if this step is accepted
         state.stats.draft_s += time.perf_counter() - start
         return drafts
@@ -213,7 +258,7 @@ class LookaheadReasoner:
         The bonus row (after all k drafts) is left out when no budget is left after them or the
         last draft states the final answer.
         """
-        cfg = self.config
+        cfg = state.config
         prompts, params = [], []
         prefix = state.completion
         for i in range(len(drafts) + 1):
@@ -221,7 +266,7 @@ class LookaheadReasoner:
                 prefix += drafts[i - 1]
             left = state.token_limit - (self.target.count_tokens(prefix) if i else state.tokens)
             is_bonus = i == len(drafts) and i > 0
-            if left <= 0 or (is_bonus and cfg.stop_at_final_answer and self._final_answer.search(drafts[-1])):
+            if left <= 0 or (is_bonus and cfg.stop_at_final_answer and state.final_answer.search(drafts[-1])):
                 break
             prompts.append(state.target_prompt + prefix)
             params.append(dataclasses.replace(cfg.target_sampling, max_new_tokens=min(cfg.max_step_tokens, left)))
@@ -241,14 +286,15 @@ class LookaheadReasoner:
             contexts.append(context)
             context += draft
         start = time.perf_counter()
+        verifier = self.verifier_for(state.config)
         try:
-            verdicts = self.verifier.verify(contexts, drafts, [t.text for t in targets[: len(drafts)]])
+            verdicts = verifier.verify(contexts, drafts, [t.text for t in targets[: len(drafts)]])
             if len(verdicts) != len(drafts):
                 raise ValueError(f"verifier returned {len(verdicts)} verdicts for {len(drafts)} pairs")
         except Exception as exc:  # a broken verifier must not kill the run: reject, count, go on
             state.stats.verifier_failures += 1
             verdicts = [
-                Verdict(accepted=False, score=0.0, verifier=self.verifier.name, reason=f"failed: {exc}")
+                Verdict(accepted=False, score=0.0, verifier=verifier.name, reason=f"failed: {exc}")
                 for _ in drafts
             ]
         state.stats.verify_s += time.perf_counter() - start
@@ -287,7 +333,7 @@ class LookaheadReasoner:
             committed += 1
             if completion is not None and completion.finish_reason == "eos":
                 state.finish_reason = "eos"
-            elif self.config.stop_at_final_answer and self._final_answer.search(text):
+            elif state.config.stop_at_final_answer and state.final_answer.search(text):
                 state.finish_reason = "answer"
             elif state.tokens >= state.token_limit:
                 state.finish_reason = "length"
@@ -313,13 +359,13 @@ class LookaheadReasoner:
         state.steps.append(record)
         return record
 
-    def result(self, state: ProblemState, mode: str, wall_time_s: float) -> Result:
+    def result(self, state: ProblemState, wall_time_s: float) -> Result:
         stats = state.stats.summary()
         # orchestration: wall time not spent inside draft, target or verifier calls (seconds)
         stats["other_s"] = round(max(wall_time_s - stats["draft_s"] - stats["target_s"] - stats["verify_s"], 0.0), 4)
         return Result(
             text=state.completion,
-            mode=mode,
+            mode=state.mode,
             steps=state.steps,
             prompt_tokens=state.prompt_tokens,
             completion_tokens=state.tokens,
@@ -330,8 +376,48 @@ class LookaheadReasoner:
             answer=extract_answer(state.completion),
         )
 
-    def _check_mode(self, mode: str | None) -> str:
-        mode = mode or self.config.mode
+    @staticmethod
+    def _check_mode(mode: str) -> str:
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is unknown; choose one of {', '.join(MODES)}")
         return mode
+
+
+class ResultStream:
+    """The steps of one generation as they are committed; ``result`` is set when it ends.
+
+    Example:
+        >>> stream = reasoner.stream("What is 17 * 23?")     # doctest: +SKIP
+        >>> for step in stream:                              # doctest: +SKIP
+        ...     print(step.source, step.text)
+        >>> stream.result.answer                             # doctest: +SKIP
+    """
+
+    def __init__(self, reasoner: LookaheadReasoner, state: ProblemState) -> None:
+        self.state = state  # the problem being advanced
+        self.result: Result | None = None  # set once the iteration ends (also when cut short)
+        self._reasoner = reasoner
+        self._iterator: Iterator[StepRecord] | None = None
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    def _run(self) -> Iterator[StepRecord]:
+        with self._reasoner._lock:
+            start = time.perf_counter()
+            try:
+                yield from self._reasoner.advance(self.state)
+            finally:
+                if self.state.finish_reason is None:
+                    self.state.finish_reason = "cancelled"
+                self.result = self._reasoner.result(self.state, time.perf_counter() - start)
+
+    def close(self) -> None:
+        """Stop generating (frees the reasoner for other requests); ``result`` keeps the steps so far."""
+        if self._iterator is not None:
+            self._iterator.close()  # type: ignore[attr-defined]
+        elif self.result is None:
+            self.state.finish_reason = self.state.finish_reason or "cancelled"
+            self.result = self._reasoner.result(self.state, 0.0)

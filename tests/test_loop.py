@@ -11,7 +11,7 @@ from lookahead.types import Verdict
 T = ["A1.\n\n", "A2.\n\n", "A3.\n\n", "A4.\n\n", "Answer \\boxed{4}."]
 
 
-def make(target_steps, draft_steps, **overrides):
+def make(target_steps, draft_steps, verifier=None, **overrides):
     cfg = config_from_dict(
         {
             "mode": "lr",
@@ -24,7 +24,7 @@ def make(target_steps, draft_steps, **overrides):
         }
     )
     target, draft = FakeEngine(target_steps), FakeEngine(draft_steps)
-    return LookaheadReasoner(cfg, target=target, draft=draft), target, draft
+    return LookaheadReasoner(cfg, target=target, draft=draft, verifier=verifier), target, draft
 
 
 def ar_text(target_steps, **overrides):
@@ -153,8 +153,7 @@ class Broken:
 
 def test_verifier_failure_rejects_and_is_counted():
     """A verifier that raises rejects the round's drafts; the run finishes with target steps."""
-    reasoner, _, _ = make(T, T)
-    reasoner._verifier = Broken()
+    reasoner, _, _ = make(T, T, verifier=Broken())
     result = reasoner.generate("q")
     assert result.text == "".join(T)
     assert result.accepted_steps == 0
@@ -172,8 +171,7 @@ class AcceptAll:
 def test_lenient_verifier_commits_draft_text():
     """With a verifier that accepts paraphrases, the draft's own words are committed."""
     drafts = ["B1.\n\n", "B2.\n\n", "B3.\n\n", "B4.\n\n", "B5.\n\n"]
-    reasoner, _, _ = make(T, drafts, stop_at_final_answer=False, max_total_tokens=15)
-    reasoner._verifier = AcceptAll()
+    reasoner, _, _ = make(T, drafts, verifier=AcceptAll(), stop_at_final_answer=False, max_total_tokens=15)
     result = reasoner.generate("q")
     assert result.text.startswith("B1.\n\nB2.\n\nB3.\n\n")
 
@@ -202,4 +200,40 @@ def test_prompt_longer_than_context_is_refused():
 def test_stream_yields_the_steps_of_generate():
     """stream() yields the committed steps; their texts join to the generate() text."""
     reasoner, _, _ = make(T, ["A1.\n\n", "no\n\n"])
-    assert "".join(s.text for s in reasoner.stream("q")) == reasoner.generate("q").text
+    stream = reasoner.stream("q")
+    assert "".join(s.text for s in stream) == reasoner.generate("q").text == stream.result.text
+
+
+def test_per_request_overrides_leave_the_defaults_alone():
+    """generate(gamma=1, verifier=...) applies to that call only; engine keys are refused."""
+    from lookahead import ConfigError
+
+    reasoner, target, _ = make(T, T)
+    assert reasoner.generate("q", gamma=1).steps[1].depth == 2  # bonus after one draft step
+    assert target.calls[0] == 2
+    assert reasoner.generate("q").steps[3].depth == 4  # back to γ = 3
+    assert reasoner.generate("q", speculation=False).mode == "ar"
+    with pytest.raises(ConfigError, match="unknown config key"):
+        reasoner.generate("q", gama=2)
+    with pytest.raises(ConfigError, match="cannot change per request"):
+        reasoner.generate("q", **{"target.model": "x"})
+    assert reasoner.config.gamma == 3
+
+
+def test_stream_cut_short_keeps_the_steps_so_far():
+    """Closing a stream early ends the generation with finish 'cancelled' and the steps so far."""
+    reasoner, _, _ = make(T, ["no\n\n"] * 5)
+    stream = reasoner.stream("q")
+    first = next(iter(stream))
+    stream.close()
+    assert stream.result.finish_reason == "cancelled" and stream.result.text == first.text
+    assert reasoner.generate("q").text == "".join(T)  # the reasoner is free again
+
+
+def test_agenerate_and_generate_batch():
+    """The asyncio and batch entry points return the same results as generate."""
+    import asyncio
+
+    reasoner, _, _ = make(T, T)
+    assert asyncio.run(reasoner.agenerate("q")).text == "".join(T)
+    assert [r.text for r in reasoner.generate_batch(["q", "r"])] == ["".join(T)] * 2
