@@ -88,7 +88,7 @@ class VerifierConfig:
 
     _primary: ClassVar[str] = "name"
 
-    name: str = "exact"  # verifier registry name: "exact" (byte-exact) or "normalized"
+    name: str = "exact"  # verifier registry name: "exact" (byte-exact), "normalized" or "numeric"
     options: dict[str, Any] = field(default_factory=dict)  # verifier-specific settings
 
     def validate(self) -> None:

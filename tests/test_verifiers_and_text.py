@@ -14,7 +14,7 @@ from lookahead.verifiers.exact import normalize_step
 def test_registry_raises_on_unknown_names_with_the_list():
     """No silent fallback to some default verifier."""
     with pytest.raises(ConfigError, match="exact, normalized"):
-        create_verifier(VerifierConfig(name="nope"))
+        create_verifier(VerifierConfig(name="nope"))  # message lists exact, normalized, numeric
 
 
 def test_exact_is_byte_exact_and_keeps_order():
@@ -76,3 +76,34 @@ def test_split_steps_roundtrip_and_completeness():
 def test_extract_answer(text, answer):
     """Boxed, #### and 'final answer' forms, then the last number."""
     assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize(
+    ("draft", "target", "same"),
+    [
+        ("She sells 16 - 3 - 4 = 9 eggs.\n\n", "9 eggs are left: 16 - 3 - 4 = 9.\n\n", True),  # paraphrase
+        ("9 * 2 = 18 dollars\n\n", "9 * 2 = 16 dollars\n\n", False),  # a different number
+        ("Total: 1,200 apples\n\n", "In total 1200.00 apples\n\n", True),  # number formatting
+        ("Half is 1/2 of it\n\n", "Half is 0.5 of it\n\n", True),  # fraction = decimal
+        ("A 50% discount\n\n", "A 50 discount\n\n", False),  # a percentage is not a plain number
+        ("3 + 3 = 6\n\n", "3 + 6 = 9\n\n", False),  # one number more
+        ("Let us think.\n\n", "let us  think.\n\n", True),  # no numbers: normalized text
+        ("\n\n", "\n\n", False),  # an empty step is never accepted
+        ("x " * 2000 + "= 7\n\n", "x " * 1999 + "= 7\n\n", True),  # very long steps stay cheap
+    ],
+)
+def test_numeric_verifier_compares_stated_numbers(draft, target, same):
+    """numeric accepts reworded steps with the same numbers and rejects any changed number."""
+    v = create_verifier(VerifierConfig(name="numeric"))
+    assert v.verify([""], [draft], [target])[0].accepted is same
+
+
+def test_numeric_threshold_and_bad_options():
+    """A lower threshold accepts partial overlap; bad options are a ConfigError."""
+    loose = create_verifier(VerifierConfig(name="numeric", options={"threshold": 0.5}))
+    verdict = loose.verify([""], ["2 + 3 = 5\n\n"], ["2 + 3 = 6\n\n"])[0]  # {2,3,5} vs {2,3,6}
+    assert verdict.accepted and verdict.score == 0.5
+    with pytest.raises(ConfigError, match="threshold"):
+        create_verifier(VerifierConfig(name="numeric", options={"threshold": 0}))
+    with pytest.raises(ConfigError, match="unknown options"):
+        create_verifier(VerifierConfig(name="numeric", options={"tau": 1}))

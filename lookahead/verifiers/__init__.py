@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 _REGISTRY = {
     "exact": "lookahead.verifiers.exact:ExactVerifier",
     "normalized": "lookahead.verifiers.exact:NormalizedVerifier",
+    "numeric": "lookahead.verifiers.numeric:NumericVerifier",
 }
 VERIFIER_NAMES = tuple(_REGISTRY)
 
