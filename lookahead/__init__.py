@@ -1,6 +1,9 @@
 """lookahead: Lookahead Reasoning -- step-level speculation for reasoning models.
 
-Public API:
+Public API: `LookaheadReasoner` (generate / stream / agenerate / generate_batch), `ResultStream`,
+`load_config` and the typed configs, the plain result types (`Result`, `StepRecord`, `Verdict`,
+`Completion`) and the user-facing errors (`LookaheadError` and its subclasses).
+
     >>> from lookahead import LookaheadReasoner, load_config
     >>> cfg = load_config("default", ["mode=lr", "gamma=2"])
     >>> with LookaheadReasoner.from_config(cfg) as reasoner:          # doctest: +SKIP
@@ -17,7 +20,7 @@ from lookahead.config import (
     load_config,
 )
 from lookahead.errors import ConfigError, LookaheadError, ModelLoadError, PromptError
-from lookahead.loop import LookaheadReasoner
+from lookahead.loop import LookaheadReasoner, ResultStream
 from lookahead.types import Completion, Result, StepRecord, Verdict
 
 __version__ = "0.1.0"
@@ -32,6 +35,7 @@ __all__ = [
     "ModelLoadError",
     "PromptError",
     "Result",
+    "ResultStream",
     "SamplingParams",
     "StepRecord",
     "Verdict",

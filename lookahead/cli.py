@@ -202,6 +202,76 @@ def solve(
         raise typer.Exit(130)
 
 
+@app.command()
+def serve(
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", help="Override a config key, e.g. --set gamma=3 --set temperature=0."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; the default only accepts local clients.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(envvar="LOOKAHEAD_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' (not on /health)."),
+    ] = None,
+    max_concurrency: Annotated[
+        int, typer.Option(help="Requests admitted at once (1 running, the rest waiting); more get 429.")
+    ] = 8,
+    timeout: Annotated[float, typer.Option(help="Seconds per request before it is cancelled with 504.")] = 300.0,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes; larger gets 413.")] = 1_048_576,
+    model_name: Annotated[
+        Optional[str], typer.Option(help="Name clients pass as `model` (default: the config's target.model).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+) -> None:
+    """Serve the reasoner over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+    from lookahead.config import load_config
+    from lookahead.loop import LookaheadReasoner
+    from lookahead.server import ServerSettings, create_app, default_model_name
+
+    try:
+        cfg = load_config(config, list(set_ or []))
+        if not 0 <= port <= 65535:
+            raise _fail(f"--port must be in 0..65535 (got {port})")
+        if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise _fail(f"--log-level {log_level!r} is unknown; choose critical, error, warning, info or debug")
+        settings = ServerSettings(
+            model_name=model_name or default_model_name(cfg),
+            api_key=api_key,
+            max_concurrency=max_concurrency,
+            timeout_s=timeout,
+            max_body_bytes=max_body_bytes,
+        ).validate()
+        if "hf" in (cfg.target.backend, cfg.draft.backend):
+            _quiet_libraries()
+        with console.status("loading models..."):
+            reasoner = LookaheadReasoner.from_config(cfg)
+    except LookaheadError as exc:
+        raise _fail(str(exc)) from None
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        err_console.print(f"[yellow]warning: binding {host} without --api-key: anyone who can reach it can use the model[/]")
+    console.print(
+        f"serving [bold]{settings.model_name}[/] (mode {cfg.mode}) at http://{host}:{port}/v1 · "
+        f"max concurrency {settings.max_concurrency} · timeout {settings.timeout_s:g} s"
+        + (" · API key required" if settings.api_key else ""),
+        soft_wrap=True,
+    )
+    try:
+        uvicorn.run(
+            create_app(reasoner, settings),
+            host=host,
+            port=port,
+            log_level=log_level,
+            # in-flight requests finish on Ctrl-C / SIGTERM; none outlives its own --timeout for long
+            timeout_graceful_shutdown=int(settings.timeout_s) + 10,
+        )
+    finally:
+        reasoner.close()
+
+
 def main() -> None:
     app()
 
