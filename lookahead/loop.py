@@ -235,13 +235,16 @@ class LookaheadReasoner:
     def propose(self, state: ProblemState) -> list[str]:
         """Draft up to γ complete steps, one after another (each from the previous ones)."""
         cfg = state.config
-        params = dataclasses.replace(cfg.draft_sampling, max_new_tokens=cfg.max_step_tokens)
         drafts: list[str] = []
         text = state.completion
         start = time.perf_counter()
         for _ in range(cfg.gamma):
-            if self.target.count_tokens(text) >= state.token_limit:
+            left = state.token_limit - self.target.count_tokens(text)
+            if left <= 0:
                 break  # no budget left for a target step after this prefix
+            # A draft step longer than the budget left could never match: the target's step from
+            # the same prefix is capped there. (Counted in draft tokens: exact for a shared tokenizer.)
+            params = dataclasses.replace(cfg.draft_sampling, max_new_tokens=min(cfg.max_step_tokens, left))
             step = self.draft.generate([state.draft_prompt + text], params, stop=[cfg.step_delimiter])[0]
             if step.finish_reason != "stop" or not is_complete_step(step.text, cfg.step_delimiter):
                 break  # an incomplete draft step can never be accepted: stop looking ahead

@@ -237,3 +237,28 @@ def test_agenerate_and_generate_batch():
     reasoner, _, _ = make(T, T)
     assert asyncio.run(reasoner.agenerate("q")).text == "".join(T)
     assert [r.text for r in reasoner.generate_batch(["q", "r"])] == ["".join(T)] * 2
+
+
+class Recording(FakeEngine):
+    """A fake engine that records the max_new_tokens of every row it is asked for."""
+
+    def __init__(self, steps):
+        super().__init__(steps)
+        self.caps = []
+
+    def generate(self, prompts, params, stop=()):
+        rows = [params] * len(prompts) if not isinstance(params, list) else params
+        self.caps.extend(p.max_new_tokens for p in rows)
+        return super().generate(prompts, params, stop)
+
+
+def test_draft_steps_are_capped_at_the_budget_left():
+    """A draft step never runs past the budget: the target's step there would be capped anyway."""
+    cfg = config_from_dict(
+        {"gamma": 3, "max_step_tokens": 64, "max_total_tokens": 12, "target": {"backend": "fake"}, "draft": {"backend": "fake"}}
+    )
+    draft = Recording(T)
+    reasoner = LookaheadReasoner(cfg, target=FakeEngine(T), draft=draft)
+    result = reasoner.generate("q")
+    assert draft.caps[:3] == [12, 7, 2]  # 12 tokens of budget, steps of 5 tokens
+    assert result.text == ar_text(T, max_total_tokens=12).text
