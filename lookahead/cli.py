@@ -44,9 +44,13 @@ def _group() -> None:
     """
 
 
-def _quiet_libraries() -> None:
-    """Our own INFO messages (e.g. the one-time model conversion) on stderr; library bars off."""
+def _quiet_libraries(cfg: Any) -> None:
+    """For configs that load transformers models: our own INFO messages (e.g. the one-time model
+    conversion) on stderr, the libraries' progress bars and warnings off."""
     import logging
+
+    if "hf" not in (cfg.target.backend, cfg.draft.backend):
+        return
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -165,8 +169,7 @@ def solve(
         if not question.strip():
             raise _fail("the question is empty; pass the problem text or --example TASK:N")
         same_model = cfg.mode == "lr" and cfg.draft == cfg.target
-        if "hf" in (cfg.target.backend, cfg.draft.backend):
-            _quiet_libraries()
+        _quiet_libraries(cfg)
         with console.status("loading models..."):
             reasoner = LookaheadReasoner.from_config(cfg)
         console.print(Text(f"question: {question.strip()}", style="bold"))
@@ -243,8 +246,7 @@ def serve(
             timeout_s=timeout,
             max_body_bytes=max_body_bytes,
         ).validate()
-        if "hf" in (cfg.target.backend, cfg.draft.backend):
-            _quiet_libraries()
+        _quiet_libraries(cfg)
         with console.status("loading models..."):
             reasoner = LookaheadReasoner.from_config(cfg)
     except LookaheadError as exc:
