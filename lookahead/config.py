@@ -27,8 +27,25 @@ import yaml
 
 from lookahead.errors import ConfigError
 
-MODES = ("ar", "lr")
-"""``ar``: the target alone, step by step (the baseline). ``lr``: Lookahead Reasoning."""
+MODES = ("ar", "lr", "sd", "lr+sd")
+"""``ar``: the target alone, step by step (the baseline). ``lr``: Lookahead Reasoning (step-level
+speculation). ``sd``: the target alone with token-level speculative decoding inside each step.
+``lr+sd``: both layers (token-level speculation inside every draft and target call of `lr`)."""
+
+SPECULATION_METHODS = ("ngram", "draft")
+"""Token-level speculation: ``ngram`` copies continuations of the last n-gram from the prompt and
+the text so far (prompt lookup, model-free); ``draft`` lets a small model sharing the engine's
+tokenizer propose tokens."""
+
+
+def uses_step_speculation(mode: str) -> bool:
+    """Does ``mode`` draft whole steps (Lookahead Reasoning)?"""
+    return mode in ("lr", "lr+sd")
+
+
+def uses_token_speculation(mode: str) -> bool:
+    """Does ``mode`` speculate tokens inside each engine call?"""
+    return mode in ("sd", "lr+sd")
 
 SAMPLING_SHORTHANDS = ("temperature", "top_p", "top_k", "seed")
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -56,18 +73,47 @@ class SamplingParams:
 
 
 @dataclass
+class SpeculationConfig:
+    """Token-level speculative decoding inside one engine's calls (used in ``sd`` / ``lr+sd``)."""
+
+    method: str = "ngram"  # "ngram" (prompt lookup, model-free) or "draft" (a small model)
+    num_tokens: int = 4  # tokens proposed per verification forward pass (tokens)
+    max_ngram: int = 3  # ngram: longest suffix n-gram looked up in the prompt and text (tokens)
+    min_ngram: int = 1  # ngram: shortest suffix n-gram tried before giving up (tokens)
+    draft_model: str | None = None  # draft: model sharing the tokenizer; None = the config's draft
+
+    def validate(self, where: str) -> None:
+        if self.method not in SPECULATION_METHODS:
+            raise ConfigError(
+                f"{where}.method {self.method!r} is unknown; choose one of {', '.join(SPECULATION_METHODS)}"
+            )
+        if self.num_tokens < 1:
+            raise ConfigError(f"{where}.num_tokens must be >= 1 (got {self.num_tokens})")
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise ConfigError(
+                f"{where}: need 1 <= min_ngram <= max_ngram (got {self.min_ngram} and {self.max_ngram})"
+            )
+
+
+@dataclass
 class EngineConfig:
     """Which model runs where. ``--set draft=PATH`` is short for ``--set draft.model=PATH``."""
 
     _primary: ClassVar[str] = "model"
 
-    backend: str = "hf"  # engine registry name: "hf" (in-process transformers) or "fake" (tests)
+    backend: str = "hf"  # engine registry name: "hf" (in-process transformers), "fake" (tests), ...
     model: str = "smollm2-135m-instruct"  # embedded alias, local HF dir, .gguf file or hub name
     dtype: str = "float32"  # torch dtype of the weights: float32, bfloat16 or float16
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda if available)
     cache_dir: str | None = None  # converted GGUF models go here; None = ~/.cache/lookahead
     prefix_cache: bool = True  # reuse the KV cache of token prefixes seen in earlier calls
     pad_batches: bool = True  # decode at the cheapest batch size >= the live rows (measured once)
+    speculation: SpeculationConfig = field(default_factory=SpeculationConfig)  # token-level SD
+    url: str | None = None  # remote backends: server base URL, e.g. http://127.0.0.1:30000
+    api_key: str | None = None  # remote backends: bearer token; None = $LOOKAHEAD_API_KEY or none
+    timeout_s: float = 120.0  # remote backends: seconds before one HTTP request gives up
+    max_retries: int = 3  # remote backends: retries (with exponential backoff) per request
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific extras (e.g. sglang.Engine kwargs)
 
     def validate(self, where: str) -> None:
         from lookahead.engines import ENGINE_NAMES
@@ -80,6 +126,11 @@ class EngineConfig:
             raise ConfigError(f"{where}.dtype must be float32, bfloat16 or float16 (got {self.dtype!r})")
         if not self.model:
             raise ConfigError(f"{where}.model is empty; give a model directory, .gguf file or alias")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"{where}.timeout_s must be > 0 (got {self.timeout_s})")
+        if self.max_retries < 0:
+            raise ConfigError(f"{where}.max_retries must be >= 0 (got {self.max_retries})")
+        self.speculation.validate(f"{where}.speculation")
 
 
 @dataclass
@@ -104,7 +155,7 @@ class VerifierConfig:
 class LookaheadConfig:
     """Everything `LookaheadReasoner` needs. Vocabulary: see `lookahead.types`."""
 
-    mode: str = "lr"  # "ar" (target alone) or "lr" (Lookahead Reasoning)
+    mode: str = "lr"  # "ar", "lr", "sd" or "lr+sd" (see MODES)
     gamma: int = 2  # lookahead depth γ: draft steps proposed per round (steps)
     step_delimiter: str = "\n\n"  # a step ends right after this string
     max_step_tokens: int = 128  # per-step token cap (tokens); a capped target step is never matched

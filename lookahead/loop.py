@@ -128,7 +128,8 @@ class LookaheadReasoner:
     def verifier_for(self, config: LookaheadConfig) -> Verifier:
         key = repr(config.verifier)
         if key not in self._verifiers:
-            self._verifiers[key] = create_verifier(config.verifier)
+            engines = {"target": lambda: self.target, "draft": lambda: self.draft}
+            self._verifiers[key] = create_verifier(config.verifier, engines)
         return self._verifiers[key]
 
     def close(self) -> None:

@@ -28,8 +28,14 @@ class Engine(Protocol):
         prompts: Sequence[str],
         params: SamplingParams | Sequence[SamplingParams],
         stop: Sequence[str] = (),
+        speculate: bool = False,
     ) -> list[Completion]:
         """Continue every prompt in one batched call.
+
+        ``speculate=True`` asks for token-level speculative decoding (``sd`` / ``lr+sd`` modes) as
+        configured in the engine's ``EngineConfig.speculation``; it never changes greedy output.
+        Engines that cannot speculate (or whose server always does) ignore it and report what
+        they know in ``Completion.spec_draft_tokens`` / ``spec_accepted_tokens``.
 
         ``params`` is one `SamplingParams` for all rows or one per row (rows may have different
         ``max_new_tokens``). A row ends at the first stop string (kept at the end of its text,

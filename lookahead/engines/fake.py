@@ -92,6 +92,7 @@ class FakeEngine:
         prompts: Sequence[str],
         params: SamplingParams | Sequence[SamplingParams],
         stop: Sequence[str] = (),
+        speculate: bool = False,
     ) -> list[Completion]:
         start = time.perf_counter()
         per_row = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)

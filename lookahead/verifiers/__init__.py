@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from lookahead.errors import ConfigError
@@ -15,6 +16,7 @@ from lookahead.registry import lookup
 
 if TYPE_CHECKING:
     from lookahead.config import VerifierConfig
+    from lookahead.engines.base import Engine
     from lookahead.verifiers.base import Verifier
 
 _REGISTRY = {
@@ -25,10 +27,21 @@ _REGISTRY = {
 VERIFIER_NAMES = tuple(_REGISTRY)
 
 
-def create_verifier(config: VerifierConfig) -> Verifier:
-    """Instantiate the verifier named by ``config.name``; unknown names raise with the list."""
+EngineGetters = Mapping[str, "Callable[[], Engine]"]
+"""Engines a verifier may borrow, by role (``"target"``, ``"draft"``), loaded only when called."""
+
+
+def create_verifier(config: VerifierConfig, engines: EngineGetters | None = None) -> Verifier:
+    """Instantiate the verifier named by ``config.name``; unknown names raise with the list.
+
+    A verifier class with ``needs_engines = True`` receives ``engines=`` (the reasoner's own
+    target and draft, so an LLM judge can be the target itself without loading it twice).
+    """
     cls = lookup(_REGISTRY, config.name, "verifier")
+    kwargs = dict(config.options)
+    if getattr(cls, "needs_engines", False):
+        kwargs["engines"] = dict(engines or {})
     try:
-        return cls(**config.options)
+        return cls(**kwargs)
     except ValueError as exc:
         raise ConfigError(f"verifier {config.name!r}: {exc}") from None
