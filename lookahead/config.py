@@ -114,6 +114,9 @@ class EngineConfig:
     timeout_s: float = 120.0  # remote backends: seconds before one HTTP request gives up
     max_retries: int = 3  # remote backends: retries (with exponential backoff) per request
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific extras (e.g. sglang.Engine kwargs)
+    replicas: int = 0  # 0 = one engine in this process; N >= 1 = N Ray actors (lookahead.pool)
+    max_batch_rows: int = 16  # pool: most rows one replica decodes in one merged call (rows)
+    num_gpus: float = 0.0  # pool: GPUs reserved per replica actor (0 on CPU)
 
     def validate(self, where: str) -> None:
         from lookahead.engines import ENGINE_NAMES
@@ -131,6 +134,10 @@ class EngineConfig:
         if self.max_retries < 0:
             raise ConfigError(f"{where}.max_retries must be >= 0 (got {self.max_retries})")
         self.speculation.validate(f"{where}.speculation")
+        if self.replicas < 0:
+            raise ConfigError(f"{where}.replicas must be >= 0 (got {self.replicas}); 0 runs in this process")
+        if self.max_batch_rows < 1:
+            raise ConfigError(f"{where}.max_batch_rows must be >= 1 (got {self.max_batch_rows})")
 
 
 @dataclass
@@ -172,6 +179,10 @@ class LookaheadConfig:
     target_sampling: SamplingParams = field(default_factory=SamplingParams)
     draft_sampling: SamplingParams = field(default_factory=SamplingParams)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    concurrency: int = 1  # problems in flight at once (batch runs: eval, server); > 1 needs a pool
+    ray_address: str | None = None  # None = start Ray locally; "auto" or "ray://host:port" joins a cluster
+    call_timeout_s: float = 600.0  # pool: seconds before one engine call counts as hung and is retried
+    call_retries: int = 2  # pool: retries of a failed or hung engine call before the problem fails
 
     def validate(self) -> LookaheadConfig:
         if self.mode not in MODES:
@@ -196,6 +207,12 @@ class LookaheadConfig:
             re.compile(self.final_answer_pattern)
         except re.error as exc:
             raise ConfigError(f"final_answer_pattern is not a valid regex: {exc}") from None
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1 (got {self.concurrency})")
+        if self.call_timeout_s <= 0:
+            raise ConfigError(f"call_timeout_s must be > 0 (got {self.call_timeout_s})")
+        if self.call_retries < 0:
+            raise ConfigError(f"call_retries must be >= 0 (got {self.call_retries})")
         self.target.validate("target")
         self.draft.validate("draft")
         self.target_sampling.validate("target_sampling")

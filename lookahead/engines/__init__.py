@@ -23,5 +23,12 @@ ENGINE_NAMES = tuple(_REGISTRY)
 
 
 def create_engine(config: EngineConfig) -> Engine:
-    """Instantiate the engine named by ``config.backend``; unknown names raise with the list."""
+    """Instantiate the engine named by ``config.backend``; unknown names raise with the list.
+
+    ``config.replicas >= 1`` puts that many copies in Ray actors behind one `PoolEngine`.
+    """
+    if config.replicas > 0:
+        from lookahead.pool import PoolEngine
+
+        return PoolEngine.from_config(config)
     return lookup(_REGISTRY, config.backend, "engine backend").from_config(config)
