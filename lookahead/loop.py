@@ -111,14 +111,19 @@ class LookaheadReasoner:
     @property
     def target(self) -> Engine:
         if self._target is None:
-            self._target = create_engine(self.config.target)
+            self._target = create_engine(self.config.target, **self._pool_settings())
         return self._target
 
     @property
     def draft(self) -> Engine:
         if self._draft is None:
-            self._draft = create_engine(self.config.draft)
+            self._draft = create_engine(self.config.draft, **self._pool_settings())
         return self._draft
+
+    def _pool_settings(self) -> dict[str, Any]:
+        """Settings for engines with ``replicas >= 1`` (Ray actors), from the reasoner's config."""
+        cfg = self.config
+        return {"ray_address": cfg.ray_address, "call_timeout_s": cfg.call_timeout_s, "call_retries": cfg.call_retries}
 
     @property
     def verifier(self) -> Verifier:

@@ -22,7 +22,9 @@ _REGISTRY = {
 ENGINE_NAMES = tuple(_REGISTRY)
 
 
-def create_engine(config: EngineConfig) -> Engine:
+def create_engine(
+    config: EngineConfig, *, ray_address: str | None = None, call_timeout_s: float = 600.0, call_retries: int = 2
+) -> Engine:
     """Instantiate the engine named by ``config.backend``; unknown names raise with the list.
 
     ``config.replicas >= 1`` puts that many copies in Ray actors behind one `PoolEngine`.
@@ -30,5 +32,7 @@ def create_engine(config: EngineConfig) -> Engine:
     if config.replicas > 0:
         from lookahead.pool import PoolEngine
 
-        return PoolEngine.from_config(config)
+        return PoolEngine.from_config(
+            config, ray_address=ray_address, call_timeout_s=call_timeout_s, call_retries=call_retries
+        )
     return lookup(_REGISTRY, config.backend, "engine backend").from_config(config)
