@@ -206,6 +206,109 @@ def solve(
 
 
 @app.command()
+def distill(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: data.jsonl, checkpoint.pt, model/.")] = Path(
+        "runs/distill"
+    ),
+    data: Annotated[
+        Optional[Path],
+        typer.Option(help="JSONL file of questions (default: GSM8K train from the data folder). Never a test split."),
+    ] = None,
+    question_field: Annotated[str, typer.Option(help="Field of each JSONL row holding the question.")] = "question",
+    limit: Annotated[int, typer.Option(help="Questions to solve with the target (from --offset).")] = 1000,
+    offset: Annotated[int, typer.Option(help="Skip this many questions first.")] = 0,
+    phase: Annotated[str, typer.Option(help="all, generate (target solutions only) or train (on what exists).")] = "all",
+    batch_size: Annotated[int, typer.Option(help="Questions the target solves per batch.")] = 16,
+    epochs: Annotated[float, typer.Option(help="Passes over the solutions.")] = 4.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 3e-3,
+    batch_tokens: Annotated[int, typer.Option(help="Padded tokens per optimizer step.")] = 4096,
+    hidden_size: Annotated[int, typer.Option(help="Draft width.")] = 256,
+    layers: Annotated[int, typer.Option(help="Draft decoder layers.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of data order, initialisation and negatives.")] = 0,
+    allow_test_split: Annotated[
+        bool, typer.Option(help="Allow a file whose name says 'test' (you will not be able to evaluate on it).")
+    ] = False,
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset whose target and prompt are distilled.")] = "default",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key.")] = None,
+) -> None:
+    """Distil a small draft for the config's target from the target's own solutions.
+
+    Phase 1 lets the target solve --limit questions (greedy, batched; resumable: rerun the same
+    command after an interruption). Phase 2 trains a small Llama with the target's tokenizer on
+    them (resumable from checkpoint.pt). The draft lands in OUT/model with a model card; use it
+    with --set draft=OUT/model.
+    """
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lookahead import distill as d
+    from lookahead.config import load_config
+    from lookahead.eval.tasks import default_data_dir
+
+    if phase not in ("all", "generate", "train"):
+        raise _fail(f"--phase must be all, generate or train (got {phase!r})")
+    if limit < 1 or offset < 0 or batch_size < 1:
+        raise _fail("--limit and --batch-size must be >= 1 and --offset >= 0")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        cfg = load_config(config, list(set_ or []))
+        if cfg.target.backend != "hf":
+            raise _fail("distill runs the target in process: target.backend must be hf")
+        path = data or default_data_dir() / "gsm8k" / "train.jsonl"
+        if "test" in path.name.lower() and not allow_test_split:
+            raise _fail(f"{path} looks like a test split; distil on training data (or pass --allow-test-split)")
+        out.mkdir(parents=True, exist_ok=True)
+        _quiet_libraries(cfg)
+        data_file = out / d.DATA_FILE
+        questions = d.read_questions(path, question_field)[offset : offset + limit]
+        if not questions:
+            raise _fail(f"{path} has no rows after --offset {offset}")
+        if phase in ("all", "generate"):
+            done = {s.line for s in d.read_solutions(data_file)}
+            left = sum(1 for line, _ in questions if line not in done)
+            with Progress(*columns, console=err_console) as bar:
+                task = bar.add_task("target solves questions", total=len(questions), completed=len(questions) - left)
+                d.generate_solutions(cfg, questions, data_file, batch_size, progress=lambda n: bar.advance(task, n))
+        if phase in ("all", "train"):
+            wanted = {line for line, _ in questions}
+            solutions = [s for s in d.read_solutions(data_file) if s.line in wanted]
+            shape = d.DraftShape(hidden_size=hidden_size, num_layers=layers, intermediate_size=4 * hidden_size,
+                                 num_heads=max(1, hidden_size // 64), num_kv_heads=max(1, hidden_size // 128))
+            settings = d.TrainSettings(epochs=epochs, lr=lr, batch_tokens=batch_tokens, seed=seed)
+            torch.manual_seed(seed)
+            with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}"), console=err_console) as bar:
+                task = bar.add_task("training the draft", total=None, loss=float("nan"))
+
+                def on_step(step: int, total: int, loss: float) -> None:
+                    bar.update(task, completed=step, total=total, loss=loss)
+
+                model, tokenizer, report = d.train_draft(cfg, solutions, out, shape, settings, progress=on_step)
+            lines = [s.line for s in solutions]
+            card = {
+                "name": f"{out.name} draft",
+                "target": cfg.target.model,
+                "command": d.command_line(),
+                "device": "cpu",
+                "shape": d.asdict(shape),
+                "settings": d.asdict(settings),
+                "data": {"source": str(path.name if data is None else path), "solutions": len(solutions),
+                         "first_line": min(lines), "last_line": max(lines)},
+                "train": d.asdict(report),
+            }
+            dest = d.save_draft(model, tokenizer, out / d.MODEL_DIR, card)
+            console.print(
+                f"draft saved to {dest} · {report.parameters / 1e6:.1f} M parameters · {report.steps} steps "
+                f"in {report.seconds:.0f} s · held-out loss {report.valid_loss} · top-1 agreement {report.valid_accuracy:.3f}"
+            )
+            console.print(f"use it: lookahead solve --example gsm8k:0 --set draft={dest}")
+    except LookaheadError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted: rerun the same command to resume from {out}[/]")
+        raise typer.Exit(130) from None
+
+
+@app.command()
 def serve(
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
     set_: Annotated[

@@ -1,0 +1,584 @@
+"""Train a small step-level draft for a target model from the target's own solutions.
+
+Lookahead Reasoning pays off only when the draft is much cheaper per step than the target and
+still writes the steps the target would write. When no small model of the target's family exists
+(or the one that exists writes differently), distil one, as EAGLE/SpecForge users do:
+
+1. **generate**: the target solves questions of a dataset (default: GSM8K *train*; never a test
+   split) with the same prompt the reasoner uses, greedy, batched; each solution is cut after
+   the first step that states the final answer. Rows are appended to ``<out>/data.jsonl`` as
+   they finish, so an interrupted run resumes where it stopped.
+2. **train**: a small causal LM (transformers' ``LlamaConfig``) with the target's tokenizer
+   learns those solutions (prompt tokens masked out of the loss). Its token embeddings start as
+   the PCA projection of the target's, so it begins with the target's token geometry. The loss
+   is a softmax over the tokens the solutions use plus fresh random negatives each step (much
+   cheaper than the full vocabulary on CPU; the negatives keep unused tokens' logits low).
+   Checkpoints (model, optimizer, step) go to ``<out>/checkpoint.pt``; a rerun resumes.
+3. **save**: a HF model directory (fp16 safetensors + tokenizer + ``README.md`` model card with
+   data, steps, loss, size and the command) at ``<out>/model``, loadable as an engine model.
+
+Example:
+    lookahead distill --out runs/draft --limit 1000          # generate + train + save
+    lookahead solve --example gsm8k:0 --set draft=runs/draft/model
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lookahead.config import LookaheadConfig
+from lookahead.errors import ConfigError, DataError
+from lookahead.prompts import build_messages
+
+logger = logging.getLogger("lookahead.distill")
+
+DATA_FILE = "data.jsonl"  # generated solutions, one JSON object per question
+CHECKPOINT_FILE = "checkpoint.pt"  # training state for resuming
+MODEL_DIR = "model"  # the finished draft
+
+
+@dataclass
+class DraftShape:
+    """Size of the draft network (a Llama decoder with the target's tokenizer)."""
+
+    hidden_size: int = 256  # width of the residual stream
+    num_layers: int = 4  # decoder layers
+    num_heads: int = 4  # attention heads (head dim = hidden_size / num_heads)
+    num_kv_heads: int = 2  # key/value heads (grouped-query attention)
+    intermediate_size: int = 1024  # MLP width
+    max_positions: int = 2048  # longest sequence (prompt + completion) the draft handles (tokens)
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings of `train_draft`."""
+
+    epochs: float = 4.0  # passes over the generated solutions
+    batch_tokens: int = 4096  # tokens per optimizer step (padded batch size x length)
+    lr: float = 3e-3  # peak learning rate (AdamW), after a linear warm-up
+    warmup_steps: int = 30  # optimizer steps of linear warm-up
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
+    weight_decay: float = 0.01  # AdamW weight decay (not applied to norms)
+    negatives: int = 2048  # random vocabulary entries added to the softmax each step
+    valid_fraction: float = 0.05  # share of solutions held out to measure the draft
+    checkpoint_every: int = 50  # optimizer steps between checkpoints
+    seed: int = 0  # data order, initialisation and negatives
+
+
+@dataclass
+class Solution:
+    """One generated training example."""
+
+    line: int  # 1-based line of the question in the source file
+    question: str
+    prompt: str  # the chat-formatted prompt the target saw
+    completion: str  # the target's solution, cut after the final-answer step
+    finish: str  # "answer", "eos" or "length"
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def read_questions(path: str | Path, field_name: str = "question") -> list[tuple[int, str]]:
+    """``(line number, question)`` for every row of a JSONL file; bad rows raise naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset file {path} does not exist; give --data PATH (a JSONL file with a {field_name!r} field)")
+    rows: list[tuple[int, str]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or field_name not in row:
+                raise DataError(f"{path}:{number}: the row has no {field_name!r} field; pick it with --question-field")
+            question = str(row[field_name]).strip()
+            if not question:
+                raise DataError(f"{path}:{number}: the {field_name!r} field is empty")
+            rows.append((number, question))
+    if not rows:
+        raise DataError(f"dataset file {path} holds no rows")
+    return rows
+
+
+def read_solutions(path: Path) -> list[Solution]:
+    """The solutions already generated; a torn last line (killed mid-write) is dropped."""
+    if not path.is_file():
+        return []
+    out: list[Solution] = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(Solution(**json.loads(raw)))
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return out
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a run killed mid-write), so appends start clean."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def _cut_after_answer(text: str, delimiter: str, pattern: re.Pattern[str]) -> tuple[str, bool]:
+    """Keep the steps up to and including the first one that states the final answer."""
+    pos = 0
+    while pos < len(text):
+        end = text.find(delimiter, pos)
+        step_end = len(text) if end < 0 else end + len(delimiter)
+        if pattern.search(text[pos:step_end]):
+            return text[:step_end], True
+        pos = step_end
+    return text, False
+
+
+def generate_solutions(
+    config: LookaheadConfig,
+    questions: Sequence[tuple[int, str]],
+    out_file: Path,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Let the target solve ``questions`` (greedy) and append them to ``out_file``; returns rows written.
+
+    Questions whose line is already in ``out_file`` are skipped, so a rerun resumes. Questions are
+    sorted by length so that batches pad little.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    from lookahead.engines.hf import _load_pretrained, resolve_model
+
+    done = {s.line for s in read_solutions(out_file)}
+    todo = [(line, q) for line, q in questions if line not in done]
+    if not todo:
+        return 0
+    resolved = resolve_model(config.target)
+    model, tokenizer = _load_pretrained(resolved.source, torch.float32)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    pattern = re.compile(config.final_answer_pattern)
+    delimiter = config.step_delimiter
+    budget = max_new_tokens or config.max_total_tokens
+
+    def render(question: str) -> str:  # the prompt HFEngine.format_chat gives the reasoner
+        messages = build_messages(question, config.prompt_template, config.system_prompt)
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n".join([f"{m['role']}: {m['content']}" for m in messages] + ["assistant: "])
+
+    class _AnswerStated(StoppingCriteria):
+        """Stop a row once a completed step states the final answer (checked every 8 tokens)."""
+
+        def __init__(self, prompt_len: int) -> None:
+            self.prompt_len = prompt_len
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            n = input_ids.shape[1] - self.prompt_len
+            flags = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if n % 8:
+                return flags
+            for i, row in enumerate(input_ids[:, self.prompt_len :].tolist()):
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                cut, stated = _cut_after_answer(text, delimiter, pattern)
+                flags[i] = stated and (len(cut) < len(text) or text.endswith(delimiter))
+            return flags
+
+    todo.sort(key=lambda item: len(item[1]))
+    written = 0
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(out_file)
+    with out_file.open("a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            prompts = [render(q) for _, q in batch]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=budget,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    stopping_criteria=StoppingCriteriaList([_AnswerStated(enc.input_ids.shape[1])]),
+                )
+            for (line, question), prompt, row in zip(batch, prompts, out[:, enc.input_ids.shape[1] :].tolist()):
+                ended = tokenizer.eos_token_id in row
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                text, stated = _cut_after_answer(text, delimiter, pattern)
+                finish = "answer" if stated else ("eos" if ended else "length")
+                solution = Solution(line, question, prompt, text, finish)
+                handle.write(json.dumps(asdict(solution), ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            written += len(batch)
+            if progress is not None:
+                progress(len(batch))
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _encode(tokenizer: Any, solutions: Iterable[Solution]) -> list[tuple[list[int], int]]:
+    """``(token ids, number of prompt tokens)`` per solution; EOS closes solutions that ended."""
+    out = []
+    for s in solutions:
+        prompt_ids = tokenizer(s.prompt, add_special_tokens=False).input_ids
+        completion_ids = tokenizer(s.completion, add_special_tokens=False).input_ids
+        if s.finish == "eos" and tokenizer.eos_token_id is not None:
+            completion_ids = completion_ids + [tokenizer.eos_token_id]
+        if completion_ids:
+            out.append((prompt_ids + completion_ids, len(prompt_ids)))
+    return out
+
+
+def _batches(examples: list[tuple[list[int], int]], batch_tokens: int, rng: random.Random) -> list[list[int]]:
+    """Indices grouped by similar length, at most ``batch_tokens`` padded tokens per batch."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + rng.random())
+    batches, current, longest = [], [], 0
+    for i in order:
+        n = len(examples[i][0])
+        if current and max(longest, n) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(examples: list[tuple[list[int], int]], indices: list[int], pad_id: int):
+    import torch
+
+    length = max(len(examples[i][0]) for i in indices)
+    ids = torch.full((len(indices), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(indices), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(indices), length), dtype=torch.long)
+    for row, i in enumerate(indices):
+        tokens, prompt_len = examples[i]
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+        labels[row, prompt_len : len(tokens)] = torch.tensor(tokens[prompt_len:])
+    return ids, mask, labels
+
+
+def _sampled_loss(model: Any, ids, mask, labels, keep, generator) -> tuple[Any, Any, Any]:
+    """Cross-entropy over ``keep`` (the tokens the solutions use) plus random negatives.
+
+    Returns (loss, number of predicted tokens, number predicted right within the softmax set).
+    """
+    import torch
+
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    chosen = targets != -100
+    hidden = hidden[chosen]
+    targets = targets[chosen]
+    weight = model.get_output_embeddings().weight
+    vocab = weight.shape[0]
+    negatives = torch.randint(0, vocab, (keep.negatives,), generator=generator)
+    candidates = torch.unique(torch.cat([keep.ids, negatives]))
+    position = torch.full((vocab,), -1, dtype=torch.long)
+    position[candidates] = torch.arange(len(candidates))
+    logits = hidden @ weight[candidates].T
+    local_targets = position[targets]
+    loss = torch.nn.functional.cross_entropy(logits, local_targets)
+    correct = (logits.argmax(-1) == local_targets).sum()
+    return loss, int(targets.numel()), int(correct)
+
+
+@dataclass
+class _Keep:
+    ids: Any  # LongTensor of vocabulary ids the solutions use
+    negatives: int
+
+
+@dataclass
+class TrainReport:
+    """What training did, written into the model card and ``distill.json``."""
+
+    examples: int = 0  # training solutions
+    valid_examples: int = 0  # held-out solutions
+    train_tokens: int = 0  # completion tokens in the training solutions
+    steps: int = 0  # optimizer steps
+    seconds: float = 0.0  # training wall time
+    train_loss: float = float("nan")  # mean loss of the last 20 steps (softmax over kept tokens + negatives)
+    valid_loss: float = float("nan")  # held-out loss, full-vocabulary softmax
+    valid_accuracy: float = float("nan")  # held-out next-token top-1 agreement with the target (teacher forced)
+    parameters: int = 0  # draft parameters
+    history: list[dict[str, float]] = field(default_factory=list)  # (step, loss) samples
+
+
+def _pca_embeddings(target_weight, hidden_size: int, seed: int):
+    """Project the target's token embeddings onto their top ``hidden_size`` principal axes."""
+    import torch
+
+    torch.manual_seed(seed)
+    weight = target_weight.float()
+    centered = weight - weight.mean(0, keepdim=True)
+    _, _, v = torch.pca_lowrank(centered, q=hidden_size, center=False, niter=4)
+    projected = centered @ v[:, :hidden_size]
+    return projected * (0.02 / projected.std())
+
+
+def build_draft(target_config: Any, target_embeddings, shape: DraftShape, seed: int):
+    """A fresh Llama draft with the target's vocabulary and special tokens, PCA-initialised embeddings."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if shape.hidden_size % shape.num_heads or shape.num_heads % shape.num_kv_heads:
+        raise ConfigError("draft shape: hidden_size must divide by num_heads, num_heads by num_kv_heads")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=target_config.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        max_position_embeddings=shape.max_positions,
+        rope_theta=getattr(target_config, "rope_theta", None) or 10000.0,
+        rms_norm_eps=getattr(target_config, "rms_norm_eps", 1e-5),
+        tie_word_embeddings=True,
+        bos_token_id=target_config.bos_token_id,
+        eos_token_id=target_config.eos_token_id,
+        pad_token_id=getattr(target_config, "pad_token_id", None),
+    )
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(_pca_embeddings(target_embeddings, shape.hidden_size, seed))
+    return model
+
+
+def _lr_at(step: int, total: int, settings: TrainSettings) -> float:
+    if step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    progress = min(1.0, (step - settings.warmup_steps) / max(1, total - settings.warmup_steps))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return settings.lr * (settings.min_lr_ratio + (1 - settings.min_lr_ratio) * cosine)
+
+
+def _evaluate(model: Any, examples: list[tuple[list[int], int]], pad_id: int) -> tuple[float, float]:
+    """Held-out (loss, top-1 agreement) with the full-vocabulary softmax."""
+    import torch
+
+    if not examples:
+        return float("nan"), float("nan")
+    model.eval()
+    total_loss, total_tokens, correct = 0.0, 0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), 8):
+            indices = list(range(start, min(start + 8, len(examples))))
+            ids, mask, labels = _collate(examples, indices, pad_id)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            targets = labels[:, 1:]
+            chosen = targets != -100
+            loss = torch.nn.functional.cross_entropy(logits[chosen], targets[chosen], reduction="sum")
+            total_loss += float(loss)
+            total_tokens += int(chosen.sum())
+            correct += int((logits[chosen].argmax(-1) == targets[chosen]).sum())
+    model.train()
+    return total_loss / max(total_tokens, 1), correct / max(total_tokens, 1)
+
+
+def train_draft(
+    config: LookaheadConfig,
+    solutions: list[Solution],
+    out_dir: Path,
+    shape: DraftShape = DraftShape(),
+    settings: TrainSettings = TrainSettings(),
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[Any, Any, TrainReport]:
+    """Train a draft on ``solutions``; resumes from ``out_dir/checkpoint.pt`` if present.
+
+    Returns (model, tokenizer, report). ``progress(step, total_steps, loss)`` is called per step.
+    """
+    import torch
+
+    from lookahead.engines.hf import _load_pretrained, resolve_model
+
+    if not solutions:
+        raise DataError("no generated solutions to train on; run the generate phase first")
+    rng = random.Random(settings.seed)
+    resolved = resolve_model(config.target)
+    target, tokenizer = _load_pretrained(resolved.source, torch.float32)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = _encode(tokenizer, solutions)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    n_valid = min(len(examples) // 2, max(1, round(len(examples) * settings.valid_fraction)))
+    valid = [examples[i] for i in order[:n_valid]]
+    train = [examples[i] for i in order[n_valid:]]
+    if not train:
+        raise DataError("too few solutions to train on (need at least 2)")
+    keep_ids = sorted({t for tokens, p in train for t in tokens[p:]} | {t for tokens, p in valid for t in tokens[p:]})
+    keep = _Keep(ids=torch.tensor(keep_ids, dtype=torch.long), negatives=settings.negatives)
+
+    model = build_draft(target.config, target.get_input_embeddings().weight.detach(), shape, settings.seed)
+    del target
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr,
+        betas=(0.9, 0.95),
+    )
+    steps_per_epoch = len(_batches(train, settings.batch_tokens, random.Random(0)))
+    total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
+    report = TrainReport(
+        examples=len(train),
+        valid_examples=len(valid),
+        train_tokens=sum(len(t) - p for t, p in train),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+    step, elapsed = 0, 0.0
+    checkpoint = out_dir / CHECKPOINT_FILE
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        if state.get("shape") != asdict(shape) or state.get("examples") != len(examples):
+            raise ConfigError(
+                f"{checkpoint} was made with other settings or data; delete it (or use another --out) to start over"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed = state["step"], state["seconds"]
+        report.history = state["history"]
+        logger.info("resuming training at step %d of %d", step, total_steps)
+
+    def save_checkpoint() -> None:
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "seconds": elapsed,
+                "history": report.history,
+                "shape": asdict(shape),
+                "examples": len(examples),
+            },
+            tmp,
+        )
+        os.replace(tmp, checkpoint)
+
+    generator = torch.Generator().manual_seed(settings.seed + step)
+    recent: list[float] = []
+    epoch = step // max(steps_per_epoch, 1)
+    while step < total_steps:
+        batches = _batches(train, settings.batch_tokens, random.Random(settings.seed * 1000 + epoch))
+        skip = step - epoch * steps_per_epoch
+        for indices in batches[skip:]:
+            if step >= total_steps:
+                break
+            started = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total_steps, settings)
+            ids, mask, labels = _collate(train, indices, pad_id)
+            loss, _, _ = _sampled_loss(model, ids, mask, labels, keep, generator)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            elapsed += time.perf_counter() - started
+            recent = (recent + [loss.item()])[-20:]
+            if step % 10 == 0 or step == total_steps:
+                report.history.append({"step": step, "loss": round(sum(recent) / len(recent), 4)})
+            if progress is not None:
+                progress(step, total_steps, recent[-1])
+            if step % settings.checkpoint_every == 0:
+                save_checkpoint()
+        epoch += 1
+    save_checkpoint()
+    report.steps = step
+    report.seconds = round(elapsed, 1)
+    report.train_loss = round(sum(recent) / len(recent), 4) if recent else float("nan")
+    valid_loss, valid_accuracy = _evaluate(model, valid, pad_id)
+    report.valid_loss, report.valid_accuracy = round(valid_loss, 4), round(valid_accuracy, 4)
+    return model, tokenizer, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any]) -> Path:
+    """Write the draft (fp16 safetensors + tokenizer), ``distill.json`` and a ``README.md`` model card."""
+    import torch
+
+    dest.mkdir(parents=True, exist_ok=True)
+    model = model.to(torch.float16)
+    model.config.dtype = "float16"
+    model.save_pretrained(str(dest), safe_serialization=True)
+    tokenizer.save_pretrained(str(dest))
+    (dest / "distill.json").write_text(json.dumps(card, indent=2) + "\n")
+    size_mb = sum(p.stat().st_size for p in dest.glob("*.safetensors")) / 1e6
+    report = card["train"]
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"A step-level **draft** for `{card['target']}`, distilled from the target's own greedy solutions",
+        "by `lookahead distill` (Lookahead Reasoning, arXiv 2506.19830). It shares the target's tokenizer,",
+        "so it can also propose tokens for token-level speculative decoding.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | Llama decoder, {card['shape']['num_layers']} layers, hidden {card['shape']['hidden_size']}, "
+        f"{card['shape']['num_heads']} heads ({card['shape']['num_kv_heads']} KV), MLP {card['shape']['intermediate_size']} |",
+        f"| parameters | {report['parameters'] / 1e6:.1f} M ({size_mb:.1f} MB fp16 safetensors) |",
+        f"| data | {card['data']['solutions']} target solutions of `{card['data']['source']}` "
+        f"(lines {card['data']['first_line']}..{card['data']['last_line']}), {report['train_tokens']} completion tokens for training, "
+        f"{report['valid_examples']} solutions held out |",
+        f"| training | {report['steps']} AdamW steps, {card['settings']['epochs']} epochs, peak lr {card['settings']['lr']}, "
+        f"{card['settings']['batch_tokens']} tokens/step, {report['seconds']:.0f} s on {card['device']} |",
+        f"| final train loss | {report['train_loss']} (softmax over the solutions' tokens + {card['settings']['negatives']} random negatives) |",
+        f"| held-out loss / top-1 agreement | {report['valid_loss']} / {report['valid_accuracy']:.3f} (full vocabulary, teacher forced) |",
+        "",
+        "Made with:",
+        "",
+        "```",
+        card["command"],
+        "```",
+        "",
+        "Limitations: trained only on GSM8K-style arithmetic word problems with the prompt of",
+        "`lookahead`'s default config; elsewhere it will propose steps the target rarely accepts.",
+        "The training questions come from GSM8K train (MIT licence); never from a test split.",
+        "",
+    ]
+    (dest / "README.md").write_text("\n".join(lines))
+    return dest
+
+
+def command_line() -> str:
+    """The command that is running, for model cards and benchmark JSON."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("lookahead", "__main__.py")):
+        argv[0] = "lookahead"
+    return " ".join(shlex.quote(a) for a in argv)

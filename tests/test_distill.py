@@ -1,0 +1,132 @@
+"""`lookahead distill`: bad input, resumable generation and training, a loadable draft."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from lookahead import distill as d
+from lookahead.config import EngineConfig, load_config
+from lookahead.engines.hf import HFEngine
+from lookahead.errors import ConfigError, DataError
+from tests.tiny import tiny_llama, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_target(tmp_path_factory):
+    """A tiny random target saved as a model directory (with its tokenizer)."""
+    folder = tmp_path_factory.mktemp("target")
+    tokenizer = train_tokenizer(300)
+    tiny_llama(tokenizer, seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def questions_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"question": f"Step {i}: add the numbers {i} and {i + 1}."} for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_config(folder):
+    return load_config("default", [f"target.model={folder}", f"draft.model={folder}", "max_total_tokens=24"])
+
+
+def test_read_questions_names_file_and_line(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        d.read_questions(tmp_path / "missing.jsonl")
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "a"}\n{"problem": "b"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: the row has no 'question' field"):
+        d.read_questions(path)
+    path.write_text('{"question": "a"}\nnot json\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        d.read_questions(path)
+    path.write_text('{"problem": "a"}\n\n{"problem": "b"}\n')
+    assert d.read_questions(path, "problem") == [(1, "a"), (3, "b")]
+
+
+def test_cut_after_answer_keeps_the_answer_step():
+    pattern = re.compile(load_config("default").final_answer_pattern)
+    text = "First, 2 + 2 = 4.\n\nThe final answer is \\boxed{4}.\n\nExtra rambling.\n\n"
+    assert d._cut_after_answer(text, "\n\n", pattern) == ("First, 2 + 2 = 4.\n\nThe final answer is \\boxed{4}.\n\n", True)
+    assert d._cut_after_answer("no answer here\n\n", "\n\n", pattern) == ("no answer here\n\n", False)
+
+
+def test_generation_resumes_without_duplicates(tiny_target, questions_file, tmp_path):
+    cfg = tiny_config(tiny_target)
+    out = tmp_path / "data.jsonl"
+    questions = d.read_questions(questions_file)
+    assert d.generate_solutions(cfg, questions[:2], out, batch_size=2) == 2
+    with out.open("a") as handle:  # a run killed mid-write leaves a torn line
+        handle.write('{"line": 5, "quest')
+    assert d.generate_solutions(cfg, questions, out, batch_size=4) == 4
+    solutions = d.read_solutions(out)
+    assert sorted(s.line for s in solutions) == [1, 2, 3, 4, 5, 6]
+    assert all(s.prompt.endswith("assistant: ") and s.completion for s in solutions)
+    assert d.generate_solutions(cfg, questions, out) == 0  # nothing left to do
+
+
+def test_generation_is_the_targets_greedy_output(tiny_target, questions_file, tmp_path):
+    """The training data is what the reasoner's target engine writes for the same prompt."""
+    cfg = tiny_config(tiny_target)
+    out = tmp_path / "data.jsonl"
+    d.generate_solutions(cfg, d.read_questions(questions_file)[:3], out, batch_size=3, max_new_tokens=12)
+    engine = HFEngine.from_config(EngineConfig(model=str(tiny_target), pad_batches=False))
+    from lookahead.config import SamplingParams
+
+    for s in d.read_solutions(out):
+        assert engine.format_chat([{"role": "user", "content": cfg.prompt_template.format(question=s.question)}]) == s.prompt
+        expected = engine.generate([s.prompt], SamplingParams(max_new_tokens=12))[0].text
+        assert d._cut_after_answer(expected, "\n\n", re.compile(cfg.final_answer_pattern))[0] == s.completion
+    engine.shutdown()
+
+
+def test_training_resumes_and_saves_a_loadable_draft(tiny_target, questions_file, tmp_path):
+    cfg = tiny_config(tiny_target)
+    data = tmp_path / "data.jsonl"
+    d.generate_solutions(cfg, d.read_questions(questions_file), data, batch_size=6)
+    solutions = d.read_solutions(data)
+    shape = d.DraftShape(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, max_positions=512)
+    settings = d.TrainSettings(epochs=6, batch_tokens=64, lr=1e-2, warmup_steps=2, negatives=16, checkpoint_every=2)
+    steps = []
+    model, tokenizer, first = d.train_draft(cfg, solutions, tmp_path, shape, settings, progress=lambda s, t, l: steps.append(s))
+    assert first.steps == steps[-1] and first.steps > 4
+    assert first.history[0]["loss"] > first.train_loss  # it learned something
+    # a rerun with more epochs resumes from the checkpoint instead of starting over
+    more = d.TrainSettings(**{**d.asdict(settings), "epochs": 8})
+    resumed_steps = []
+    _, _, second = d.train_draft(cfg, solutions, tmp_path, shape, more, progress=lambda s, t, l: resumed_steps.append(s))
+    assert resumed_steps[0] == first.steps + 1 and second.steps > first.steps
+    with pytest.raises(ConfigError, match="other settings"):
+        d.train_draft(cfg, solutions, tmp_path, d.DraftShape(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1), more)
+    card = {"name": "t", "target": str(tiny_target), "command": "lookahead distill", "device": "cpu",
+            "shape": d.asdict(shape), "settings": d.asdict(settings),
+            "data": {"source": "train.jsonl", "solutions": 6, "first_line": 1, "last_line": 6}, "train": d.asdict(second)}
+    dest = d.save_draft(model, tokenizer, tmp_path / "model", card)
+    assert "lookahead distill" in (dest / "README.md").read_text()
+    draft = HFEngine.from_config(EngineConfig(model=str(dest), pad_batches=False))
+    assert draft.model.dtype == torch.float32  # fp16 on disk, loaded as the config's dtype
+    from lookahead.config import SamplingParams
+
+    assert draft.generate([solutions[0].prompt], SamplingParams(max_new_tokens=4))[0].completion_tokens == 4
+    draft.shutdown()
+
+
+def test_cli_refuses_a_test_split_and_missing_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from lookahead.cli import app
+
+    runner = CliRunner()
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text('{"question": "a"}\n')
+    result = runner.invoke(app, ["distill", "--data", str(test_file), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "test split" in result.output
+    result = runner.invoke(app, ["distill", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "does not exist" in result.output
