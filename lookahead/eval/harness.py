@@ -1,0 +1,549 @@
+"""The evaluation harness: several runs (modes, per-run overrides) side by side on the same problems.
+
+Vocabulary:
+- **run**: one way of generating, named by its spec string, e.g. ``ar``, ``lr``, ``lr[gamma=4]``,
+  ``lr[verifier=numeric,gamma=3]``: a mode from `lookahead.config.MODES` plus config overrides
+  (the keys of ``--set``) passed as ``**overrides`` to `LookaheadReasoner.generate`.
+- **job**: one (problem, run, sample) to generate; its **key** ``(problem index, run label,
+  sample)`` identifies its record.
+- **record**: one JSON line of ``<out>/records.jsonl`` per job (see `make_record` for the fields).
+
+Fairness rules: every run sees the same problems, the same token budget and the same sampling
+(a run spec that overrides them gets a warning in the summary); samples are seeded
+``seed + sample`` when sampling is stochastic, the same seed for every run. Jobs go problem by
+problem, and the run that goes first rotates from one problem to the next, so whatever a warm
+cache gives the second run of a problem is spread evenly over the runs. ``--equal-hardware`` is
+recorded; with engine replicas (``replicas >= 1``, the Ray pool) the ``ar`` runs then get
+``target.replicas + draft.replicas`` target replicas: they run after the other runs, on a second
+reasoner built once the first one has been closed (with in-process engines, ``replicas = 0``,
+``ar`` already has the whole device to itself and nothing changes).
+
+Resumability: records are appended one line at a time (flush + fsync); `RecordStore` skips keys
+already recorded, drops a torn last line left by a kill, and refuses to resume an output folder
+made with other settings (``run.json``).
+
+Executing jobs is pluggable: `run_sequential` is the default ``run_jobs(reasoner, jobs,
+on_record)``; a concurrent scheduler (the Ray pool) can take its place as long as it calls
+`execute_job` for every job and ``on_record`` with each record (from any thread).
+
+Example:
+    >>> cfg = load_config("tiny")                                           # doctest: +SKIP
+    >>> runs = parse_run_specs("ar,lr[gamma=1],lr[gamma=4]", cfg)           # doctest: +SKIP
+    >>> store = open_output(Path("runs/x"), settings, force_new=False)      # doctest: +SKIP
+    >>> jobs = plan_jobs(problems, runs, 1, cfg, "gsm8k", done=store.keys)  # doctest: +SKIP
+    >>> run_all(reasoner, jobs, store)                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lookahead.config import MODES, SAMPLING_SHORTHANDS, LookaheadConfig, parse_override, with_overrides
+from lookahead.errors import ConfigError, DataError, LookaheadError
+from lookahead.eval.answers import answers_match, extract_answer
+from lookahead.eval.tasks import Problem, TaskSource
+
+if TYPE_CHECKING:
+    from lookahead.loop import LookaheadReasoner
+    from lookahead.types import Result
+
+RECORDS_FILE = "records.jsonl"
+RUN_FILE = "run.json"
+BASELINE = "ar"  # the run label speedups are measured against
+
+Key = tuple[int, str, int]  # (problem index, run label, sample)
+OnRecord = Callable[[dict[str, Any]], None]
+RunJobs = Callable[["LookaheadReasoner", Sequence["Job"], OnRecord], None]
+
+FAIRNESS_KEYS = ("max_total_tokens", "max_step_tokens", *SAMPLING_SHORTHANDS)
+"""Override keys (and any ``*_sampling.*`` key) that give a run another budget or sampling."""
+
+
+# -- runs ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the comparison: a mode plus per-run config overrides."""
+
+    label: str  # the spec string as written, e.g. "lr[gamma=4]"; names the run everywhere
+    mode: str  # one of lookahead.config.MODES
+    overrides: dict[str, Any] = field(default_factory=dict)  # config keys for generate(**overrides)
+
+    def changes_fairness(self) -> list[str]:
+        """Override keys that give this run another token budget or sampling than the others."""
+        return [k for k in self.overrides if k in FAIRNESS_KEYS or k.split(".")[0].endswith("_sampling")]
+
+
+def _split_top_level(text: str, where: str) -> list[str]:
+    """Split on commas outside ``[...]``."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                raise ConfigError(f"{where}: unbalanced ']' in {text!r}")
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if depth != 0:
+        raise ConfigError(f"{where}: unbalanced '[' in {text!r}; write e.g. lr[gamma=4]")
+    parts.append(current)
+    return [p.strip() for p in parts]
+
+
+def parse_run_specs(text: str, config: LookaheadConfig) -> list[RunSpec]:
+    """``"ar,lr[gamma=1],lr[gamma=4,verifier=numeric]"`` -> runs; every override is validated now."""
+    runs: list[RunSpec] = []
+    for spec in _split_top_level(text or "", "--modes"):
+        if not spec:
+            raise ConfigError(f"--modes {text!r} has an empty run; write e.g. --modes ar,lr")
+        mode, bracket, rest = spec.partition("[")
+        mode = mode.strip()
+        if mode not in MODES:
+            raise ConfigError(f"--modes: run {spec!r}: mode {mode!r} is unknown; choose one of {', '.join(MODES)}")
+        overrides: dict[str, Any] = {}
+        if bracket:
+            if not rest.endswith("]"):
+                raise ConfigError(f"--modes: run {spec!r} must end with ']', e.g. lr[gamma=4]")
+            body = rest[:-1]
+            for item in (i.strip() for i in body.replace(";", ",").split(",")):
+                if not item:
+                    continue
+                key, value = parse_override(item)
+                if key == "mode":
+                    raise ConfigError(f"--modes: run {spec!r}: give the mode before '[' (e.g. lr[gamma=4]), not mode=")
+                overrides[key] = value
+        try:
+            with_overrides(config, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"--modes: run {spec!r}: {exc}") from None
+        if any(r.label == spec for r in runs):
+            raise ConfigError(f"--modes: run {spec!r} is listed twice")
+        runs.append(RunSpec(spec, mode, overrides))
+    return runs
+
+
+def apply_task_prompt(config: LookaheadConfig, source: TaskSource) -> LookaheadConfig:
+    """Use the task's own prompt template unless the config sets one of its own (not the default)."""
+    if source.prompt_template and config.prompt_template == LookaheadConfig().prompt_template:
+        config = copy.deepcopy(config)
+        config.prompt_template = source.prompt_template
+        config.validate()
+    return config
+
+
+def equal_hardware_config(config: LookaheadConfig) -> tuple[LookaheadConfig, bool]:
+    """The config the ``ar`` runs get under ``--equal-hardware``, and whether it differs.
+
+    With replicas (Ray actors), ``ar`` gets the draft's replicas on top of its own target
+    replicas. With in-process engines (``replicas = 0``) ``ar`` already runs alone on the device.
+    """
+    if config.draft.replicas <= 0:
+        return config, False
+    ar_config = copy.deepcopy(config)
+    ar_config.target.replicas = max(config.target.replicas, 1) + config.draft.replicas
+    ar_config.mode = "ar"
+    return ar_config.validate(), True
+
+
+# -- jobs and records ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """One generation to run and record."""
+
+    problem: Problem  # the question and its reference
+    run: RunSpec  # how to generate
+    sample: int  # 0-based sample of this (problem, run)
+    seed: int | None  # sampler seed of this sample (None: greedy, the config's own seed)
+    task: str  # task spec, copied into the record
+
+    @property
+    def key(self) -> Key:
+        return (self.problem.index, self.run.label, self.sample)
+
+    def overrides(self) -> dict[str, Any]:
+        """Keyword overrides for `LookaheadReasoner.generate`."""
+        out = dict(self.run.overrides)
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+
+def record_key(record: dict[str, Any]) -> Key:
+    return (int(record["problem"]), str(record["run"]), int(record["sample"]))
+
+
+def _sample_seed(config: LookaheadConfig, run: RunSpec, sample: int) -> int | None:
+    effective = with_overrides(config, run.overrides)
+    if effective.target_sampling.temperature == 0 and effective.draft_sampling.temperature == 0:
+        return None  # greedy: samples are reruns (for timing), seeds change nothing
+    base = effective.target_sampling.seed or 0
+    return base + sample
+
+
+def plan_jobs(
+    problems: Sequence[Problem],
+    runs: Sequence[RunSpec],
+    samples: int,
+    config: LookaheadConfig,
+    task: str,
+    done: set[Key] | frozenset[Key] = frozenset(),
+) -> list[Job]:
+    """Jobs not yet recorded, problem by problem; the first run rotates with the problem index."""
+    if samples < 1:
+        raise ConfigError(f"--samples must be >= 1 (got {samples})")
+    seeds = {(run.label, s): _sample_seed(config, run, s) for run in runs for s in range(samples)}
+    jobs = []
+    for problem in problems:
+        shift = problem.index % len(runs)
+        for run in [*runs[shift:], *runs[:shift]]:
+            for sample in range(samples):
+                job = Job(problem, run, sample, seeds[(run.label, sample)], task)
+                if job.key not in done:
+                    jobs.append(job)
+    return jobs
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _base_record(job: Job) -> dict[str, Any]:
+    p = job.problem
+    return {
+        "problem": p.index,  # 0-based row of the set (the record key, with run and sample)
+        "run": job.run.label,
+        "sample": job.sample,
+        "mode": job.run.mode,
+        "overrides": job.run.overrides,
+        "seed": job.seed,
+        "task": job.task,
+        "source_id": p.source_id,  # the set's own id (aime24 id, math500 unique_id)
+        "line": p.line,  # 1-based line in the local file
+        "question": p.question,
+        "reference": p.reference,  # None: the reference could not be parsed (not graded)
+    }
+
+
+SPEC_PREFIX = "spec_"  # stats keys of token-level speculation (tokens proposed / accepted / ...)
+
+
+def make_record(job: Job, result: Result) -> dict[str, Any]:
+    """The record of a finished generation: answer and grade, tokens, times, acceptance."""
+    stats = result.stats
+    answer = extract_answer(result.text)
+    reference = job.problem.reference
+    record = _base_record(job)
+    record.update(
+        status="ok",
+        error=None,
+        answer=answer,  # extracted final answer (None: the completion states none)
+        correct=answers_match(answer, reference) if reference is not None else None,
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        wall_time_s=round(result.wall_time_s, 6),  # seconds
+        draft_s=stats.get("draft_s", 0.0),
+        target_s=stats.get("target_s", 0.0),
+        verify_s=stats.get("verify_s", 0.0),
+        other_s=stats.get("other_s", 0.0),
+        rounds=result.rounds,
+        committed_steps=stats.get("committed_steps", len(result.steps)),
+        drafted_steps=result.drafted_steps,
+        accepted_steps=result.accepted_steps,
+        acceptance_by_depth=stats.get("acceptance_by_depth", []),
+        verifier_accept_by_depth=stats.get("verifier_accept_by_depth", []),
+        spec={k: v for k, v in stats.items() if k.startswith(SPEC_PREFIX)},  # token-level speculation
+        stats=stats,  # `RoundStats.summary()` (+ other_s) as the loop reported it
+        completion=result.text,
+        time=_now(),
+    )
+    return record
+
+
+def error_record(job: Job, error: str, seconds: float) -> dict[str, Any]:
+    """The record of a generation that raised a `LookaheadError`: counted, not graded as right."""
+    record = _base_record(job)
+    record.update(
+        status="error",
+        error=error,
+        answer=None,
+        correct=False if job.problem.reference is not None else None,
+        finish_reason="error",
+        prompt_tokens=0,
+        completion_tokens=0,
+        wall_time_s=round(seconds, 6),
+        draft_s=0.0,
+        target_s=0.0,
+        verify_s=0.0,
+        other_s=0.0,
+        rounds=0,
+        committed_steps=0,
+        drafted_steps=0,
+        accepted_steps=0,
+        acceptance_by_depth=[],
+        verifier_accept_by_depth=[],
+        spec={},
+        stats={},
+        completion="",
+        time=_now(),
+    )
+    return record
+
+
+def execute_job(reasoner: LookaheadReasoner, job: Job) -> dict[str, Any]:
+    """Generate one job and return its record; a `LookaheadError` becomes an error record."""
+    start = time.perf_counter()
+    try:
+        result = reasoner.generate(job.problem.question, mode=job.run.mode, **job.overrides())
+    except LookaheadError as exc:
+        return error_record(job, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+    return make_record(job, result)
+
+
+def run_sequential(reasoner: LookaheadReasoner, jobs: Sequence[Job], on_record: OnRecord) -> None:
+    """The default ``run_jobs``: one job after another in this thread."""
+    for job in jobs:
+        on_record(execute_job(reasoner, job))
+
+
+def pool_runner(concurrency: int) -> RunJobs:
+    """The ``run_jobs`` for ``concurrency > 1``: K problems in flight (`lookahead.scheduler.run_many`).
+
+    The engines must be thread-safe (Ray pools: ``--set target.replicas=N --set draft.replicas=N``);
+    otherwise `run_many` raises a ConfigError that says so.
+    """
+    from lookahead.scheduler import Job as ScheduledJob
+    from lookahead.scheduler import run_many
+
+    def run_jobs(reasoner: LookaheadReasoner, jobs: Sequence[Job], on_record: OnRecord) -> None:
+        def deliver(outcome: Any) -> None:
+            job = jobs[outcome.index]
+            if outcome.ok:
+                on_record(make_record(job, outcome.result))
+            else:
+                on_record(error_record(job, f"{type(outcome.error).__name__}: {outcome.error}", outcome.latency_s))
+
+        scheduled = [ScheduledJob(j.problem.question, j.run.mode, j.overrides()) for j in jobs]
+        run_many(reasoner, scheduled, concurrency, deliver)
+
+    return run_jobs
+
+
+def warm_up(reasoner: LookaheadReasoner, question: str, runs: Sequence[RunSpec], tokens: int = 32) -> None:
+    """One short untimed generation per distinct mode, so one-time costs (loading, kernels,
+    batch-cost measurement) land in no run's time. Errors are left to the real jobs."""
+    for mode in dict.fromkeys(r.mode for r in runs):
+        try:
+            reasoner.generate(question, mode=mode, max_total_tokens=tokens)
+        except LookaheadError:
+            pass
+
+
+# -- the output folder --------------------------------------------------------------------------
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends (main thread only), so a record line is never cut by it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])
+
+
+class RecordStore:
+    """``records.jsonl``: append-only, one fsync'ed line per record, keyed by (problem, run, sample).
+
+    Opening it drops a torn last line (a kill in the middle of a write) so the next append starts
+    on a clean line; a record whose key is already stored is never written twice.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path  # the JSONL file
+        self.records: list[dict[str, Any]] = []  # every record in the file, in file order
+        self.keys: set[Key] = set()  # their keys
+        self.repaired = 0  # bytes of a torn last line dropped when opening
+        self._lock = threading.Lock()  # appends may come from a pool's threads
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
+        if end < len(data):
+            self.repaired = len(data) - end
+            with open(self.path, "r+b") as handle:
+                handle.truncate(end)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for number, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                key = record_key(record)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise DataError(
+                    f"{self.path}:{number}: not a valid record (edited by hand?); remove the line, "
+                    "or start over with --force-new"
+                ) from None
+            if key not in self.keys:
+                self.keys.add(key)
+                self.records.append(record)
+
+    def append(self, record: dict[str, Any]) -> bool:
+        """Write one record (flush + fsync); False if its key was already stored."""
+        key = record_key(record)
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            if key in self.keys:
+                return False
+            with _interrupts_deferred():
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                self.keys.add(key)
+                self.records.append(record)
+        return True
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+RESUME_IDENTITY = ("task", "location", "split", "question_field", "answer_field", "config", "equal_hardware", "concurrency")
+"""run.json keys that must match to resume; the rest (--limit, --offset, --modes, --samples) only
+select which keys to run, so changing them on a resume adds records without mixing settings."""
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    flat_old = _flatten({k: old.get(k) for k in RESUME_IDENTITY})
+    flat_new = _flatten({k: new.get(k) for k in RESUME_IDENTITY})
+    flat_old.pop("config.mode", None)  # the runs name their modes; the config's own mode is unused
+    flat_new.pop("config.mode", None)
+    keys = sorted(set(flat_old) | set(flat_new))
+    return [f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys if flat_old.get(k) != flat_new.get(k)]
+
+
+def open_output(out: Path, settings: dict[str, Any], force_new: bool = False) -> RecordStore:
+    """Prepare ``out`` for this invocation and return its record store.
+
+    A fresh folder gets ``run.json``; a folder from an earlier invocation is resumed when its
+    settings match, refused otherwise (`ConfigError`); ``force_new`` moves its files into
+    ``out/previous-<time>/`` and starts over.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    run_file, records_file = out / RUN_FILE, out / RECORDS_FILE
+    if force_new and (run_file.exists() or records_file.exists()):
+        backup = out / f"previous-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        backup.mkdir()
+        for item in out.iterdir():
+            if item.is_file():
+                shutil.move(str(item), backup / item.name)
+    if run_file.exists():
+        try:
+            old = json.loads(run_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{run_file} is not valid JSON ({exc}); use a new --out or --force-new") from None
+        diffs = _differences(old, settings)
+        if diffs:
+            shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs)} differences)" if len(diffs) > 5 else "")
+            raise ConfigError(
+                f"{out} holds an evaluation with other settings ({shown}); resuming would mix them. "
+                "Use a new --out, or --force-new to move the old files aside and start over"
+            )
+        history = old.get("invocations", [])
+    elif records_file.exists() and records_file.stat().st_size > 0:
+        raise ConfigError(
+            f"{records_file} exists but {run_file} does not, so its settings are unknown; "
+            "use a new --out, or --force-new to move the old files aside and start over"
+        )
+    else:
+        history = []
+    stored = dict(settings)
+    stored["invocations"] = [*history, {"time": _now(), "command": settings.get("command")}]
+    tmp = run_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(stored, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, run_file)
+    return RecordStore(records_file)
+
+
+def selected_records(
+    store: RecordStore, problems: Sequence[Problem], runs: Sequence[RunSpec], samples: int
+) -> list[dict[str, Any]]:
+    """The stored records this invocation asks for (its problems, runs and samples)."""
+    indices = {p.index for p in problems}
+    labels = {r.label for r in runs}
+    return [
+        r for r in store.records if r["problem"] in indices and r["run"] in labels and int(r["sample"]) < samples
+    ]
+
+
+def baseline_label(runs: Sequence[RunSpec]) -> str | None:
+    """The run speedups are measured against: ``ar`` without overrides, if it is among the runs."""
+    return next((r.label for r in runs if r.mode == BASELINE and not r.overrides), None)
+
+
+def run_all(
+    reasoner: LookaheadReasoner,
+    jobs: Sequence[Job],
+    store: RecordStore,
+    run_jobs: RunJobs = run_sequential,
+    on_record: OnRecord | None = None,
+    ar_reasoner: Callable[[], LookaheadReasoner] | None = None,
+    warmup: bool = True,
+) -> None:
+    """Run ``jobs`` with ``run_jobs``, storing every record before ``on_record`` sees it.
+
+    ``ar_reasoner`` (``--equal-hardware`` with replicas) builds the reasoner of the ``ar`` jobs:
+    they then run after the others, once ``reasoner`` has been closed and its hardware freed.
+    """
+
+    def record(rec: dict[str, Any]) -> None:
+        if store.append(rec) and on_record is not None:
+            on_record(rec)
+
+    def go(target: LookaheadReasoner, batch: Sequence[Job]) -> None:
+        if not batch:
+            return
+        if warmup:
+            warm_up(target, batch[0].problem.question, [j.run for j in batch])
+        run_jobs(target, batch, record)
+
+    if ar_reasoner is None:
+        go(reasoner, jobs)
+        return
+    go(reasoner, [j for j in jobs if j.run.mode != BASELINE])
+    later = [j for j in jobs if j.run.mode == BASELINE]
+    if later:
+        reasoner.close()
+        with ar_reasoner() as ar:
+            go(ar, later)
