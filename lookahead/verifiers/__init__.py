@@ -1,5 +1,9 @@
 """Verifier registry: one place that maps a verifier name to its class (imported lazily).
 
+``exact`` / ``normalized`` (string checks), ``numeric`` (same numbers), ``embedding`` (cosine of
+sentence embeddings), ``llm_judge`` (a model says aligned or not), ``score`` (the target rates the
+draft step 0-9, SpecReason-style) and ``cascade`` (cheap stages first, a model last).
+
 Example:
     >>> from lookahead.config import VerifierConfig
     >>> create_verifier(VerifierConfig(name="normalized")).name
@@ -23,6 +27,10 @@ _REGISTRY = {
     "exact": "lookahead.verifiers.exact:ExactVerifier",
     "normalized": "lookahead.verifiers.exact:NormalizedVerifier",
     "numeric": "lookahead.verifiers.numeric:NumericVerifier",
+    "embedding": "lookahead.verifiers.embedding:EmbeddingVerifier",
+    "llm_judge": "lookahead.verifiers.llm_judge:LLMJudgeVerifier",
+    "score": "lookahead.verifiers.score:ScoreVerifier",
+    "cascade": "lookahead.verifiers.cascade:CascadeVerifier",
 }
 VERIFIER_NAMES = tuple(_REGISTRY)
 
@@ -38,10 +46,12 @@ def create_verifier(config: VerifierConfig, engines: EngineGetters | None = None
     target and draft, so an LLM judge can be the target itself without loading it twice).
     """
     cls = lookup(_REGISTRY, config.name, "verifier")
+    if not isinstance(config.options, Mapping):
+        raise ConfigError(f"verifier.options must be a mapping of option names to values (got {config.options!r})")
     kwargs = dict(config.options)
     if getattr(cls, "needs_engines", False):
         kwargs["engines"] = dict(engines or {})
     try:
         return cls(**kwargs)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"verifier {config.name!r}: {exc}") from None
