@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 _REGISTRY = {
     "hf": "lookahead.engines.hf:HFEngine",
     "fake": "lookahead.engines.fake:FakeEngine",
+    "sglang": "lookahead.engines.sglang:SGLangEngine",  # SGLang server (url) or in-process sglang.Engine
+    "openai": "lookahead.engines.openai_compat:OpenAIEngine",  # any /v1/completions server
 }
 ENGINE_NAMES = tuple(_REGISTRY)
 

@@ -1,0 +1,285 @@
+"""OpenAI-compatible engine: any ``/v1/completions`` server (vLLM, SGLang, llama.cpp, ...) as target,
+draft or LLM judge.
+
+The loop exchanges steps as text, so a plain completions endpoint is all it needs. The engine
+
+- sends **one request per prompt**, concurrently (`HTTPClient.map`): rows of a batch may differ in
+  ``max_tokens``, and ``usage`` is counted per request, not per choice, so one prompt per request
+  gives exact per-row token counts. The server batches the concurrent requests itself
+  (continuous batching) and reuses their shared prefix (vLLM ``--enable-prefix-caching``, SGLang's
+  radix cache, llama.cpp ``cache_prompt``);
+- sends ``model``, ``prompt``, ``max_tokens``, ``temperature``, ``top_p``, ``stop`` and, when set,
+  ``seed`` and ``top_k`` (``top_k`` is an extension that vLLM, SGLang and llama.cpp accept; it is
+  left out when 0 so strict servers are not confused);
+- **restores the stop string**: servers strip it, the loop needs it at the end of a step. When
+  ``finish_reason == "stop"`` it reads which string matched from ``stop_reason`` (vLLM:
+  the string, or a token id / None for EOS), ``matched_stop`` (SGLang: same convention) or
+  ``stopping_word`` / ``stop_type`` (llama.cpp native fields), and appends it unless the text
+  already ends with it. A server that reports none of these leaves EOS and a stop string
+  indistinguishable: with one stop string the engine assumes the stop string matched (an EOS is
+  then reported as ``"stop"`` with the delimiter appended); with several it cannot know which one
+  matched and assumes the first (a warning says so). Prefer vLLM/SGLang for several stops;
+- maps ``usage.prompt_tokens`` / ``completion_tokens`` / ``prompt_tokens_details.cached_tokens``;
+  token-level speculation counts are not exposed by this API (``spec_*`` stay 0).
+
+`next_token_logprobs` asks for ``max_tokens: 1``, ``logprobs: options.top_logprobs`` (default 20,
+vLLM's default ``--max-logprobs``) and reads ``choices[0].logprobs.top_logprobs[0]`` (token text ->
+logprob). A candidate is matched by the text of its first token (local tokenizer), else by the
+longest top-list token that starts the candidate; **a candidate missing from the top list gets
+-inf** (its probability is below the k-th most likely token's; raise ``options.top_logprobs``, and
+the server's logprob limit, to see further down).
+
+The base ``url`` may be given with or without a trailing ``/v1``; the model name is
+``EngineConfig.model`` (``"auto"`` = the first id of ``/v1/models``). Tokenization: a local
+transformers tokenizer from ``options.tokenizer`` or the model name (cached hub id / folder), else
+the server's ``/tokenize`` (vLLM, SGLang, llama.cpp). ``context_length``: ``/v1/models``
+``data[0].max_model_len`` (vLLM, SGLang), else the local tokenizer's limit, else None.
+
+Sources relied on: vLLM ``CompletionResponseChoice.stop_reason`` ("the stop string or token id
+that caused the completion to stop, None if ... EOS"), vLLM/SGLang ``ModelCard.max_model_len``,
+SGLang ``CompletionResponseChoice.matched_stop``, llama.cpp server ``stopping_word`` /
+``stop_type``, the OpenAI legacy completions ``logprobs.top_logprobs`` format.
+
+Example:
+    >>> from lookahead.config import EngineConfig, SamplingParams
+    >>> judge = OpenAIEngine.from_config(EngineConfig(backend="openai", url="http://127.0.0.1:8000",
+    ...                                               model="Qwen/Qwen2.5-7B-Instruct"))   # doctest: +SKIP
+    >>> judge.next_token_logprobs(["Same meaning? Answer yes or no:"], [" yes", " no"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from lookahead.config import EngineConfig, SamplingParams
+from lookahead.engines.http import HTTPClient, RemoteTokenizer, client_options, load_tokenizer
+from lookahead.engines.sglang import _tokenizer_context, clean_stops, row_params
+from lookahead.errors import ConfigError, LookaheadError, PromptError
+from lookahead.types import Completion
+
+logger = logging.getLogger(__name__)
+
+SERVER_HINT = (
+    "start an OpenAI-compatible server there (vllm serve MODEL, python -m sglang.launch_server, llama-server, "
+    "or python scripts/launch_sglang.py --preset gpu-qwen3-32b) or fix the engine's url"
+)
+DEFAULT_TOP_LOGPROBS = 20
+
+
+class OpenAIEngine:
+    """`Engine` over an OpenAI-compatible ``/v1/completions`` server (see the module docstring)."""
+
+    def __init__(
+        self, client: HTTPClient, model: str, tokenizer: RemoteTokenizer, context: int | None = None, top_logprobs: int = 20
+    ) -> None:
+        self.client: HTTPClient | None = client
+        self.model = model  # the model name sent with every request
+        self.tokenizer = tokenizer
+        self.context = context  # max prompt + completion tokens, None = unknown
+        self.top_logprobs = top_logprobs  # logprobs asked for in next_token_logprobs (count)
+        self.name = f"openai:{model.rstrip('/').split('/')[-1]}"
+        self._warned_ambiguous = False
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig) -> OpenAIEngine:
+        if not cfg.url:
+            raise ConfigError("the openai backend needs url: the server's base URL, e.g. --set target.url=http://127.0.0.1:8000")
+        opts = client_options(cfg.options)
+        base = cfg.url.rstrip("/")
+        base = base[: -len("/v1")] if base.endswith("/v1") else base
+        client = HTTPClient(
+            base,
+            server="OpenAI-compatible",
+            api_key=cfg.api_key,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            backoff_s=float(opts.get("retry_backoff_s", 0.5)),
+            max_concurrency=int(opts.get("max_concurrency", 16)),
+            hint=SERVER_HINT,
+        )
+        try:
+            card = cls._model_card(client, cfg.model)
+            model = str(card.get("id")) if cfg.model == "auto" else cfg.model
+            local = load_tokenizer(opts, [model, card.get("root")])
+            tokenizer = RemoteTokenizer(local[0] if local else None, None if local else client, model=model,
+                                        source=local[1] if local else "")
+            context = card.get("max_model_len") or (_tokenizer_context(local[0]) if local else None)
+        except BaseException:
+            client.close()
+            raise
+        top = int(opts.get("top_logprobs", DEFAULT_TOP_LOGPROBS))
+        return cls(client, model, tokenizer, int(context) if context else None, top)
+
+    @staticmethod
+    def _model_card(client: HTTPClient, model: str) -> dict[str, Any]:
+        """The ``/v1/models`` entry for ``model`` (or the first one); checks the server is up."""
+        try:
+            listing = client.get("/v1/models")
+        except LookaheadError as exc:
+            if model == "auto":
+                raise ConfigError(f"model 'auto' needs /v1/models, which failed: {exc}") from None
+            if "cannot reach" in str(exc):
+                raise
+            return {}
+        data = [d for d in (listing.get("data") or []) if isinstance(d, dict)] if isinstance(listing, dict) else []
+        for card in data:
+            if card.get("id") == model:
+                return card
+        if model == "auto":
+            if not data:
+                raise ConfigError(f"model 'auto': {client.base_url}/v1/models lists no model; set the model name")
+            return data[0]
+        if data:
+            logger.warning("%s does not list model %r (it serves %s)", client.base_url, model,
+                           ", ".join(str(d.get("id")) for d in data))
+        return {}
+
+    # -- Engine protocol -----------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return self.tokenizer.count(text)
+
+    def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return self.tokenizer.format_chat(messages, self.name)
+
+    def context_length(self) -> int | None:
+        return self.context
+
+    def shutdown(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams | Sequence[SamplingParams],
+        stop: Sequence[str] = (),
+        speculate: bool = False,
+    ) -> list[Completion]:
+        """One concurrent request per prompt; ``speculate`` is ignored (a server-side setting)."""
+        started = time.perf_counter()
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, not one string")
+        prompts = list(prompts)
+        for i, prompt in enumerate(prompts):
+            if not prompt:
+                raise PromptError(f"prompt {i} is empty; the model needs at least one token to continue")
+        per_row = row_params(params, len(prompts))
+        stops = clean_stops(stop)
+        client = self._client()
+
+        def one(row: tuple[str, SamplingParams]) -> Completion:
+            prompt, p = row
+            body = client.post("/v1/completions", self._request(prompt, p, stops))
+            return self._completion(body, stops, started)
+
+        return client.map(one, list(zip(prompts, per_row)))
+
+    def next_token_logprobs(self, prompts: Sequence[str], candidates: Sequence[str]) -> list[dict[str, float]]:
+        """Log-probability of each candidate's first token right after each prompt (-inf when it is
+        not among the server's top ``options.top_logprobs``); one dict per prompt, input order."""
+        candidates = list(candidates)
+        pieces = [self._first_piece(c) for c in candidates]
+        client = self._client()
+
+        def one(prompt: str) -> dict[str, float]:
+            request = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                       "logprobs": self.top_logprobs}
+            body = client.post("/v1/completions", request)
+            choice = (body.get("choices") or [{}])[0]
+            top = ((choice.get("logprobs") or {}).get("top_logprobs") or [None])[0] or {}
+            return {c: self._lookup(top, c, piece) for c, piece in zip(candidates, pieces)}
+
+        return client.map(one, list(prompts))
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _client(self) -> HTTPClient:
+        if self.client is None:
+            raise RuntimeError(f"engine {self.name} was shut down")
+        return self.client
+
+    def _request(self, prompt: str, p: SamplingParams, stops: list[str]) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": p.max_new_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+        }
+        if stops:
+            request["stop"] = stops
+        if p.seed is not None:
+            request["seed"] = p.seed
+        if p.top_k > 0:
+            request["top_k"] = p.top_k
+        return request
+
+    def _completion(self, body: dict[str, Any], stops: list[str], started: float) -> Completion:
+        choices = body.get("choices") if isinstance(body, dict) else None
+        if not choices:
+            raise LookaheadError(f"{self.name}: the server answered without choices: {str(body)[:200]}")
+        choice = choices[0]
+        text = str(choice.get("text") or "")
+        reason = choice.get("finish_reason")
+        matched = None
+        if reason == "length":
+            finish = "length"
+        elif reason in ("stop", "eos", None):
+            matched = self._matched_stop(choice, body, stops) if reason is not None else None
+            finish = "stop" if matched else "eos"
+            if matched and not text.endswith(matched):
+                text += matched
+        else:
+            raise LookaheadError(f"{self.name}: the server ended a completion with finish_reason {reason!r}")
+        usage = body.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        completion_tokens = usage.get("completion_tokens")
+        return Completion(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(completion_tokens) if completion_tokens is not None else self.count_tokens(text),
+            finish_reason=finish,  # type: ignore[arg-type]
+            matched_stop=matched,
+            latency_s=time.perf_counter() - started,
+            cached_tokens=int(details.get("cached_tokens") or 0),
+        )
+
+    def _matched_stop(self, choice: dict[str, Any], body: dict[str, Any], stops: list[str]) -> str | None:
+        """Which stop string ended a ``finish_reason == "stop"`` choice (None = EOS)."""
+        for key in ("stop_reason", "matched_stop"):  # vLLM, SGLang: the string, or a token id / None
+            if key in choice:
+                value = choice[key]
+                return value if isinstance(value, str) and value else None
+        for source in (choice, body):  # llama.cpp native fields
+            if "stopping_word" in source or "stop_type" in source:
+                word = source.get("stopping_word")
+                if source.get("stop_type") == "eos" or not word:
+                    return None
+                return str(word)
+        if not stops:
+            return None
+        if len(stops) > 1 and not self._warned_ambiguous:
+            logger.warning(
+                "%s does not say which stop string matched; assuming the first of %r (use vLLM or SGLang, which do)",
+                self.name, stops,
+            )
+            self._warned_ambiguous = True
+        return stops[0]
+
+    def _first_piece(self, candidate: str) -> str | None:
+        if not candidate:
+            raise ConfigError("next_token_logprobs got an empty candidate; give non-empty strings")
+        if self.tokenizer.local is None:
+            return None
+        return self.tokenizer.first_token(candidate)[1]
+
+    @staticmethod
+    def _lookup(top: dict[str, float], candidate: str, piece: str | None) -> float:
+        if piece is not None:
+            return float(top[piece]) if piece in top else -math.inf
+        prefixes = [token for token in top if token and candidate.startswith(token)]
+        return float(top[max(prefixes, key=len)]) if prefixes else -math.inf

@@ -1,0 +1,371 @@
+"""Remote engines (SGLang native, OpenAI-compatible) against local mock servers; no GPU, no model.
+
+The mock servers (tests/mock_servers.py) implement the documented request/response shapes and
+continue texts from a FakeEngine script (one character = one token, id = ord(char)).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mock_servers import EOS_ID, MockServer
+
+from lookahead import LookaheadReasoner, config_from_dict
+from lookahead.config import EngineConfig, SamplingParams
+from lookahead.engines import create_engine
+from lookahead.engines.http import RequestRejected, ServerUnavailable
+from lookahead.engines.openai_compat import OpenAIEngine
+from lookahead.engines.sglang import SGLangEngine, cut_after_stop
+from lookahead.errors import ConfigError, ModelLoadError
+
+T = ["A1.\n\n", "A2 is longer.\n\n", "A3.\n\n", "Answer \\boxed{4}."]
+P = "<user>\nq\n<assistant>\n"  # the FakeEngine chat shape the mock servers continue from
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>\n{{ m['content'] }}\n{% endfor %}{{ '<assistant>\\n' }}"
+FAST = {"retry_backoff_s": 0.01}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    """A tiny local tokenizer folder with the FakeEngine-style chat template."""
+    from tiny import train_tokenizer
+
+    tok = train_tokenizer(300)
+    tok.chat_template = CHAT_TEMPLATE
+    folder = tmp_path_factory.mktemp("tok")
+    tok.save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture
+def server():
+    with MockServer(T) as srv:
+        yield srv
+
+
+def sglang(srv, **kw) -> SGLangEngine:
+    options = {**FAST, **kw.pop("options", {})}
+    return create_engine(EngineConfig(backend="sglang", model="mock-model", url=srv.url, options=options, **kw))
+
+
+def openai(srv, **kw) -> OpenAIEngine:
+    options = {**FAST, **kw.pop("options", {})}
+    kw.setdefault("model", "mock-model")
+    return create_engine(EngineConfig(backend="openai", url=srv.url, options=options, **kw))
+
+
+def posts(srv, path):
+    return [r for r in srv.requests if r["method"] == "POST" and r["path"] == path]
+
+
+ROWS = [P, P + T[0], P + T[0] + T[1] + T[2]]
+PARAMS = [SamplingParams(max_new_tokens=64), SamplingParams(max_new_tokens=3), SamplingParams(max_new_tokens=64)]
+
+
+# -- SGLang ---------------------------------------------------------------------------------------
+
+
+def test_sglang_batch_in_order_with_per_row_caps_stop_kept_and_finish_reasons(server):
+    """One /generate per batch, rows in input order, per-row max_new_tokens, delimiter kept at the end."""
+    engine = sglang(server)
+    out = engine.generate(ROWS, PARAMS, stop=["\n\n"])
+    assert [c.text for c in out] == [T[0], T[1][:3], T[3]]
+    assert [c.finish_reason for c in out] == ["stop", "length", "eos"]
+    assert [c.matched_stop for c in out] == ["\n\n", None, None]
+    assert [c.completion_tokens for c in out] == [len(T[0]), 3, len(T[3])]
+    assert out[1].cached_tokens == len(P)  # SGLang's cached_tokens is passed through
+    [request] = posts(server, "/generate")
+    body = request["body"]
+    assert body["text"] == ROWS
+    assert [sp["max_new_tokens"] for sp in body["sampling_params"]] == [64, 3, 64]
+    assert all(sp["no_stop_trim"] and sp["stop"] == ["\n\n"] and sp["top_k"] == -1 for sp in body["sampling_params"])
+    engine.shutdown()
+
+
+def test_cut_after_stop_ends_text_on_the_first_delimiter():
+    """A last token running past the delimiter is cut; a server that trimmed it gets it back."""
+    assert cut_after_stop("a\n\n\nb", "\n\n") == "a\n\n"
+    assert cut_after_stop("a", "\n\n") == "a\n\n"
+
+
+def test_sglang_completion_mapping_of_dict_finish_reasons(server):
+    """finish_reason dicts: matched str -> stop, matched token id -> eos, length, abort raises."""
+    engine = sglang(server)
+    meta = {"prompt_tokens": 3, "completion_tokens": 4}
+    stop = engine._completion({"text": "ab\n\nc", "meta_info": {**meta, "finish_reason": {"type": "stop", "matched": "\n\n"}}}, 0.1)
+    assert (stop.text, stop.finish_reason, stop.matched_stop) == ("ab\n\n", "stop", "\n\n")
+    eos = engine._completion({"text": "ab", "meta_info": {**meta, "finish_reason": {"type": "stop", "matched": EOS_ID}}}, 0.1)
+    assert (eos.text, eos.finish_reason) == ("ab", "eos")
+    length = engine._completion({"text": "abcd", "meta_info": {**meta, "finish_reason": {"type": "length", "length": 4}}}, 0.1)
+    assert length.finish_reason == "length"
+    with pytest.raises(ServerUnavailable, match="aborted"):
+        engine._completion({"text": "", "meta_info": {**meta, "finish_reason": {"type": "abort", "message": "oom"}}}, 0.1)
+
+
+def test_sglang_spec_counts_from_verify_count_and_server_info():
+    """spec_verify_ct -> accepted = completion - verify, drafted = verify * (num_draft_tokens - 1)."""
+    with MockServer(T, spec_per_pass=3) as srv:  # server info says speculative_num_draft_tokens = 4
+        engine = sglang(srv)
+        [c] = engine.generate([P + T[0]], SamplingParams(max_new_tokens=64), stop=["\n\n"])
+        verify = math.ceil(len(T[1]) / 3)
+        assert c.spec_accepted_tokens == len(T[1]) - verify
+        assert c.spec_draft_tokens == verify * 3
+        # newer servers report the counts themselves: taken as they are
+        direct = engine._completion({"text": "x", "meta_info": {
+            "finish_reason": {"type": "length"}, "completion_tokens": 9, "spec_verify_ct": 3,
+            "spec_draft_token_num": 12, "spec_accept_token_num": 5}}, 0.0)
+        assert (direct.spec_draft_tokens, direct.spec_accepted_tokens) == (12, 5)
+
+
+def test_sglang_spec_counts_stay_zero_when_draft_size_unknown(server):
+    """Without speculative_num_draft_tokens anywhere, no made-up acceptance numbers."""
+    engine = sglang(server)  # this mock reports speculative_num_draft_tokens = None
+    c = engine._completion({"text": "x", "meta_info": {"finish_reason": {"type": "length"}, "completion_tokens": 9,
+                                                       "spec_verify_ct": 3}}, 0.0)
+    assert (c.spec_draft_tokens, c.spec_accepted_tokens) == (0, 0)
+
+
+def test_sglang_next_token_logprobs_exact_for_every_candidate(server):
+    """token_ids_logprob with the candidates' first tokens; max_new_tokens 1."""
+    engine = sglang(server)
+    [row] = engine.next_token_logprobs([P], ["A", "B", "x"])
+    assert row["A"] == pytest.approx(math.log(0.9))
+    assert row["x"] == pytest.approx(math.log(0.01))
+    assert row["B"] == pytest.approx(math.log(1e-4))
+    body = posts(server, "/generate")[-1]["body"]
+    assert body["return_logprob"] is True and body["sampling_params"][0]["max_new_tokens"] == 1
+    assert body["token_ids_logprob"] == [sorted({ord("A"), ord("B"), ord("x")})]
+
+
+def test_tokenize_endpoint_fallback_and_clear_chat_error(server):
+    """No local tokenizer: counts via /tokenize; format_chat fails with the fix in the message."""
+    engine = sglang(server)
+    assert engine.count_tokens("hello") == 5
+    assert engine.context_length() == 4096
+    assert posts(server, "/tokenize")
+    with pytest.raises(ConfigError, match="options.tokenizer"):
+        engine.format_chat([{"role": "user", "content": "q"}])
+
+
+def test_local_tokenizer_used_for_counts_and_chat(server, tok_dir):
+    """options.tokenizer: counts and chat rendering locally, no /tokenize round trips."""
+    from transformers import AutoTokenizer
+
+    engine = sglang(server, options={"tokenizer": tok_dir})
+    local = AutoTokenizer.from_pretrained(tok_dir)
+    text = "Step 2: multiply 3 by 4 to get 12."
+    assert engine.count_tokens(text) == len(local(text, add_special_tokens=False).input_ids)
+    assert engine.format_chat([{"role": "user", "content": "q"}]) == P
+    assert not posts(server, "/tokenize")
+
+
+def test_bad_tokenizer_option_is_a_config_error(server, tmp_path):
+    with pytest.raises(ConfigError, match="options.tokenizer"):
+        sglang(server, options={"tokenizer": str(tmp_path / "missing")})
+
+
+# -- HTTP layer -------------------------------------------------------------------------------------
+
+
+def test_retries_503_then_succeeds(server):
+    """Two 503s, then an answer: the call succeeds after 3 tries."""
+    engine = sglang(server)
+    server.fail_next = [503, 503]
+    [c] = engine.generate([P], SamplingParams(max_new_tokens=64), stop=["\n\n"])
+    assert c.text == T[0]
+    assert len(posts(server, "/generate")) == 3
+
+
+def test_retries_exhausted_names_the_last_problem(server):
+    engine = sglang(server, max_retries=1)
+    server.fail_next = [503] * 5
+    with pytest.raises(ServerUnavailable, match=r"after 2 tries: HTTP 503"):
+        engine.generate([P], SamplingParams(max_new_tokens=8))
+
+
+def test_unreachable_server_fails_fast_with_launch_hint():
+    """Nothing listening: a clear error naming the URL and the launcher, within seconds."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    with pytest.raises(ServerUnavailable) as info:
+        create_engine(EngineConfig(backend="sglang", model="m", url=url, timeout_s=1, max_retries=1, options=FAST))
+    assert time.perf_counter() - started < 5
+    message = str(info.value)
+    assert f"cannot reach the SGLang server at {url} after 2 tries" in message
+    assert "scripts/launch_sglang.py --preset" in message
+
+
+def test_4xx_raises_at_once_with_the_server_message(server):
+    """A 400 is our mistake: no retry, the server's own message in the error."""
+    server.max_new_tokens_limit = 10
+    engine = sglang(server)
+    with pytest.raises(RequestRejected, match="exceeds this server's limit of 10"):
+        engine.generate([P], SamplingParams(max_new_tokens=64))
+    assert len(posts(server, "/generate")) == 1
+
+
+def test_bearer_auth_from_config_and_env(monkeypatch):
+    """api_key (or $LOOKAHEAD_API_KEY) is sent as a bearer token; a wrong key is rejected clearly."""
+    with MockServer(T, api_key="s3cret") as srv:
+        engine = sglang(srv, api_key="s3cret")
+        assert engine.generate([P], SamplingParams(max_new_tokens=64), stop=["\n\n"])[0].text == T[0]
+        assert posts(srv, "/generate")[-1]["headers"]["Authorization"] == "Bearer s3cret"
+        monkeypatch.setenv("LOOKAHEAD_API_KEY", "s3cret")
+        assert openai(srv).generate([P], SamplingParams(max_new_tokens=64), stop=["\n\n"])[0].text == T[0]
+        monkeypatch.setenv("LOOKAHEAD_API_KEY", "wrong")
+        with pytest.raises(RequestRejected, match="Invalid API key"):
+            sglang(srv)
+
+
+# -- OpenAI-compatible --------------------------------------------------------------------------------
+
+
+def test_openai_one_request_per_prompt_stop_restored_and_usage_per_row(server):
+    """vLLM-style stop_reason: the stripped delimiter comes back; EOS stays eos; usage per row."""
+    engine = openai(server)
+    out = engine.generate(ROWS, PARAMS, stop=["\n\n"])
+    assert [c.text for c in out] == [T[0], T[1][:3], T[3]]
+    assert [c.finish_reason for c in out] == ["stop", "length", "eos"]
+    assert [c.completion_tokens for c in out] == [len(T[0]), 3, len(T[3])]
+    assert [c.prompt_tokens for c in out] == [len(r) for r in ROWS]
+    requests = posts(server, "/v1/completions")
+    assert sorted(r["body"]["max_tokens"] for r in requests) == [3, 64, 64]
+    assert all(r["body"]["model"] == "mock-model" and r["body"]["stop"] == ["\n\n"] for r in requests)
+
+
+def test_openai_plain_server_single_stop_is_restored(tok_dir):
+    """A server without stop_reason: with one stop string the match is unambiguous."""
+    with MockServer(T, flavor="plain") as srv:
+        [c] = openai(srv).generate([P + T[0]], SamplingParams(max_new_tokens=64), stop=["\n\n"])
+        assert (c.text, c.finish_reason, c.matched_stop) == (T[1], "stop", "\n\n")
+
+
+def test_openai_sends_seed_and_top_k_only_when_set(server):
+    engine = openai(server)
+    engine.generate([P], SamplingParams(max_new_tokens=8, seed=7, top_k=20), stop=["\n\n"])
+    engine.generate([P], SamplingParams(max_new_tokens=8), stop=["\n\n"])
+    first, second = (r["body"] for r in posts(server, "/v1/completions"))
+    assert (first["seed"], first["top_k"]) == (7, 20)
+    assert "seed" not in second and "top_k" not in second
+
+
+def test_openai_next_token_logprobs_missing_candidate_is_minus_inf(server):
+    """Top-list lookup by the candidate's leading token; absent from the top list -> -inf."""
+    engine = openai(server)
+    [row] = engine.next_token_logprobs([P], ["A1", "B", " "])
+    assert row["A1"] == pytest.approx(math.log(0.9))
+    assert row[" "] == pytest.approx(math.log(0.05))
+    assert row["B"] == -math.inf
+    body = posts(server, "/v1/completions")[-1]["body"]
+    assert (body["max_tokens"], body["logprobs"]) == (1, 20)
+
+
+def test_openai_model_auto_and_v1_suffix(server):
+    engine = create_engine(EngineConfig(backend="openai", model="auto", url=server.url + "/v1/", options=FAST))
+    assert engine.model == "mock-model" and engine.context_length() == 4096
+
+
+def test_openai_wrong_model_name_is_rejected_with_message(server):
+    engine = openai(server, model="other-model")
+    with pytest.raises(RequestRejected, match="other-model"):
+        engine.generate([P], SamplingParams(max_new_tokens=4))
+
+
+def test_openai_needs_a_url():
+    with pytest.raises(ConfigError, match="needs url"):
+        create_engine(EngineConfig(backend="openai", model="m"))
+
+
+# -- in-process SGLang, launcher, presets ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is not None, reason="sglang is installed here")
+def test_in_process_without_sglang_names_the_extra():
+    with pytest.raises(ModelLoadError, match=r'pip install "lookahead\[sglang\]"'):
+        create_engine(EngineConfig(backend="sglang", model="Qwen/Qwen3-1.7B"))
+
+
+def _launcher():
+    spec = importlib.util.spec_from_file_location("launch_sglang", ROOT / "scripts" / "launch_sglang.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["launch_sglang"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launcher_dry_run_prints_the_paper_servers(capsys):
+    """--dry-run: one sglang.launch_server command per role with the preset's flags, JSON last."""
+    launcher = _launcher()
+    assert launcher.main(["--preset", "gpu-qwen3-32b", "--dry-run", "--python", "python"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["dry_run"] is True
+    by_role = {s["role"]: s["command"] for s in summary["servers"]}
+    assert set(by_role) == {"target", "draft", "judge"}
+    assert by_role["target"].startswith("python -m sglang.launch_server --model-path Qwen/Qwen3-32B")
+    assert "--port 30000" in by_role["target"] and "--tp-size 2" in by_role["target"]
+    assert "--model-path Qwen/Qwen3-1.7B" in by_role["draft"] and "--port 30001" in by_role["draft"]
+    assert "--model-path Qwen/Qwen2.5-7B-Instruct" in by_role["judge"]
+
+
+def test_launcher_flags_and_shared_urls(tmp_path):
+    """Flag spelling (bool/list/None) and one server for two roles on the same url."""
+    launcher = _launcher()
+    assert launcher.to_flags({"speculative_algorithm": "EAGLE3", "enable_torch_compile": True, "x": False,
+                              "y": None, "cuda_graph_bs": [1, 2]}) == [
+        "--speculative-algorithm", "EAGLE3", "--enable-torch-compile", "--cuda-graph-bs", "1", "2"]
+    preset = tmp_path / "p.yaml"
+    engine = {"backend": "sglang", "model": "m", "url": "http://127.0.0.1:31000",
+              "options": {"tokenizer": "/tok", "tp_size": 1}}
+    preset.write_text(yaml.safe_dump({"target": engine, "draft": engine}))
+    [plan] = launcher.plan_servers(str(preset), "python")
+    assert plan.role == "target+draft" and "--tokenizer" not in plan.command and "--tp-size" in plan.command
+    assert launcher.main(["--preset", str(tmp_path / "nope.yaml"), "--dry-run"]) == 2
+
+
+@pytest.mark.parametrize("preset", ["gpu-qwen3-32b", "gpu-qwen3-8b-1gpu"])
+def test_gpu_presets_validate(preset):
+    from lookahead.config import load_config
+
+    cfg = load_config(preset)
+    assert cfg.target.backend == cfg.draft.backend == "sglang"
+    assert cfg.step_delimiter == "\n\n" and cfg.gamma == 4 and cfg.verifier.name == "llm_judge"
+
+
+# -- the whole loop over remote engines -----------------------------------------------------------------
+
+
+def test_lr_run_over_mock_servers_matches_ar(tok_dir):
+    """LookaheadReasoner lr: SGLang target + OpenAI draft, exact verifier; text equals ar's and the
+    target's script, drafts that agree are accepted, the one that differs falls back."""
+    draft_steps = ["A1.\n\n", "B2.\n\n", "A3.\n\n", "Answer \\boxed{4}."]
+    with MockServer(T) as target_srv, MockServer(draft_steps) as draft_srv:
+        cfg = config_from_dict({
+            "mode": "lr", "gamma": 2, "max_step_tokens": 64, "max_total_tokens": 400, "temperature": 0.0,
+            "target": {"backend": "sglang", "model": "mock-model", "url": target_srv.url,
+                       "options": {"tokenizer": tok_dir, **FAST}},
+            "draft": {"backend": "openai", "model": "mock-model", "url": draft_srv.url,
+                      "options": {"tokenizer": tok_dir, **FAST}},
+            "verifier": {"name": "exact"},
+        })
+        with LookaheadReasoner.from_config(cfg) as reasoner:
+            lr = reasoner.generate("q")
+            ar = reasoner.generate("q", mode="ar")
+    assert lr.text == ar.text == "".join(T)
+    assert lr.accepted_steps >= 2 and lr.drafted_steps > lr.accepted_steps
+    assert lr.finish_reason == ar.finish_reason == "eos"  # the last scripted step ends the sequence
+    rejected = [s for s in lr.steps if s.draft_text == "B2.\n\n"]
+    assert rejected and rejected[0].source == "target" and rejected[0].text == T[1]
+    # target rows of a round travel in ONE /generate request
+    assert any(len(r["body"]["text"]) > 1 for r in posts(target_srv, "/generate"))
