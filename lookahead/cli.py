@@ -377,6 +377,13 @@ def serve(
         reasoner.close()
 
 
+from lookahead.calibrate import calibrate_command  # noqa: E402  (after app, _fail and the consoles exist)
+from lookahead.eval.cli import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
+app.command("calibrate")(calibrate_command)
+
+
 def main() -> None:
     app()
 

@@ -146,7 +146,7 @@ class VerifierConfig:
 
     _primary: ClassVar[str] = "name"
 
-    name: str = "exact"  # verifier registry name: "exact" (byte-exact), "normalized" or "numeric"
+    name: str = "exact"  # verifier registry name: exact, normalized, numeric, embedding, llm_judge, score, cascade
     options: dict[str, Any] = field(default_factory=dict)  # verifier-specific settings
 
     def validate(self) -> None:
@@ -334,11 +334,22 @@ def _set_dotted(cfg: Any, key: str, value: Any) -> None:
                 for sub_key, sub_value in value.items():
                     _set_dotted(current, sub_key, sub_value)
             elif dataclasses.is_dataclass(current) and isinstance(value, str) and getattr(current, "_primary", None):
+                if isinstance(current, VerifierConfig) and value != current.name:
+                    current.options = {}  # another verifier: the previous one's options do not apply
                 setattr(current, current._primary, value)
             else:
                 setattr(obj, part, _coerce(value, hint, where))
         else:
-            obj = getattr(obj, part)
+            nxt = getattr(obj, part)
+            if isinstance(nxt, dict):  # free-form options: the rest of the key is a path inside the dict
+                target = nxt
+                for sub in parts[i + 1 : -1]:
+                    target = target.setdefault(sub, {})
+                    if not isinstance(target, dict):
+                        raise ConfigError(f"config key {key!r}: {sub!r} is not a mapping")
+                target[parts[-1]] = value
+                return
+            obj = nxt
             if not dataclasses.is_dataclass(obj):
                 raise ConfigError(f"config key {where!r} has no sub-keys")
 
@@ -372,8 +383,12 @@ def _apply_shorthands(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply_overrides(cfg: LookaheadConfig, pairs: list[tuple[str, Any]]) -> LookaheadConfig:
-    # Shorthands first, so that nested keys override them whatever the order they came in.
-    for key, value in sorted(pairs, key=lambda kv: kv[0] not in SAMPLING_SHORTHANDS):
+    # Shorthands first, then whole sections (``verifier=NAME``), then dotted keys, so that nested
+    # keys override them whatever the order they came in.
+    def rank(pair: tuple[str, Any]) -> int:
+        return 0 if pair[0] in SAMPLING_SHORTHANDS else 1 if "." not in pair[0] else 2
+
+    for key, value in sorted(pairs, key=rank):
         if key in SAMPLING_SHORTHANDS:
             _set_dotted(cfg, f"draft_sampling.{key}", value)
             _set_dotted(cfg, f"target_sampling.{key}", value)
