@@ -166,7 +166,6 @@ def generate_solutions(
     sorted by length so that batches pad little.
     """
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
 
     from lookahead.engines.hf import _load_pretrained, resolve_model
 
@@ -190,22 +189,11 @@ def generate_solutions(
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n".join([f"{m['role']}: {m['content']}" for m in messages] + ["assistant: "])
 
-    class _AnswerStated(StoppingCriteria):
-        """Stop a row once a completed step states the final answer (checked every 8 tokens)."""
-
-        def __init__(self, prompt_len: int) -> None:
-            self.prompt_len = prompt_len
-
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            n = input_ids.shape[1] - self.prompt_len
-            flags = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            if n % 8:
-                return flags
-            for i, row in enumerate(input_ids[:, self.prompt_len :].tolist()):
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                cut, stated = _cut_after_answer(text, delimiter, pattern)
-                flags[i] = stated and (len(cut) < len(text) or text.endswith(delimiter))
-            return flags
+    def answered(tokens: list[int]) -> bool:
+        """Has a completed step stated the final answer?"""
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        cut, stated = _cut_after_answer(text, delimiter, pattern)
+        return stated and (len(cut) < len(text) or text.endswith(delimiter))
 
     todo.sort(key=lambda item: len(item[1]))
     written = 0
@@ -215,16 +203,8 @@ def generate_solutions(
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             prompts = [render(q) for _, q in batch]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.inference_mode():
-                out = model.generate(
-                    **enc,
-                    max_new_tokens=budget,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    stopping_criteria=StoppingCriteriaList([_AnswerStated(enc.input_ids.shape[1])]),
-                )
-            for (line, question), prompt, row in zip(batch, prompts, out[:, enc.input_ids.shape[1] :].tolist()):
+            rows = _greedy_batch(model, tokenizer, prompts, budget, answered)
+            for (line, question), prompt, row in zip(batch, prompts, rows):
                 ended = tokenizer.eos_token_id in row
                 text = tokenizer.decode(row, skip_special_tokens=True)
                 text, stated = _cut_after_answer(text, delimiter, pattern)
@@ -237,6 +217,54 @@ def generate_solutions(
             if progress is not None:
                 progress(len(batch))
     return written
+
+
+def _greedy_batch(model: Any, tokenizer: Any, prompts: list[str], budget: int, answered: Callable[[list[int]], bool]) -> list[list[int]]:
+    """Greedy continuations of ``prompts`` (left-padded batch) that drop rows as they finish.
+
+    A row ends at EOS, at ``budget`` tokens, or once ``answered(tokens)`` (checked every 8 tokens).
+    Unlike ``model.generate``, finished rows leave the batch, so one long row does not make the
+    whole batch pay for its length.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    eos = tokenizer.eos_token_id
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    mask = enc.attention_mask
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out: list[list[int]] = [[] for _ in prompts]
+    live = list(range(len(prompts)))  # index into `out` of each batch row
+    with torch.inference_mode():
+        logits = model(
+            input_ids=enc.input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        ).logits[:, -1]
+        next_pos = positions[:, -1] + 1
+        for _ in range(budget):
+            tokens = logits.argmax(-1)
+            keep = []
+            for k, row in enumerate(live):
+                token = int(tokens[k])
+                out[row].append(token)
+                n = len(out[row])
+                finished = token == eos or n >= budget or (n % 8 == 0 and answered(out[row]))
+                if not finished:
+                    keep.append(k)
+            if not keep:
+                break
+            if len(keep) < len(live):
+                select = torch.tensor(keep, dtype=torch.long)
+                cache.batch_select_indices(select)
+                mask, tokens, next_pos = mask[select], tokens[select], next_pos[select]
+                live = [live[k] for k in keep]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype)], dim=1)
+            logits = model(
+                input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                past_key_values=cache, use_cache=True,
+            ).logits[:, -1]
+            next_pos = next_pos + 1
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
