@@ -271,6 +271,19 @@ def make_record(job: Job, result: Result) -> dict[str, Any]:
         spec={k: v for k, v in stats.items() if k.startswith(SPEC_PREFIX)},  # token-level speculation
         stats=stats,  # `RoundStats.summary()` (+ other_s) as the loop reported it
         completion=result.text,
+        trace=[  # the committed steps, with the (draft step, target step) pair each one came from
+            {
+                "round": step.round,
+                "depth": step.depth,
+                "source": step.source,
+                "tokens": step.tokens,
+                "draft": step.draft_text,
+                "target": step.target_text,
+                "accepted": None if step.verdict is None else step.verdict.accepted,
+                "score": None if step.verdict is None else step.verdict.score,
+            }
+            for step in result.steps
+        ],
         time=_now(),
     )
     return record
