@@ -9,6 +9,28 @@ Counting convention (per problem, summed over rounds):
 - A round commits ``accepted run + 1`` steps (the fallback or bonus step), unless a stop
   condition (end of sequence, final answer, budget) cut it earlier.
 
+Token-level speculation (``sd`` / ``lr+sd``), summed over every row of every engine call, kept
+apart for the target's and the draft's calls (`RoundStats.observe_tokens`, `TokenSpecStats`), as
+the engines report them in `Completion` (rows the round did not commit count too: the engine did
+that work):
+- ``spec_draft_tokens``: tokens proposed to the engine's verification passes.
+- ``spec_accepted_tokens``: of those, tokens the model accepted and the row used (a row ending at a
+  stop string, EOS or its cap inside an accepted run does not count the accepted tokens after it).
+- ``spec_verify_passes``: verification forward passes (one per decode iteration per row, whether
+  or not the row proposed anything; the first token of a call, from the prefill, is not one).
+- **token acceptance length** = ``(spec_accepted_tokens + spec_verify_passes) / spec_verify_passes``
+  = mean accepted tokens per verification pass + 1: the tokens each target forward pass commits
+  (the +1 is the model's own token of every pass: the correction or the bonus token). 1.0 means
+  nothing was accepted; 0.0 is reported when no pass was counted (no speculation, or an engine
+  that does not report passes).
+
+`RoundStats.summary` keys: the target's calls ``spec_draft_tokens``, ``spec_accepted_tokens``,
+``spec_verify_passes``, ``token_acceptance_rate`` (accepted / proposed) and
+``token_acceptance_length``; the draft's calls (``lr+sd``) ``spec_draft_calls_draft_tokens``,
+``spec_draft_calls_accepted_tokens``, ``spec_draft_calls_verify_passes``,
+``draft_token_acceptance_rate`` and ``draft_token_acceptance_length``. Counts start with
+``spec_`` and can be summed over problems (the eval harness does); ratios do not.
+
 Example:
     >>> s = RoundStats()
     >>> s.observe_round(drafted=2, matched=[True, False], accepted=1, committed=2)
@@ -18,8 +40,46 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from lookahead.types import Completion
+
+
+@dataclass
+class TokenSpecStats:
+    """Token-level speculation counts of one side's engine calls (convention: module docstring)."""
+
+    spec_draft_tokens: int = 0  # tokens proposed to verification passes (tokens)
+    spec_accepted_tokens: int = 0  # of those, accepted and used by their row (tokens)
+    spec_verify_passes: int = 0  # verification forward passes, per row (passes)
+
+    def observe(self, completions: Iterable[Completion]) -> None:
+        for c in completions:
+            self.spec_draft_tokens += c.spec_draft_tokens
+            self.spec_accepted_tokens += c.spec_accepted_tokens
+            self.spec_verify_passes += c.spec_verify_passes
+
+    @property
+    def acceptance_length(self) -> float:
+        """Tokens committed per verification pass (accepted per pass + 1); 0.0 without passes."""
+        passes = self.spec_verify_passes
+        return (self.spec_accepted_tokens + passes) / passes if passes else 0.0
+
+    def summary(self, side: str) -> dict[str, Any]:
+        """Summary keys (module docstring): counts start with ``spec_`` (summable over problems),
+        ratios do not; the draft side's keys say ``draft_calls`` / start with ``draft_``."""
+        counts = "spec_" if side == "target" else "spec_draft_calls_"
+        ratios = "" if side == "target" else "draft_"
+        proposed, accepted = self.spec_draft_tokens, self.spec_accepted_tokens
+        return {
+            f"{counts}draft_tokens": proposed,
+            f"{counts}accepted_tokens": accepted,
+            f"{counts}verify_passes": self.spec_verify_passes,
+            f"{ratios}token_acceptance_rate": accepted / proposed if proposed else 0.0,
+            f"{ratios}token_acceptance_length": round(self.acceptance_length, 4),
+        }
 
 
 @dataclass
@@ -37,6 +97,8 @@ class RoundStats:
     verifier_failures: int = 0  # verifier calls that raised (counted as rejections)
     target_prompt_tokens: int = 0  # prompt tokens sent to the target, all rows of all calls
     target_cached_tokens: int = 0  # of those, tokens whose KV cache an earlier call had computed
+    target_tokens: TokenSpecStats = field(default_factory=TokenSpecStats)  # token SD in target calls
+    draft_tokens: TokenSpecStats = field(default_factory=TokenSpecStats)  # token SD in draft calls
 
     def _grow(self, depth: int) -> None:
         for counts in (self.drafted, self.matched, self.accepted):
@@ -53,9 +115,16 @@ class RoundStats:
                 self.accepted[depth] += 1
         self.committed_steps += committed
 
+    def observe_tokens(self, side: str, completions: Iterable[Completion]) -> None:
+        """Add the token-level speculation counts of one engine call (``side``: target or draft)."""
+        if side not in ("target", "draft"):
+            raise ValueError(f"side must be 'target' or 'draft' (got {side!r})")
+        (self.target_tokens if side == "target" else self.draft_tokens).observe(completions)
+
     def summary(self) -> dict[str, Any]:
         drafted = sum(self.drafted)
         accepted = sum(self.accepted)
+        tokens = {**self.target_tokens.summary("target"), **self.draft_tokens.summary("draft")}
         return {
             "rounds": self.rounds,
             "drafted_steps": drafted,
@@ -72,4 +141,5 @@ class RoundStats:
             "verifier_failures": self.verifier_failures,
             "target_prompt_tokens": self.target_prompt_tokens,
             "target_cached_tokens": self.target_cached_tokens,
+            **tokens,
         }

