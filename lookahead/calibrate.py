@@ -6,7 +6,7 @@ sees, in three phases:
 
 1. **collect** -- run ``lr`` on GSM8K *train* questions (never test) with the config's models and
    record every traced step that has both a draft step and a target step: the pair, and its
-   context (the completion text before it, which is what the loop passes to the verifier).
+   context (the user message and the completion text before it, as the loop passes it).
    ``<out>/pairs.jsonl`` holds one line per question ``{"line", "question", "pairs": [...]}``,
    appended and flushed as each question ends: rerun the command to resume.
    Only pairs up to each round's first rejection are traced, so deeper depths are rarer.
@@ -62,7 +62,7 @@ class Pair:
     line: int  # line of the question in the dataset file (1-based)
     step: int  # index of the traced step in its completion (0-based)
     depth: int  # lookahead depth of the draft step (1-based)
-    context: str  # the completion text before both steps (what the loop gives the verifier)
+    context: str  # the user message + the completion text before both steps (as the loop gives it)
     draft: str  # the draft step
     target: str  # the target step written from the same prefix
     accepted_in_run: bool  # the run's own verifier accepted it
@@ -72,9 +72,13 @@ class Pair:
 # 1. collect
 
 
-def pairs_of(result: Any, line: int) -> list[Pair]:
-    """The (draft, target) pairs of one `Result` trace, each with the text before it."""
-    out, context = [], ""
+def pairs_of(result: Any, line: int, user_message: str = "") -> list[Pair]:
+    """The (draft, target) pairs of one `Result` trace, each with the text before it.
+
+    The context is built as the loop builds it for the verifier: the user message, a blank line,
+    then the committed steps.
+    """
+    out, context = [], f"{user_message}\n\n" if user_message else ""
     for record in result.steps:
         if record.draft_text is not None and record.target_text is not None:
             accepted = bool(record.verdict and record.verdict.accepted)
@@ -116,7 +120,9 @@ def collect_pairs(
             if line in done:
                 continue
             result = reasoner.generate(question, mode="lr")
-            record = {"line": line, "question": question, "pairs": [asdict(p) for p in pairs_of(result, line)]}
+            user_message = reasoner.config.prompt_template.format(question=question.strip())
+            pairs = pairs_of(result, line, user_message)
+            record = {"line": line, "question": question, "pairs": [asdict(p) for p in pairs]}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             handle.flush()
             progress(1)

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from lookahead.config import uses_step_speculation, uses_token_speculation
 from lookahead.errors import LookaheadError
 
 app = typer.Typer(
@@ -100,16 +101,28 @@ def _summary_table(result: Any, reference: str | None) -> Table:
     rate = result.completion_tokens / result.wall_time_s if result.wall_time_s else 0.0
     table.add_row("time", f"{result.wall_time_s:.2f} s ({rate:.1f} tokens/s)")
     table.add_row("rounds", f"{result.rounds} ({stats['steps_per_round']:.2f} steps committed per round)")
-    if result.mode != "ar":
+    step_spec = uses_step_speculation(result.mode)
+    if step_spec:
         by_depth = ", ".join(f"d{i + 1}={a:.0%}" for i, a in enumerate(stats["acceptance_by_depth"]))
         table.add_row(
             "accepted",
             f"{result.accepted_steps}/{result.drafted_steps} drafted steps "
             f"({stats['acceptance_rate']:.0%}; {stats['accepted_per_round']:.2f} per round; by depth {by_depth or '-'})",
         )
-    parts = [f"draft {stats['draft_s']:.2f} s"] if result.mode != "ar" else []
+    if uses_token_speculation(result.mode):
+        line = (
+            f"target: {stats['spec_accepted_tokens']}/{stats['spec_draft_tokens']} proposed tokens accepted "
+            f"({stats['token_acceptance_length']:.2f} tokens per verification pass)"
+        )
+        if step_spec and stats.get("spec_draft_calls_draft_tokens"):
+            line += (
+                f"; draft: {stats['spec_draft_calls_accepted_tokens']}/{stats['spec_draft_calls_draft_tokens']} "
+                f"({stats['draft_token_acceptance_length']:.2f} per pass)"
+            )
+        table.add_row("token SD", line)
+    parts = [f"draft {stats['draft_s']:.2f} s"] if step_spec else []
     parts.append(f"target {stats['target_s']:.2f} s")
-    if result.mode != "ar":
+    if step_spec:
         parts.append(f"verify {stats['verify_s']:.3f} s")
     parts.append(f"other {stats['other_s']:.3f} s")
     table.add_row("time split", ", ".join(parts))
@@ -122,12 +135,9 @@ def _summary_table(result: Any, reference: str | None) -> Table:
 
 
 def _same_answer(answer: str | None, reference: str) -> bool:
-    if answer is None:
-        return False
-    try:
-        return abs(float(answer) - float(reference)) < 1e-6
-    except ValueError:
-        return answer.strip() == reference.strip()
+    from lookahead.eval.answers import answers_match
+
+    return answers_match(answer, reference)
 
 
 @app.command()
@@ -140,7 +150,10 @@ def solve(
         Optional[Path],
         typer.Option(help="Folder with gsm8k/, aime24/, math500/ (default: $LOOKAHEAD_DATA_DIR or ../shared/data)."),
     ] = None,
-    mode: Annotated[Optional[str], typer.Option(help="ar (target alone) or lr (Lookahead Reasoning).")] = None,
+    mode: Annotated[
+        Optional[str],
+        typer.Option(help="ar (target alone), lr (Lookahead Reasoning), sd (token-level speculation) or lr+sd (both)."),
+    ] = None,
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
     set_: Annotated[
         Optional[list[str]],
@@ -168,14 +181,16 @@ def solve(
         assert question is not None
         if not question.strip():
             raise _fail("the question is empty; pass the problem text or --example TASK:N")
-        same_model = cfg.mode == "lr" and cfg.draft == cfg.target
+        same_model = uses_step_speculation(cfg.mode) and cfg.draft == cfg.target
         _quiet_libraries(cfg)
         with console.status("loading models..."):
             reasoner = LookaheadReasoner.from_config(cfg)
         console.print(Text(f"question: {question.strip()}", style="bold"))
         console.print(
             f"[dim]mode {cfg.mode} · target {reasoner.target.name}"
-            + (f" · draft {reasoner.draft.name} · γ={cfg.gamma} · verifier {cfg.verifier.name}" if cfg.mode == "lr" else "")
+            + (f" · draft {reasoner.draft.name} · γ={cfg.gamma} · verifier {cfg.verifier.name}"
+               if uses_step_speculation(cfg.mode) else "")
+            + (f" · token SD {cfg.target.speculation.method}" if uses_token_speculation(cfg.mode) else "")
             + "[/]"
         )
         if same_model:

@@ -12,6 +12,11 @@ so every round commits at least one target-quality step. ``ar`` mode is the base
 alone, one step per round, through the same engine calls and stop rules -- with greedy decoding
 and the exact verifier ``lr`` therefore commits exactly the text ``ar`` commits.
 
+Token-level speculation is a second, independent layer (`uses_token_speculation`): ``sd`` runs
+``ar`` rounds with ``speculate=True`` on every target call, ``lr+sd`` runs ``lr`` rounds with
+``speculate=True`` on every draft and target call. Engines keep greedy output unchanged when
+speculating, so ``sd`` == ``lr+sd`` == ``ar`` under greedy decoding and the exact verifier.
+
 Stop rules, checked after every committed step in order: the step ended with end of sequence
 (``eos``), the step states a final answer (``answer``, if configured), the completion reached the
 token budget (``length``; counted as the target tokens of the committed text, and never past the
@@ -35,7 +40,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lookahead.config import MODES, LookaheadConfig, with_overrides
+from lookahead.config import (
+    MODES,
+    EngineConfig,
+    LookaheadConfig,
+    uses_step_speculation,
+    uses_token_speculation,
+    with_overrides,
+)
 from lookahead.engines import create_engine
 from lookahead.engines.base import Engine
 from lookahead.errors import ConfigError, PromptError
@@ -45,7 +57,7 @@ from lookahead.stats import RoundStats
 from lookahead.steps import is_complete_step
 from lookahead.types import Completion, Result, StepRecord, Verdict
 from lookahead.verifiers import create_verifier
-from lookahead.verifiers.base import Verifier
+from lookahead.verifiers.base import Verifier, is_failure
 
 
 @dataclass
@@ -53,11 +65,11 @@ class ProblemState:
     """One problem's state, advanced round by round."""
 
     config: LookaheadConfig  # the effective config of this request (defaults + its overrides)
-    mode: str  # "ar" or "lr"
+    mode: str  # "ar", "lr", "sd" or "lr+sd" (see lookahead.config.MODES)
     final_answer: re.Pattern[str]  # compiled config.final_answer_pattern
     messages: Messages  # the chat messages of the question
     target_prompt: str  # messages rendered with the target's chat template
-    draft_prompt: str  # messages rendered with the draft's chat template ("" in ar mode)
+    draft_prompt: str  # messages rendered with the draft's chat template ("" in ar / sd mode)
     token_limit: int  # budget for the completion (tokens): min(max_total_tokens, context left)
     prompt_tokens: int  # tokens of target_prompt
     completion: str = ""  # the committed steps, joined
@@ -78,10 +90,11 @@ class Proposal:
 
 
 class LookaheadReasoner:
-    """Runs ``ar`` or ``lr`` generation over a target engine, a draft engine and a verifier.
+    """Runs ``ar``, ``lr``, ``sd`` or ``lr+sd`` generation over a target engine, a draft engine and
+    a verifier.
 
-    Engines are created from the config unless given; the draft is created lazily (``ar`` never
-    loads it). Use it as a context manager, or call `close`, to free the engines.
+    Engines are created from the config unless given; the draft is created lazily (``ar`` and
+    ``sd`` never load it). Use it as a context manager, or call `close`, to free the engines.
     """
 
     def __init__(
@@ -103,16 +116,37 @@ class LookaheadReasoner:
     def from_config(cls, config: LookaheadConfig) -> LookaheadReasoner:
         reasoner = cls(config)
         reasoner.target  # load the target now: errors surface before the first question
-        if config.mode != "ar":
-            reasoner.draft
+        engines = [reasoner.target]
+        if uses_step_speculation(config.mode):
+            engines.append(reasoner.draft)
+        if uses_token_speculation(config.mode):
+            for engine in engines:  # load the speculation draft model and check its tokenizer now
+                prepare = getattr(engine, "prepare_speculation", None)
+                if callable(prepare):
+                    prepare()
         return reasoner
 
     # -- components, created on first use ----------------------------------------------------
     @property
     def target(self) -> Engine:
         if self._target is None:
-            self._target = create_engine(self.config.target, **self._pool_settings())
+            self._target = create_engine(self._target_config(), **self._pool_settings())
         return self._target
+
+    def _target_config(self) -> EngineConfig:
+        """``config.target``, with ``speculation.draft_model`` defaulting to the draft's model.
+
+        Token-level speculation with ``method: draft`` needs a small model sharing the target's
+        tokenizer; unless ``target.speculation.draft_model`` names one, the step-level draft
+        (``draft.model``, when it runs in-process on the same backend) is used. The engine
+        checks that the vocabularies agree and raises ConfigError otherwise.
+        """
+        cfg = self.config
+        spec = cfg.target.speculation
+        if spec.method == "draft" and spec.draft_model is None and cfg.draft.backend == cfg.target.backend:
+            spec = dataclasses.replace(spec, draft_model=cfg.draft.model)
+            return dataclasses.replace(cfg.target, speculation=spec)
+        return cfg.target
 
     @property
     def draft(self) -> Engine:
@@ -154,7 +188,8 @@ class LookaheadReasoner:
     ) -> Result:
         """Solve one question (plain text or chat messages) and return the result with its trace.
 
-        ``mode`` picks ``ar`` or ``lr`` for this call; ``speculation=False`` is ``mode="ar"``;
+        ``mode`` picks ``ar``, ``lr``, ``sd`` or ``lr+sd`` for this call; ``speculation=False`` is
+        ``mode="ar"`` (no speculation of either kind);
         ``overrides`` are config keys for this call only (``gamma=3``, ``temperature=0.7``,
         ``verifier="normalized"``, ``max_total_tokens=256``, ...).
         """
@@ -214,7 +249,7 @@ class LookaheadReasoner:
                 )
             token_limit = min(token_limit, context - prompt_tokens)
         draft_prompt = ""
-        if mode == "lr":
+        if uses_step_speculation(mode):
             draft_prompt = self.draft.format_chat(messages)
             draft_context = self.draft.context_length()
             if draft_context is not None and self.draft.count_tokens(draft_prompt) >= draft_context:
@@ -230,7 +265,7 @@ class LookaheadReasoner:
         """Run rounds until a stop rule fires, yielding committed steps."""
         while state.finish_reason is None:
             round_start = time.perf_counter()
-            if state.mode == "ar":
+            if not uses_step_speculation(state.mode):
                 proposal = Proposal(drafts=[], targets=self.expand(state, []), verdicts=[])
             else:
                 drafts = self.propose(state)
@@ -251,7 +286,10 @@ class LookaheadReasoner:
             # A draft step longer than the budget left could never match: the target's step from
             # the same prefix is capped there. (Counted in draft tokens: exact for a shared tokenizer.)
             params = dataclasses.replace(cfg.draft_sampling, max_new_tokens=min(cfg.max_step_tokens, left))
-            step = self.draft.generate([state.draft_prompt + text], params, stop=[cfg.step_delimiter])[0]
+            step = self.draft.generate(
+                [state.draft_prompt + text], params, stop=[cfg.step_delimiter], **_speculate(state.mode)
+            )[0]
+            state.stats.observe_tokens("draft", [step])
             if step.finish_reason != "stop" or not is_complete_step(step.text, cfg.step_delimiter):
                 break  # an incomplete draft step can never be accepted: stop looking ahead
             drafts.append(step.text)
@@ -280,8 +318,11 @@ class LookaheadReasoner:
             prompts.append(state.target_prompt + prefix)
             params.append(dataclasses.replace(cfg.target_sampling, max_new_tokens=min(cfg.max_step_tokens, left)))
         start = time.perf_counter()
-        targets = self.target.generate(prompts, params, stop=[cfg.step_delimiter]) if prompts else []
+        targets = []
+        if prompts:
+            targets = self.target.generate(prompts, params, stop=[cfg.step_delimiter], **_speculate(state.mode))
         state.stats.target_s += time.perf_counter() - start
+        state.stats.observe_tokens("target", targets)
         state.stats.target_prompt_tokens += sum(t.prompt_tokens for t in targets)
         state.stats.target_cached_tokens += sum(t.cached_tokens for t in targets)
         return targets
@@ -290,7 +331,10 @@ class LookaheadReasoner:
         """Verdicts for (d_i, t_i); a verifier failure rejects every pair and is counted."""
         if not drafts:
             return []
-        contexts, context = [], state.completion
+        # What a judge needs to read the steps: the question (the last user message), then the
+        # committed steps and the draft steps before depth i.
+        question = next((m["content"] for m in reversed(state.messages) if m["role"] == "user"), "")
+        contexts, context = [], f"{question}\n\n{state.completion}" if question else state.completion
         for draft in drafts:
             contexts.append(context)
             context += draft
@@ -300,6 +344,8 @@ class LookaheadReasoner:
             verdicts = verifier.verify(contexts, drafts, [t.text for t in targets[: len(drafts)]])
             if len(verdicts) != len(drafts):
                 raise ValueError(f"verifier returned {len(verdicts)} verdicts for {len(drafts)} pairs")
+            if any(is_failure(v) for v in verdicts):  # it failed or timed out and rejected on its own
+                state.stats.verifier_failures += 1
         except Exception as exc:  # a broken verifier must not kill the run: reject, count, go on
             state.stats.verifier_failures += 1
             verdicts = [
@@ -390,6 +436,15 @@ class LookaheadReasoner:
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is unknown; choose one of {', '.join(MODES)}")
         return mode
+
+
+def _speculate(mode: str) -> dict[str, bool]:
+    """``speculate=True`` for the engine calls of a token-speculation mode.
+
+    Left out otherwise, so engines written before the ``speculate`` keyword still work in the
+    modes that do not need it.
+    """
+    return {"speculate": True} if uses_token_speculation(mode) else {}
 
 
 class ResultStream:

@@ -6,7 +6,7 @@ streaming as server-sent events with one chunk per committed step), ``GET /v1/mo
 the OpenAI fields plus ``lookahead``: the per-request statistics (mode, rounds, drafted and
 accepted steps, acceptance per depth, seconds split between draft, target and verifier).
 
-Requests may add the lookahead fields ``mode`` ("ar"/"lr"), ``gamma``, ``verifier`` and
+Requests may add the lookahead fields ``mode`` ("ar"/"lr"/"sd"/"lr+sd"), ``gamma``, ``verifier`` and
 ``speculation`` (false = "ar"); ``max_tokens``, ``temperature``, ``top_p`` and ``seed`` become
 per-request config overrides. ``stop`` is validated but ignored (steps end on the configured
 step delimiter). Chat messages are passed to the model as they are; a completion ``prompt`` is
@@ -210,7 +210,7 @@ class _CompletionFields(_Strict):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None  # validated, ignored: steps end on the step delimiter
     # lookahead extras
-    mode: str | None = None  # "ar" or "lr"; None = the server's configured mode
+    mode: str | None = None  # "ar", "lr", "sd" or "lr+sd"; None = the server's configured mode
     gamma: int | None = None  # lookahead depth for this request (steps)
     verifier: str | None = None  # verifier name for this request, e.g. "normalized"
     speculation: bool = True  # false = "ar" (the target alone)

@@ -18,3 +18,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    """One torch thread: the tests run tiny models, for which a second thread only adds contention
+    (a tiny forward pass took 250 ms instead of 2 ms next to another busy process)."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)

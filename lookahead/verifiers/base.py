@@ -37,7 +37,11 @@ class Verifier(Protocol):
     def verify(
         self, contexts: Sequence[str], drafts: Sequence[str], targets: Sequence[str]
     ) -> list[Verdict]:
-        """One verdict per pair, in input order. ``contexts[i]`` is the text before both steps."""
+        """One verdict per pair, in input order.
+
+        ``contexts[i]`` is what precedes both steps: the question (the last user message), a blank
+        line, then the committed steps and the draft steps before depth i.
+        """
         ...
 
 
