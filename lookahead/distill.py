@@ -271,16 +271,36 @@ def _greedy_batch(model: Any, tokenizer: Any, prompts: list[str], budget: int, a
 # Training
 
 
-def _encode(tokenizer: Any, solutions: Iterable[Solution]) -> list[tuple[list[int], int]]:
-    """``(token ids, number of prompt tokens)`` per solution; EOS closes solutions that ended."""
+def _encode(
+    tokenizer: Any, solutions: Iterable[Solution], delimiter: str, rng: random.Random
+) -> list[tuple[list[int], int]]:
+    """``(token ids, number of prompt tokens)`` per solution, tokenized the way the loop shows text.
+
+    The loop re-tokenizes the prompt plus the committed steps at every call, so the draft always
+    writes its next step right after a context that ENDS on the step delimiter; most BPE
+    tokenizers split a delimiter differently at the end of a text (``"\\n\\n"``, one token) than
+    in its middle (``"\\n"``, ``"\\n"`` before the next word). Trained on whole solutions only,
+    a draft never sees the end-of-text form and starts its steps with a stray newline. So each
+    solution is cut at a random step k: the prompt and steps 1..k are tokenized as one text (the
+    loop's context), and every later step on its own (each ending with the delimiter as the loop's
+    next context will). EOS closes solutions that ended.
+    """
+    from lookahead.steps import split_steps
+
     out = []
     for s in solutions:
-        prompt_ids = tokenizer(s.prompt, add_special_tokens=False).input_ids
-        completion_ids = tokenizer(s.completion, add_special_tokens=False).input_ids
+        prompt_len = len(tokenizer(s.prompt, add_special_tokens=False).input_ids)
+        steps = split_steps(s.completion, delimiter)
+        if not steps:
+            continue
+        cut = rng.randrange(len(steps))
+        ids = tokenizer(s.prompt + "".join(steps[:cut]), add_special_tokens=False).input_ids
+        for step in steps[cut:]:
+            ids = ids + tokenizer(step, add_special_tokens=False).input_ids
         if s.finish == "eos" and tokenizer.eos_token_id is not None:
-            completion_ids = completion_ids + [tokenizer.eos_token_id]
-        if completion_ids:
-            out.append((prompt_ids + completion_ids, len(prompt_ids)))
+            ids = ids + [tokenizer.eos_token_id]
+        if len(ids) > prompt_len:
+            out.append((ids, prompt_len))
     return out
 
 
@@ -331,7 +351,7 @@ def _sampled_loss(model: Any, ids, mask, labels, keep, generator) -> tuple[Any, 
     weight = model.get_output_embeddings().weight
     vocab = weight.shape[0]
     negatives = torch.randint(0, vocab, (keep.negatives,), generator=generator)
-    candidates = torch.unique(torch.cat([keep.ids, negatives]))
+    candidates = torch.unique(torch.cat([keep.ids, negatives, targets]))
     position = torch.full((vocab,), -1, dtype=torch.long)
     position[candidates] = torch.arange(len(candidates))
     logits = hidden @ weight[candidates].T
@@ -457,14 +477,17 @@ def train_draft(
     resolved = resolve_model(config.target)
     target, tokenizer = _load_pretrained(resolved.source, torch.float32)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    examples = _encode(tokenizer, solutions)
-    order = list(range(len(examples)))
+    delimiter = config.step_delimiter
+    order = list(range(len(solutions)))
     rng.shuffle(order)
-    n_valid = min(len(examples) // 2, max(1, round(len(examples) * settings.valid_fraction)))
-    valid = [examples[i] for i in order[:n_valid]]
-    train = [examples[i] for i in order[n_valid:]]
-    if not train:
+    n_valid = min(len(solutions) // 2, max(1, round(len(solutions) * settings.valid_fraction)))
+    valid_solutions = [solutions[i] for i in order[:n_valid]]
+    train_solutions = [solutions[i] for i in order[n_valid:]]
+    if not train_solutions:
         raise DataError("too few solutions to train on (need at least 2)")
+    valid = _encode(tokenizer, valid_solutions, delimiter, random.Random(settings.seed))
+    train = _encode(tokenizer, train_solutions, delimiter, random.Random(settings.seed))
+    examples = train + valid
     keep_ids = sorted({t for tokens, p in train for t in tokens[p:]} | {t for tokens, p in valid for t in tokens[p:]})
     keep = _Keep(ids=torch.tensor(keep_ids, dtype=torch.long), negatives=settings.negatives)
 
@@ -520,6 +543,8 @@ def train_draft(
     recent: list[float] = []
     epoch = step // max(steps_per_epoch, 1)
     while step < total_steps:
+        # every epoch cuts each solution at other steps (see `_encode`)
+        train = _encode(tokenizer, train_solutions, delimiter, random.Random(settings.seed * 1000 + epoch))
         batches = _batches(train, settings.batch_tokens, random.Random(settings.seed * 1000 + epoch))
         skip = step - epoch * steps_per_epoch
         for indices in batches[skip:]:

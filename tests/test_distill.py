@@ -130,3 +130,32 @@ def test_cli_refuses_a_test_split_and_missing_data(tmp_path):
     assert result.exit_code == 2 and "test split" in result.output
     result = runner.invoke(app, ["distill", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_encode_ends_the_context_on_the_delimiter_as_the_loop_does():
+    """The cut prefix is tokenized as one text (the loop's context), later steps one by one."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # a BPE that, like SmolLM2's, has a "\n\n" token used only where a text ends on it
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(["Step 1: add.\n\n", "Step 2: multiply.\n\n"] * 50, trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw)
+    split = tokenizer("add.\n\nStep", add_special_tokens=False).input_ids
+    joined = tokenizer("add.\n\n", add_special_tokens=False).input_ids + tokenizer("Step", add_special_tokens=False).input_ids
+    assert split != joined  # the effect the draft must be trained for
+    solution = d.Solution(1, "q", "user: q\nassistant: ", "Step 1: add.\n\nStep 2: multiply.\n\nThe final answer is 12.\n\n", "answer")
+    steps = ["Step 1: add.\n\n", "Step 2: multiply.\n\n", "The final answer is 12.\n\n"]
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    seen = set()
+    for seed in range(12):
+        [(ids, prompt_len)] = d._encode(tokenizer, [solution], "\n\n", random.Random(seed))
+        assert prompt_len == len(encode(solution.prompt))
+        cuts = [k for k in range(3) if ids == encode(solution.prompt + "".join(steps[:k])) + sum((encode(s) for s in steps[k:]), [])]
+        assert cuts, "no cut reproduces the token ids"
+        seen.update(cuts)
+    assert len(seen) > 1  # the cut moves between solutions / epochs
