@@ -159,3 +159,20 @@ def test_encode_ends_the_context_on_the_delimiter_as_the_loop_does():
         assert cuts, "no cut reproduces the token ids"
         seen.update(cuts)
     assert len(seen) > 1  # the cut moves between solutions / epochs
+
+
+def test_the_shipped_draft_loads_by_name():
+    """The default config's draft is the distilled model shipped in lookahead/models/."""
+    from lookahead.config import SamplingParams
+    from lookahead.engines.hf import SHIPPED_MODELS_DIR, resolve_model
+
+    cfg = load_config("default")
+    resolved = resolve_model(cfg.draft)
+    assert resolved.source == str(SHIPPED_MODELS_DIR / cfg.draft.model)
+    card = json.loads((SHIPPED_MODELS_DIR / cfg.draft.model / "distill.json").read_text())
+    assert card["data"]["source"] == "train.jsonl" and "lookahead distill" in card["command"]
+    engine = HFEngine.from_config(EngineConfig(model=cfg.draft.model, pad_batches=False))
+    assert engine.model.config.vocab_size == 49152  # SmolLM2's vocabulary: it shares the target's tokenizer
+    prompt = engine.format_chat([{"role": "user", "content": "What is 2 + 3?"}])
+    assert engine.generate([prompt], SamplingParams(max_new_tokens=3))[0].completion_tokens == 3
+    engine.shutdown()
