@@ -16,7 +16,19 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from lookahead.config import SamplingParams
+from lookahead.errors import PromptError
 from lookahead.types import Completion
+
+
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """The batch as a list; a single string (not a batch) or an empty prompt is refused."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, not one string")
+    prompts = list(prompts)
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise PromptError(f"prompt {i} is empty; the model needs at least one token to continue")
+    return prompts
 
 
 @runtime_checkable

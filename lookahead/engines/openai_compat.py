@@ -56,9 +56,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from lookahead.config import EngineConfig, SamplingParams
+from lookahead.engines.base import check_prompts
 from lookahead.engines.http import HTTPClient, RemoteTokenizer, client_options, load_tokenizer
 from lookahead.engines.sglang import _tokenizer_context, clean_stops, row_params
-from lookahead.errors import ConfigError, LookaheadError, PromptError
+from lookahead.errors import ConfigError, LookaheadError
 from lookahead.types import Completion
 
 logger = logging.getLogger(__name__)
@@ -162,12 +163,7 @@ class OpenAIEngine:
     ) -> list[Completion]:
         """One concurrent request per prompt; ``speculate`` is ignored (a server-side setting)."""
         started = time.perf_counter()
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, not one string")
-        prompts = list(prompts)
-        for i, prompt in enumerate(prompts):
-            if not prompt:
-                raise PromptError(f"prompt {i} is empty; the model needs at least one token to continue")
+        prompts = check_prompts(prompts)
         per_row = row_params(params, len(prompts))
         stops = clean_stops(stop)
         client = self._client()

@@ -67,6 +67,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lookahead.config import EngineConfig, SamplingParams
+from lookahead.engines.base import check_prompts
 from lookahead.engines.http import (
     HTTPClient,
     RemoteTokenizer,
@@ -75,7 +76,7 @@ from lookahead.engines.http import (
     load_tokenizer,
     server_args,
 )
-from lookahead.errors import ConfigError, LookaheadError, ModelLoadError, PromptError
+from lookahead.errors import ConfigError, LookaheadError, ModelLoadError
 from lookahead.types import Completion
 
 logger = logging.getLogger(__name__)
@@ -270,14 +271,9 @@ class SGLangEngine:
         speculate: bool = False,
     ) -> list[Completion]:
         started = time.perf_counter()
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, not one string")
-        prompts = list(prompts)
+        prompts = check_prompts(prompts)
         if not prompts:
             return []
-        for i, prompt in enumerate(prompts):
-            if not prompt:
-                raise PromptError(f"prompt {i} is empty; the model needs at least one token to continue")
         per_row = row_params(params, len(prompts))
         stops = clean_stops(stop)
         payload = {"text": prompts, "sampling_params": [self._sampling(p, stops) for p in per_row]}
