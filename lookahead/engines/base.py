@@ -31,6 +31,19 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
     return prompts
 
 
+def row_params(params: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
+    """One validated `SamplingParams` per row: ``params`` shared by all rows, or one per row."""
+    if isinstance(params, SamplingParams):
+        out = [params] * n
+    else:
+        out = list(params)
+        if len(out) != n:
+            raise ValueError(f"got {len(out)} SamplingParams for {n} prompts; give one or one per prompt")
+    for p in out:
+        p.validate("sampling")
+    return out
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str  # short label for logs and traces, e.g. "hf:SmolLM2-135M-Instruct"

@@ -94,6 +94,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from lookahead.config import EngineConfig, SamplingParams, SpeculationConfig
+from lookahead.engines.base import check_prompts, row_params
 from lookahead.errors import ConfigError, ModelLoadError, PromptError
 from lookahead.types import Completion
 
@@ -684,19 +685,17 @@ class HFEngine:
     ) -> list[Completion]:
         """See `Engine.generate`; ``speculate=True`` runs token-level SD (module docstring)."""
         started = time.perf_counter()
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, not one string")
-        prompts = list(prompts)
+        prompts = check_prompts(prompts)
         if not prompts:
             return []
         if self.model is None:
             raise RuntimeError(f"engine {self.name} was shut down")
-        row_params = self._row_params(params, len(prompts))
+        per_row = row_params(params, len(prompts))
         stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
         ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
         ctx = self.context_length()
         rows = []
-        for i, (row_ids, p) in enumerate(zip(ids, row_params)):
+        for i, (row_ids, p) in enumerate(zip(ids, per_row)):
             if not row_ids:
                 raise PromptError(f"prompt {i} is empty; the model needs at least one token to continue")
             if ctx is not None and len(row_ids) + p.max_new_tokens > ctx:
@@ -719,7 +718,7 @@ class HFEngine:
                     )
                     self._spec_warned = True
                 speculate, drafter = False, None
-        self._maybe_reseed(row_params)
+        self._maybe_reseed(per_row)
         try:
             with torch.inference_mode():
                 remembered = self._decode(rows, stops, started, speculate, drafter)
@@ -730,18 +729,6 @@ class HFEngine:
         return [row.completion for row in rows]
 
     # ---- helpers -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _row_params(params: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
-        if isinstance(params, SamplingParams):
-            out = [params] * n
-        else:
-            out = list(params)
-            if len(out) != n:
-                raise ValueError(f"got {len(out)} SamplingParams for {n} prompts; give one or one per prompt")
-        for p in out:
-            p.validate("sampling")
-        return out
 
     def _maybe_reseed(self, params: list[SamplingParams]) -> None:
         seed = next((p.seed for p in params if p.seed is not None), None)

@@ -56,9 +56,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from lookahead.config import EngineConfig, SamplingParams
-from lookahead.engines.base import check_prompts
+from lookahead.engines.base import check_prompts, row_params
 from lookahead.engines.http import HTTPClient, RemoteTokenizer, client_options, load_tokenizer
-from lookahead.engines.sglang import _tokenizer_context, clean_stops, row_params
+from lookahead.engines.sglang import _tokenizer_context, clean_stops
 from lookahead.errors import ConfigError, LookaheadError
 from lookahead.types import Completion
 

@@ -67,7 +67,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lookahead.config import EngineConfig, SamplingParams
-from lookahead.engines.base import check_prompts
+from lookahead.engines.base import check_prompts, row_params
 from lookahead.engines.http import (
     HTTPClient,
     RemoteTokenizer,
@@ -83,19 +83,6 @@ logger = logging.getLogger(__name__)
 
 LAUNCH_HINT = "start it with: python scripts/launch_sglang.py --preset gpu-qwen3-32b (or fix the engine's url)"
 INSTALL_HINT = 'pip install "lookahead[sglang]"'
-
-
-def row_params(params: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
-    """One validated `SamplingParams` per row (shared by the remote engines)."""
-    if isinstance(params, SamplingParams):
-        out = [params] * n
-    else:
-        out = list(params)
-        if len(out) != n:
-            raise ValueError(f"got {len(out)} SamplingParams for {n} prompts; give one or one per prompt")
-    for p in out:
-        p.validate("sampling")
-    return out
 
 
 def clean_stops(stop: Sequence[str] | str) -> list[str]:
