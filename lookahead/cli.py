@@ -264,6 +264,10 @@ def distill(
         raise _fail(f"--phase must be all, generate or train (got {phase!r})")
     if limit < 1 or offset < 0 or batch_size < 1:
         raise _fail("--limit and --batch-size must be >= 1 and --offset >= 0")
+    if epochs <= 0 or lr <= 0 or batch_tokens < 1 or hidden_size < 1 or layers < 1:
+        raise _fail("--epochs and --lr must be > 0; --batch-tokens, --hidden-size and --layers >= 1")
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file; give a folder for data.jsonl, checkpoint.pt and model/")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         cfg = load_config(config, list(set_ or []))

@@ -40,8 +40,12 @@ def read_records(folder: Path) -> list[dict]:
     return [r for r in rows if r.get("status") == "ok"]
 
 
-def cost_ratio(records: list[dict]) -> dict:
-    """c per step and per token, from the draft time of lr runs and the target time of ar."""
+def cost_ratio(records: list[dict], count_draft_tokens=None) -> dict:
+    """c per step (and per token, given the draft's token counter), from lr's draft time and ar's target time.
+
+    Per token uses only the lr rows whose every drafted step is in the trace (true at γ = 1,
+    where each round's single draft step is recorded with its fallback).
+    """
     ar = [r for r in records if r["mode"] == "ar"]
     lr = [r for r in records if r["mode"] == "lr"]
     target_steps = sum(len(r["trace"]) for r in ar)
@@ -57,6 +61,11 @@ def cost_ratio(records: list[dict]) -> dict:
         "c_per_step": per_step_draft / per_step_target if per_step_target and per_step_draft else None,
         "target_s_per_token": target_s / target_tokens if target_tokens else None,
     }
+    complete = [r for r in lr if r["drafted_steps"] == sum(1 for step in r["trace"] if step["draft"])]
+    if count_draft_tokens is not None and complete and target_tokens:
+        tokens = sum(count_draft_tokens(step["draft"]) for r in complete for step in r["trace"] if step["draft"])
+        out["draft_s_per_token"] = sum(r["draft_s"] for r in complete) / tokens
+        out["c_per_token"] = out["draft_s_per_token"] / out["target_s_per_token"]
     return out
 
 
@@ -116,6 +125,8 @@ def main() -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config override key=value")
     parser.add_argument("--report-only", action="store_true", help="only read an existing eval folder")
     args = parser.parse_args()
+    if args.report_only and not (args.out / "summary.json").is_file():
+        parser.error(f"--report-only needs an eval folder with records.jsonl and summary.json; {args.out} has none")
     eval_cmd = [sys.executable, "-m", "lookahead.cli", "eval", "--task", "gsm8k", "--limit", str(args.limit),
                 "--modes", args.runs, "--out", str(args.out), "--config", args.config, "--no-plots"]
     for item in args.sets:
@@ -126,13 +137,19 @@ def main() -> int:
             return code
     records = read_records(args.out)
     summary = json.loads((args.out / "summary.json").read_text())
+    from transformers import AutoTokenizer
+
+    from lookahead.config import load_config
+    from lookahead.engines.hf import resolve_model
     from lookahead.verifiers.embedding import EmbeddingVerifier
+
+    draft_tokenizer = AutoTokenizer.from_pretrained(resolve_model(load_config(args.config, args.sets).draft).source)
 
     report = {
         "command": " ".join(shlex.quote(a) for a in ["python", "scripts/bench_draft.py", *sys.argv[1:]]),
         "eval_command": " ".join(shlex.quote(a) for a in ["lookahead", *eval_cmd[3:]]),
         "problems": summary["problems_with_records"],
-        "cost": cost_ratio(records),
+        "cost": cost_ratio(records, lambda text: len(draft_tokenizer(text, add_special_tokens=False).input_ids)),
         "acceptance_by_depth": {
             "exact": acceptance_by_depth(records),
             "embedding": acceptance_by_depth(records, EmbeddingVerifier()),

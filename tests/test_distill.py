@@ -130,6 +130,11 @@ def test_cli_refuses_a_test_split_and_missing_data(tmp_path):
     assert result.exit_code == 2 and "test split" in result.output
     result = runner.invoke(app, ["distill", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "does not exist" in result.output
+    for bad in (["--lr", "-1"], ["--epochs", "0"], ["--layers", "0"]):
+        result = runner.invoke(app, ["distill", *bad, "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and "must be" in result.output, bad
+    result = runner.invoke(app, ["distill", "--out", str(test_file)])
+    assert result.exit_code == 2 and "is a file" in result.output
 
 
 def test_encode_ends_the_context_on_the_delimiter_as_the_loop_does():
