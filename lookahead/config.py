@@ -423,3 +423,12 @@ def with_overrides(cfg: LookaheadConfig, overrides: dict[str, Any]) -> Lookahead
 def config_from_dict(data: dict[str, Any]) -> LookaheadConfig:
     """Build a validated config from a plain dict (same keys as the YAML files)."""
     return _from_dict(LookaheadConfig, _apply_shorthands(data)).validate()
+
+
+def configured(cfg: LookaheadConfig, overrides: dict[str, Any]) -> LookaheadConfig:
+    """A validated copy of ``cfg`` with any overrides, engine sections included (as ``--set``).
+
+    For building another reasoner (`with_overrides` is the per-request variant and refuses keys
+    under ``target``/``draft``).
+    """
+    return _apply_overrides(copy.deepcopy(cfg), list(overrides.items()))

@@ -103,6 +103,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"{row['target_rows_per_call']} rows/call, failed {row['failed']}",
                         file=sys.stderr,
                     )
+                    write_report(args, argv, engines, rows)  # after every setting: an interrupted run keeps what it measured
+    report = write_report(args, argv, engines, rows)
+    out = Path(args.out)
+    plot(report, out.with_suffix(".png"))
+    best = max(rows, key=lambda r: r["problems_per_min"])
+    print(json.dumps({"out": str(out.with_suffix(".json")), "settings": len(rows), "best": {
+        k: best[k] for k in ("replicas", "mode", "concurrency", "problems_per_min", "tokens_per_s")
+    }}))
+    return report
+
+
+def write_report(args: argparse.Namespace, argv: list[str] | None, engines: dict[str, str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write OUT.json with every setting measured so far and return the report."""
     report = {
         "command": " ".join(shlex.quote(a) for a in ["python", "scripts/bench_concurrency.py", *(argv or sys.argv[1:])]),
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
@@ -118,11 +131,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, out.with_suffix(".png"))
-    best = max(rows, key=lambda r: r["problems_per_min"])
-    print(json.dumps({"out": str(out.with_suffix(".json")), "settings": len(rows), "best": {
-        k: best[k] for k in ("replicas", "mode", "concurrency", "problems_per_min", "tokens_per_s")
-    }}))
     return report
 
 

@@ -140,7 +140,7 @@ def test_parse_run_specs_labels_and_typed_overrides():
         ("ar,,lr", "empty run"),
         ("lr,lr", "listed twice"),
         ("lr[mode=ar]", "give the mode before"),
-        ("lr[target.model=x]", "cannot change per request"),
+        ("sd[target.speculation.method=bogus]", "target.speculation.method"),
     ],
 )
 def test_parse_run_specs_refuses_bad_specs(spec, message):
@@ -340,3 +340,32 @@ def test_cli_user_errors_exit_2(tmp_path, extra, message):
     result = cli(*args, *extra)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (out / h.RECORDS_FILE).exists()
+
+
+def test_run_that_changes_an_engine_gets_its_own_reasoner(tmp_path):
+    """``lr[draft.model=FILE]`` runs on a reasoner built with that draft; the other runs keep the
+    base one, jobs keep their per-problem rotation, and the extra reasoner is closed at the end."""
+    from lookahead.loop import LookaheadReasoner
+
+    script = tmp_path / "other.yaml"
+    script.write_text("steps: ['Something else entirely.\\n\\n', 'The final answer is \\\\boxed{1}.']\n")
+    cfg = load_config("tiny")
+    source = resolve_task(f"jsonl:{write_jsonl(tmp_path / 's.jsonl', ROWS)}", question_field="q", answer_field="sol")
+    problems = load_problems(source)
+    runs = h.parse_run_specs(f"ar,lr,lr[draft.model={script}]", cfg)
+    assert runs[2].engine_overrides() == {"draft.model": str(script)}
+    jobs = h.plan_jobs(problems, runs, 1, cfg, source.name)
+    assert "draft.model" not in jobs[0].overrides()  # engine keys never reach generate()
+    store = h.RecordStore(tmp_path / "records.jsonl")
+    with LookaheadReasoner.from_config(cfg) as reasoner:
+        h.run_all(reasoner, jobs, store, warmup=False)
+        assert reasoner.draft.name == "fake"
+    by_run = {r: [x for x in store.records if x["run"] == r] for r in ("ar", "lr", f"lr[draft.model={script}]")}
+    assert all(len(v) == 3 and all(x["status"] == "ok" for x in v) for v in by_run.values())
+    # the default draft follows the target's script: accepted; the other script never is
+    assert sum(x["accepted_steps"] for x in by_run["lr"]) > 0
+    assert sum(x["accepted_steps"] for x in by_run[f"lr[draft.model={script}]"]) == 0
+    other = by_run[f"lr[draft.model={script}]"]
+    assert [x["completion"] for x in by_run["ar"]] == [x["completion"] for x in other]  # exact verifier: lossless
+    assert [x["run"] for x in store.records[:3]] == [r.label for r in runs]  # rotation: problem 0 starts with ar
+    assert store.records[3]["run"] == "lr"  # problem 1 starts with the second run

@@ -55,7 +55,8 @@ def eval_command(
         str,
         typer.Option(
             help="Runs, comma-separated: a mode (ar, lr, sd, lr+sd) with optional overrides, "
-            "e.g. 'ar,lr\\[gamma=1],lr\\[gamma=4],lr\\[verifier=numeric]'."
+            "e.g. 'ar,lr\\[gamma=1],lr\\[gamma=4],lr\\[verifier=numeric]'. A run overriding an engine "
+            "(target.*, draft.*; e.g. 'sd\\[target.speculation.method=draft]') gets its own engines."
         ),
     ] = "ar,lr",
     samples: Annotated[int, typer.Option(help="Samples per problem and run (seed + sample when temperature > 0).")] = 1,

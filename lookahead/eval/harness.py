@@ -3,7 +3,10 @@
 Vocabulary:
 - **run**: one way of generating, named by its spec string, e.g. ``ar``, ``lr``, ``lr[gamma=4]``,
   ``lr[verifier=numeric,gamma=3]``: a mode from `lookahead.config.MODES` plus config overrides
-  (the keys of ``--set``) passed as ``**overrides`` to `LookaheadReasoner.generate`.
+  (the keys of ``--set``) passed as ``**overrides`` to `LookaheadReasoner.generate`. Overrides
+  of an engine (keys under ``target.`` or ``draft.``, e.g. ``sd[target.speculation.method=draft]``)
+  cannot change a loaded engine per request: such a run gets its own reasoner, built from the
+  config with those keys applied (`engine_overrides`; model weights are shared where they match).
 - **job**: one (problem, run, sample) to generate; its **key** ``(problem index, run label,
   sample)`` identifies its record.
 - **record**: one JSON line of ``<out>/records.jsonl`` per job (see `make_record` for the fields).
@@ -50,7 +53,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lookahead.config import MODES, SAMPLING_SHORTHANDS, LookaheadConfig, parse_override, with_overrides
+from lookahead.config import (
+    MODES,
+    REQUEST_KEYS_FIXED,
+    SAMPLING_SHORTHANDS,
+    LookaheadConfig,
+    configured,
+    parse_override,
+)
 from lookahead.errors import ConfigError, DataError, LookaheadError
 from lookahead.eval.answers import answers_match, extract_answer
 from lookahead.eval.tasks import Problem, TaskSource
@@ -80,9 +90,18 @@ class RunSpec:
     mode: str  # one of lookahead.config.MODES
     overrides: dict[str, Any] = field(default_factory=dict)  # config keys for generate(**overrides)
 
+    def engine_overrides(self) -> dict[str, Any]:
+        """The overrides that change an engine (``target.*``, ``draft.*``): they need their own reasoner."""
+        return {k: v for k, v in self.overrides.items() if is_engine_key(k)}
+
     def changes_fairness(self) -> list[str]:
         """Override keys that give this run another token budget or sampling than the others."""
         return [k for k in self.overrides if k in FAIRNESS_KEYS or k.split(".")[0].endswith("_sampling")]
+
+
+def is_engine_key(key: str) -> bool:
+    """``target.speculation.method`` -> True: the key configures an engine, not a request."""
+    return key.split(".", 1)[0] in REQUEST_KEYS_FIXED
 
 
 def _split_top_level(text: str, where: str) -> list[str]:
@@ -129,7 +148,7 @@ def parse_run_specs(text: str, config: LookaheadConfig) -> list[RunSpec]:
                     raise ConfigError(f"--modes: run {spec!r}: give the mode before '[' (e.g. lr[gamma=4]), not mode=")
                 overrides[key] = value
         try:
-            with_overrides(config, overrides)
+            configured(config, overrides)
         except ConfigError as exc:
             raise ConfigError(f"--modes: run {spec!r}: {exc}") from None
         if any(r.label == spec for r in runs):
@@ -177,8 +196,8 @@ class Job:
         return (self.problem.index, self.run.label, self.sample)
 
     def overrides(self) -> dict[str, Any]:
-        """Keyword overrides for `LookaheadReasoner.generate`."""
-        out = dict(self.run.overrides)
+        """Keyword overrides for `LookaheadReasoner.generate` (engine keys are the reasoner's own)."""
+        out = {k: v for k, v in self.run.overrides.items() if not is_engine_key(k)}
         if self.seed is not None:
             out["seed"] = self.seed
         return out
@@ -189,7 +208,7 @@ def record_key(record: dict[str, Any]) -> Key:
 
 
 def _sample_seed(config: LookaheadConfig, run: RunSpec, sample: int) -> int | None:
-    effective = with_overrides(config, run.overrides)
+    effective = configured(config, run.overrides)
     if effective.target_sampling.temperature == 0 and effective.draft_sampling.temperature == 0:
         return None  # greedy: samples are reruns (for timing), seeds change nothing
     base = effective.target_sampling.seed or 0
@@ -547,6 +566,18 @@ def run_all(
     def go(target: LookaheadReasoner, batch: Sequence[Job]) -> None:
         if not batch:
             return
+        if any(j.run.engine_overrides() for j in batch):
+            with _EngineVariants(target) as variants:
+                if warmup:
+                    for group in _groups(batch).values():
+                        warm_up(variants.get(group[0].run), group[0].problem.question, [j.run for j in group])
+                if run_jobs is run_sequential:  # keep the per-problem rotation across reasoners
+                    for job in batch:
+                        record(execute_job(variants.get(job.run), job))
+                else:  # a concurrent runner drives one reasoner at a time
+                    for group in _groups(batch).values():
+                        run_jobs(variants.get(group[0].run), group, record)
+            return
         if warmup:
             warm_up(target, batch[0].problem.question, [j.run for j in batch])
         run_jobs(target, batch, record)
@@ -560,3 +591,39 @@ def run_all(
         reasoner.close()
         with ar_reasoner() as ar:
             go(ar, later)
+
+
+def _groups(jobs: Sequence[Job]) -> dict[str, list[Job]]:
+    """Jobs by their run's engine overrides, in first-seen order."""
+    out: dict[str, list[Job]] = {}
+    for job in jobs:
+        out.setdefault(repr(sorted(job.run.engine_overrides().items())), []).append(job)
+    return out
+
+
+class _EngineVariants:
+    """The base reasoner plus one reasoner per distinct set of engine overrides, built on first use
+    from the base reasoner's config and closed on exit (the base one is left to its owner)."""
+
+    def __init__(self, base: LookaheadReasoner) -> None:
+        self.base = base
+        self._built: dict[str, LookaheadReasoner] = {}
+
+    def get(self, run: RunSpec) -> LookaheadReasoner:
+        overrides = run.engine_overrides()
+        if not overrides:
+            return self.base
+        key = repr(sorted(overrides.items()))
+        if key not in self._built:
+            from lookahead.loop import LookaheadReasoner
+
+            config = configured(self.base.config, {"mode": run.mode, **overrides})
+            self._built[key] = LookaheadReasoner.from_config(config)
+        return self._built[key]
+
+    def __enter__(self) -> _EngineVariants:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for reasoner in self._built.values():
+            reasoner.close()
