@@ -183,6 +183,9 @@ class LookaheadConfig:
     ray_address: str | None = None  # None = start Ray locally; "auto" or "ray://host:port" joins a cluster
     call_timeout_s: float = 600.0  # pool: seconds before one engine call counts as hung and is retried
     call_retries: int = 2  # pool: retries of a failed or hung engine call before the problem fails
+    adaptive_gamma: bool = False  # choose γ per round in 0..gamma (gamma is then the maximum); lookahead.adaptive
+    adaptive_prior_acceptance: float = 0.5  # adaptive_gamma: prior mean of the depth-1 acceptance (probability)
+    adaptive_probe_budget: float = 0.02  # adaptive_gamma: share of ar time spent probing while γ = 0 (fraction)
 
     def validate(self) -> LookaheadConfig:
         if self.mode not in MODES:
@@ -213,6 +216,16 @@ class LookaheadConfig:
             raise ConfigError(f"call_timeout_s must be > 0 (got {self.call_timeout_s})")
         if self.call_retries < 0:
             raise ConfigError(f"call_retries must be >= 0 (got {self.call_retries})")
+        if not 0.0 < self.adaptive_prior_acceptance < 1.0:
+            raise ConfigError(
+                f"adaptive_prior_acceptance must be in (0, 1) (got {self.adaptive_prior_acceptance}); "
+                "e.g. --set adaptive_prior_acceptance=0.5"
+            )
+        if not 0.0 < self.adaptive_probe_budget <= 0.05:
+            raise ConfigError(
+                f"adaptive_probe_budget must be in (0, 0.05] (got {self.adaptive_probe_budget}); probes are for "
+                "noticing acceptance rising and should cost little: e.g. --set adaptive_probe_budget=0.02"
+            )
         self.target.validate("target")
         self.draft.validate("draft")
         self.target_sampling.validate("target_sampling")

@@ -12,6 +12,10 @@ so every round commits at least one target-quality step. ``ar`` mode is the base
 alone, one step per round, through the same engine calls and stop rules -- with greedy decoding
 and the exact verifier ``lr`` therefore commits exactly the text ``ar`` commits.
 
+With ``adaptive_gamma`` the depth of each round is chosen by the reasoner's `AdaptiveGamma`
+policy in 0..gamma (0 = an ``ar`` round: no draft call, one target row), which then learns from
+the round's acceptance and costs (`lookahead.speedup` is the model it maximises).
+
 Token-level speculation is a second, independent layer (`uses_token_speculation`): ``sd`` runs
 ``ar`` rounds with ``speculate=True`` on every target call, ``lr+sd`` runs ``lr`` rounds with
 ``speculate=True`` on every draft and target call. Engines keep greedy output unchanged when
@@ -48,6 +52,7 @@ from lookahead.config import (
     uses_token_speculation,
     with_overrides,
 )
+from lookahead.adaptive import AdaptiveGamma
 from lookahead.engines import create_engine
 from lookahead.engines.base import Engine
 from lookahead.errors import ConfigError, PromptError
@@ -78,6 +83,7 @@ class ProblemState:
     rounds: int = 0  # rounds run so far
     finish_reason: str | None = None  # set once a stop rule fires
     stats: RoundStats = field(default_factory=RoundStats)
+    draft_tokens: int = 0  # tokens the draft generated so far, all its calls (tokens)
 
 
 @dataclass
@@ -111,6 +117,8 @@ class LookaheadReasoner:
         if verifier is not None:
             self._verifiers[repr(config.verifier)] = verifier
         self._lock = threading.RLock()  # engines keep caches: one generation at a time
+        self._policies: dict[tuple[int, str, bool], AdaptiveGamma] = {}  # adaptive γ, by `policy_for` key
+        self._policy_lock = threading.Lock()  # scheduler threads may create policies at once
 
     @classmethod
     def from_config(cls, config: LookaheadConfig) -> LookaheadReasoner:
@@ -170,6 +178,26 @@ class LookaheadReasoner:
             engines = {"target": lambda: self.target, "draft": lambda: self.draft}
             self._verifiers[key] = create_verifier(config.verifier, engines)
         return self._verifiers[key]
+
+    def policy_for(self, config: LookaheadConfig, mode: str) -> AdaptiveGamma:
+        """The adaptive-γ policy of this effective config (shared by every problem that uses it).
+
+        Keyed by the maximum γ, the verifier and whether the engine calls speculate tokens:
+        acceptance depends on the verifier, and costs on token-level speculation.
+        """
+        key = (config.gamma, repr(config.verifier), uses_token_speculation(mode))
+        with self._policy_lock:
+            policy = self._policies.get(key)
+            if policy is None:
+                costs = getattr(self.target, "batch_costs", None)  # HFEngine: seconds by batch size
+                prior = None
+                if isinstance(costs, (list, tuple)) and len(costs) > 2 and 0 < costs[1] < float("inf"):
+                    prior = [float(c) / float(costs[1]) for c in costs[1:]]
+                policy = AdaptiveGamma(
+                    config.gamma, config.adaptive_prior_acceptance, config.adaptive_probe_budget, batch_cost_prior=prior
+                )
+                self._policies[key] = policy
+            return policy
 
     def close(self) -> None:
         for engine in {id(e): e for e in (self._target, self._draft) if e is not None}.values():
@@ -263,23 +291,44 @@ class LookaheadReasoner:
 
     def advance(self, state: ProblemState) -> Iterator[StepRecord]:
         """Run rounds until a stop rule fires, yielding committed steps."""
+        adaptive = state.config.adaptive_gamma and uses_step_speculation(state.mode)
+        policy = self.policy_for(state.config, state.mode) if adaptive else None
         while state.finish_reason is None:
             round_start = time.perf_counter()
             if not uses_step_speculation(state.mode):
                 proposal = Proposal(drafts=[], targets=self.expand(state, []), verdicts=[])
             else:
-                drafts = self.propose(state)
+                gamma = policy.choose() if policy is not None else state.config.gamma
+                state.stats.observe_gamma(gamma)
+                stats = state.stats
+                before = (stats.draft_s, stats.target_s, stats.verify_s, state.draft_tokens)
+                drafts = self.propose(state, gamma)  # gamma = 0: no draft call, an ar round
                 targets = self.expand(state, drafts)
                 proposal = Proposal(drafts, targets, self.judge(state, drafts, targets))
+                if policy is not None:  # learn before committing: a stream closed mid-round still counts
+                    policy.observe(
+                        gamma,
+                        accepted_run(proposal),
+                        proposal.verdicts,
+                        draft_s=stats.draft_s - before[0],
+                        target_s=stats.target_s - before[1],
+                        target_rows=len(targets),
+                        verify_s=stats.verify_s - before[2],
+                        draft_tokens=state.draft_tokens - before[3],
+                        target_tokens=sum(t.completion_tokens for t in targets),
+                    )
             yield from self.commit(state, proposal, time.perf_counter() - round_start)
 
-    def propose(self, state: ProblemState) -> list[str]:
-        """Draft up to γ complete steps, one after another (each from the previous ones)."""
+    def propose(self, state: ProblemState, gamma: int | None = None) -> list[str]:
+        """Draft up to γ complete steps, one after another (each from the previous ones).
+
+        ``gamma``: this round's depth (default ``config.gamma``; 0 drafts nothing).
+        """
         cfg = state.config
         drafts: list[str] = []
         text = state.completion
         start = time.perf_counter()
-        for _ in range(cfg.gamma):
+        for _ in range(cfg.gamma if gamma is None else gamma):
             left = state.token_limit - self.target.count_tokens(text)
             if left <= 0:
                 break  # no budget left for a target step after this prefix
@@ -290,6 +339,7 @@ class LookaheadReasoner:
                 [state.draft_prompt + text], params, stop=[cfg.step_delimiter], **_speculate(state.mode)
             )[0]
             state.stats.observe_tokens("draft", [step])
+            state.draft_tokens += step.completion_tokens
             if step.finish_reason != "stop" or not is_complete_step(step.text, cfg.step_delimiter):
                 break  # an incomplete draft step can never be accepted: stop looking ahead
             drafts.append(step.text)
@@ -358,14 +408,7 @@ class LookaheadReasoner:
     def commit(self, state: ProblemState, proposal: Proposal, seconds: float) -> Iterator[StepRecord]:
         """Commit the accepted run of draft steps, then the fallback (or bonus) target step."""
         drafts, targets, verdicts = proposal.drafts, proposal.targets, proposal.verdicts
-        accepted = 0
-        while (
-            accepted < len(drafts)
-            and accepted < len(targets)
-            and verdicts[accepted].accepted
-            and targets[accepted].finish_reason == "stop"  # a capped target step is never matched
-        ):
-            accepted += 1
+        accepted = accepted_run(proposal)
         to_commit: list[tuple[str, str, Completion | None]] = [("draft", d, None) for d in drafts[:accepted]]
         if accepted < len(targets):
             to_commit.append(("target", targets[accepted].text, targets[accepted]))
@@ -436,6 +479,24 @@ class LookaheadReasoner:
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is unknown; choose one of {', '.join(MODES)}")
         return mode
+
+
+def accepted_run(proposal: Proposal) -> int:
+    """Length of the longest run of accepted draft steps from depth 1 (the draft steps committed).
+
+    A draft step counts only if its verdict accepted it and the target step it was compared with
+    ended on the delimiter (a capped target step is never matched).
+    """
+    drafts, targets, verdicts = proposal.drafts, proposal.targets, proposal.verdicts
+    accepted = 0
+    while (
+        accepted < len(drafts)
+        and accepted < len(targets)
+        and verdicts[accepted].accepted
+        and targets[accepted].finish_reason == "stop"
+    ):
+        accepted += 1
+    return accepted
 
 
 def _speculate(mode: str) -> dict[str, bool]:

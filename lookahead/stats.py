@@ -6,6 +6,9 @@ Counting convention (per problem, summed over rounds):
   whatever happened at smaller depths) -- the verifier's acceptance rate per depth.
 - ``accepted[i]``: rounds whose accepted run reached depth i (steps 1..i all accepted); these
   steps were committed as the draft wrote them. ``accepted[i] <= matched[i]``.
+- ``gamma_rounds[γ]``: rounds of step-level speculation (``lr``, ``lr+sd``) run with lookahead
+  depth γ -- the configured γ, or the per-round choice of ``adaptive_gamma`` (0 = an ar round).
+  Summary key ``gamma_rounds`` maps str(γ) -> rounds (JSON keys); empty in ``ar`` / ``sd``.
 - A round commits ``accepted run + 1`` steps (the fallback or bonus step), unless a stop
   condition (end of sequence, final answer, budget) cut it earlier.
 
@@ -99,6 +102,7 @@ class RoundStats:
     target_cached_tokens: int = 0  # of those, tokens whose KV cache an earlier call had computed
     target_tokens: TokenSpecStats = field(default_factory=TokenSpecStats)  # token SD in target calls
     draft_tokens: TokenSpecStats = field(default_factory=TokenSpecStats)  # token SD in draft calls
+    gamma_rounds: dict[int, int] = field(default_factory=dict)  # lookahead depth γ -> rounds run with it
 
     def _grow(self, depth: int) -> None:
         for counts in (self.drafted, self.matched, self.accepted):
@@ -114,6 +118,10 @@ class RoundStats:
             if depth < accepted:
                 self.accepted[depth] += 1
         self.committed_steps += committed
+
+    def observe_gamma(self, gamma: int) -> None:
+        """Record the lookahead depth γ one round of step-level speculation used (0 = an ar round)."""
+        self.gamma_rounds[gamma] = self.gamma_rounds.get(gamma, 0) + 1
 
     def observe_tokens(self, side: str, completions: Iterable[Completion]) -> None:
         """Add the token-level speculation counts of one engine call (``side``: target or draft)."""
@@ -139,6 +147,7 @@ class RoundStats:
             "target_s": round(self.target_s, 4),
             "verify_s": round(self.verify_s, 4),
             "verifier_failures": self.verifier_failures,
+            "gamma_rounds": {str(g): n for g, n in sorted(self.gamma_rounds.items())},
             "target_prompt_tokens": self.target_prompt_tokens,
             "target_cached_tokens": self.target_cached_tokens,
             **tokens,

@@ -1,0 +1,253 @@
+"""Adaptive lookahead depth: choose γ per round from live acceptance and measured costs.
+
+Why: a fixed γ is right for one (acceptance, cost) pair only. When the draft's steps are rarely
+accepted every round pays γ draft steps and a bigger target call for one committed step (``lr``
+slower than ``ar``); when they are often accepted a deeper lookahead pays. `AdaptiveGamma` keeps
+online estimates of the inputs of `lookahead.speedup` and picks, each round, the γ in
+0..max_gamma with the highest predicted speedup; γ = 0 is a plain ``ar`` round (no draft call).
+
+Estimates (one instance is shared by every problem of a reasoner and by the scheduler's worker
+threads; a lock guards them):
+- **α_i** (conditional acceptance at depth i): Beta posterior mean
+  ``(accepted_i + w·m_i) / (trials_i + w)`` with prior weight ``w`` = `PRIOR_WEIGHT` pseudo-rounds;
+  depth 1's prior mean m_1 is the configured one, depth i's is α_{i-1} (a deeper depth with no
+  trials yet looks like the one before it, so a high depth-1 acceptance invites deeper rounds).
+  A trial at depth i is a round that judged a draft step at depth i after accepting 1..i-1.
+  Counts decay with horizon `HORIZON` rounds, so the estimates follow a change of workload.
+- **costs**, EMA (weight `EMA`): draft seconds per draft token, target call seconds per mean row
+  token *by rows in the call* (batch-1 is the unit), tokens per target step, verifier seconds per
+  call. Normalising by tokens keeps long and short steps comparable; then c = draft s/token ÷
+  batch-1 target s/token, b(k) = target(k rows) ÷ target(1 row), v = verifier s ÷ (batch-1 s/token
+  × tokens per step). A row count never measured is extrapolated from the engine's own batch-cost
+  curve when it has one (`HFEngine.batch_costs`), else linearly from the measured ones.
+
+Warm-up: the first rounds use γ = 1 until the draft cost is measured (with a 2-row target call
+when the draft step came out complete), then γ = 0 until a batch-1 target call is: γ = 1 is the cheapest round that measures every cost
+term and depth-1 acceptance (a wrong guess costs the least, about c + b(2) - 1 target steps), and
+the configured γ would pay γ·c for nothing when acceptance is 0.
+
+Probing: while the choice is 0 no acceptance is observed, so every ``interval`` ar rounds one
+γ = 1 round (a probe) is run instead. A probe commits one step like the ar round it replaces and
+costs about ``extra = c + b(2) - 1 + v`` target steps more, so over ``interval`` rounds the
+overhead is ``extra / interval`` of ar time. With ``interval >= extra / probe_budget`` the
+overhead stays at most ``probe_budget`` (default 2%, well under the 5% target); each failed
+probe (nothing accepted) doubles the interval (up to `MAX_PROBE_INTERVAL`), an accepted one
+resets it.
+
+Example:
+    >>> policy = AdaptiveGamma(max_gamma=4)
+    >>> gamma = policy.choose()            # 1 during warm-up
+    >>> policy.observe(gamma, accepted_run=0, verdicts=[False], draft_s=0.02, target_s=0.15,
+    ...                target_rows=2, verify_s=0.0)
+    >>> policy.snapshot()["rounds_by_gamma"]
+    {1: 1}
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from lookahead.speedup import batch_cost_at, predicted_speedup
+
+PRIOR_WEIGHT = 2.0  # pseudo-rounds behind the prior acceptance of each depth (rounds)
+HORIZON = 200.0  # trials per depth after which old rounds fade (rounds)
+EMA = 0.1  # weight of a new measurement in the cost averages
+MIN_PROBE_INTERVAL = 8  # fewest ar rounds between two probes (rounds)
+MAX_PROBE_INTERVAL = 1024  # most ar rounds between two probes, after backoff (rounds)
+
+
+class AdaptiveGamma:
+    """Per-round choice of the lookahead depth γ in 0..max_gamma (thread-safe; module docstring)."""
+
+    def __init__(
+        self,
+        max_gamma: int,
+        prior_acceptance: float = 0.5,
+        probe_budget: float = 0.02,
+        *,
+        batch_cost_prior: Sequence[float] | None = None,
+        token_speedup: float = 1.0,
+    ) -> None:
+        if max_gamma < 1:
+            raise ValueError(f"max_gamma must be >= 1 (got {max_gamma})")
+        if not 0.0 < prior_acceptance < 1.0:
+            raise ValueError(f"prior_acceptance must be in (0, 1) (got {prior_acceptance})")
+        if not 0.0 < probe_budget <= 1.0:
+            raise ValueError(f"probe_budget must be in (0, 1] (got {probe_budget})")
+        self.max_gamma = max_gamma  # largest γ a round may use (steps)
+        self.prior_acceptance = prior_acceptance  # prior mean of the depth-1 acceptance (probability)
+        self.probe_budget = probe_budget  # share of ar time probes may cost (fraction)
+        self.token_speedup = token_speedup  # engines speculate tokens: costs are already measured with it
+        # b[k-1] relative to batch 1, from the engine's measured curve (None: extrapolate linearly)
+        self._prior_curve = list(batch_cost_prior) if batch_cost_prior else None
+        self._lock = threading.Lock()
+        self._trials: list[float] = []  # [depth-1] -> decayed trials at that depth (rounds)
+        self._wins: list[float] = []  # [depth-1] -> decayed accepted trials (rounds)
+        self._draft_tok_s: float | None = None  # EMA: draft seconds per draft token (s)
+        self._call_tok_s: dict[int, float] = {}  # EMA by rows: target call seconds per mean row token (s)
+        self._step_tokens: float | None = None  # EMA: target tokens per step (tokens)
+        self._verify_s: float | None = None  # EMA: verifier seconds per call (s)
+        self._rounds: dict[int, int] = {}  # rounds observed at each γ (rounds)
+        self._last: int | None = None  # the latest choice
+        self._since_probe = 0  # ar rounds chosen since the last probe (rounds)
+        self._probe_failures = 0  # failed probes in a row (backoff exponent)
+        self._probes_pending = 0  # probes chosen and not yet observed
+        self._probes = 0  # probes chosen so far (rounds)
+
+    # -- estimates (call with the lock held) ---------------------------------------------------
+    def _alpha(self) -> list[float]:
+        alpha, prior = [], self.prior_acceptance
+        for depth in range(self.max_gamma):
+            n = self._trials[depth] if depth < len(self._trials) else 0.0
+            k = self._wins[depth] if depth < len(self._wins) else 0.0
+            prior = (k + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT)
+            alpha.append(prior)
+        return alpha
+
+    def _batch_cost(self, rows: int) -> float:
+        unit = self._call_tok_s[1]
+        if rows in self._call_tok_s:
+            return self._call_tok_s[rows] / unit
+        known = sorted(self._call_tok_s)
+        if self._prior_curve is not None and rows <= len(self._prior_curve):
+            top = known[-1]  # scale the engine's curve to the largest measured row count
+            base = batch_cost_at(self._prior_curve, top)
+            return batch_cost_at(self._prior_curve, rows) * (self._call_tok_s[top] / unit) / base
+        if len(known) == 1:
+            return float(rows)  # no slope known yet: assume cost proportional to rows
+        lo, hi = max((k for k in known if k < rows), default=known[0]), min((k for k in known if k > rows), default=known[-1])
+        if lo == hi:  # past the end: the slope of the last two measured points
+            lo, hi = known[-2], known[-1]
+        b_lo, b_hi = self._call_tok_s[lo] / unit, self._call_tok_s[hi] / unit
+        return max(b_lo + (b_hi - b_lo) * (rows - lo) / (hi - lo), 0.0)
+
+    def _costs(self) -> tuple[float, float] | None:
+        """(c, v) once the draft, a batch-1 target call and a tokens-per-step value are known."""
+        if self._draft_tok_s is None or 1 not in self._call_tok_s or not self._step_tokens:
+            return None
+        unit = self._call_tok_s[1]
+        if unit <= 0:
+            return None
+        c = self._draft_tok_s / unit
+        v = (self._verify_s or 0.0) / (unit * self._step_tokens)
+        return c, v
+
+    def _speedups(self) -> list[float] | None:
+        costs = self._costs()
+        if costs is None:
+            return None
+        c, v = costs
+        alpha = self._alpha()
+        return [predicted_speedup(alpha, g, c, self._batch_cost, v) for g in range(self.max_gamma + 1)]
+
+    def _probe_interval(self) -> int:
+        costs = self._costs()
+        extra = 1.0
+        if costs is not None:
+            c, v = costs
+            extra = max(c + self._batch_cost(2) - 1.0 + v, 0.0)
+        base = max(MIN_PROBE_INTERVAL, math.ceil(extra / self.probe_budget))
+        return min(base * 2**self._probe_failures, max(MAX_PROBE_INTERVAL, base))
+
+    # -- the policy ----------------------------------------------------------------------------
+    def choose(self) -> int:
+        """γ for the next round (0 = an ar round), maximising the predicted speedup."""
+        with self._lock:
+            if self._draft_tok_s is None:
+                gamma = 1  # warm-up: measure the draft, a 2-row target call and depth-1 acceptance
+            elif 1 not in self._call_tok_s:
+                gamma = 0  # warm-up: measure the unit, a batch-1 target call
+            else:
+                speedups = self._speedups()
+                assert speedups is not None
+                gamma = max(range(len(speedups)), key=lambda g: (speedups[g], -g))
+                if gamma == 0:
+                    self._since_probe += 1
+                    if self._since_probe >= self._probe_interval():
+                        self._since_probe = 0
+                        self._probes += 1
+                        self._probes_pending += 1
+                        gamma = 1
+                else:
+                    self._since_probe = 0
+            self._last = gamma
+            return gamma
+
+    def observe(
+        self,
+        gamma: int,
+        accepted_run: int,
+        verdicts: Sequence[Any],
+        draft_s: float,
+        target_s: float,
+        target_rows: int,
+        verify_s: float,
+        *,
+        draft_tokens: int | None = None,
+        target_tokens: int | None = None,
+    ) -> None:
+        """Learn from one finished round.
+
+        ``verdicts``: the round's verdicts (``Verdict`` or bool), one per judged draft step;
+        ``accepted_run``: the draft steps committed; seconds of the round's draft calls, its
+        target call (``target_rows`` rows) and its verifier call. ``draft_tokens`` (tokens the
+        draft generated this round) and ``target_tokens`` (completion tokens over the target
+        call's rows) normalise the costs per token; without them costs are per call.
+        """
+        judged = len(verdicts)
+        with self._lock:
+            self._rounds[gamma] = self._rounds.get(gamma, 0) + 1
+            # acceptance: depths 1..run accepted, depth run+1 judged and rejected
+            for depth in range(1, min(judged, accepted_run + 1) + 1):
+                self._count(depth, depth <= accepted_run)
+            if gamma > 0 and self._probes_pending > 0:
+                self._probes_pending -= 1
+                self._probe_failures = self._probe_failures + 1 if accepted_run == 0 else 0
+            # costs
+            if gamma > 0 and draft_s > 0:
+                tokens = draft_tokens if draft_tokens is not None else max(judged, 1)
+                if tokens > 0:
+                    self._draft_tok_s = _ema(self._draft_tok_s, draft_s / tokens)
+            if target_rows > 0 and target_s > 0:
+                row_tokens = (target_tokens / target_rows) if target_tokens is not None else 1.0
+                if row_tokens > 0:
+                    self._call_tok_s[target_rows] = _ema(self._call_tok_s.get(target_rows), target_s / row_tokens)
+                    self._step_tokens = _ema(self._step_tokens, row_tokens)
+            if judged > 0:
+                self._verify_s = _ema(self._verify_s, verify_s)
+
+    def _count(self, depth: int, accepted: bool) -> None:
+        while len(self._trials) < depth:
+            self._trials.append(0.0)
+            self._wins.append(0.0)
+        i = depth - 1
+        keep = 1.0 - 1.0 / HORIZON
+        self._trials[i] = self._trials[i] * keep + 1.0
+        self._wins[i] = self._wins[i] * keep + (1.0 if accepted else 0.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current estimates and counts, for stats and logs (plain JSON types)."""
+        with self._lock:
+            costs = self._costs()
+            speedups = self._speedups()
+            return {
+                "gamma": self._last,  # the latest choice
+                "alpha": [round(a, 4) for a in self._alpha()],  # conditional acceptance per depth
+                "depth_trials": [round(t, 2) for t in self._trials],  # decayed trials per depth
+                "c": None if costs is None else round(costs[0], 4),  # draft / batch-1 target step cost
+                "batch_cost": (
+                    {k: round(self._batch_cost(k), 4) for k in sorted(self._call_tok_s)} if 1 in self._call_tok_s else {}
+                ),  # measured b(k) by rows
+                "verify_cost": None if costs is None else round(costs[1], 4),  # per round, in target steps
+                "predicted_speedup": None if speedups is None else [round(s, 4) for s in speedups],  # by γ
+                "rounds_by_gamma": dict(sorted(self._rounds.items())),  # rounds observed at each γ
+                "probes": self._probes,  # γ = 1 rounds run while the choice was 0
+                "probe_interval": self._probe_interval() if costs is not None else None,  # ar rounds per probe now
+            }
+
+
+def _ema(old: float | None, new: float) -> float:
+    return new if old is None else old + EMA * (new - old)

@@ -1,0 +1,324 @@
+"""The speedup model of Lookahead Reasoning: how many steps a round commits, what it costs.
+
+Why: whether step-level speculation pays depends on four measurable things -- the acceptance per
+depth, the draft's cost, how the target's cost grows with the rows of one batched call, and the
+verifier's cost. This module turns them into a predicted speedup per mode and a best lookahead
+depth γ (used online by `lookahead.adaptive.AdaptiveGamma`, offline to check a benchmark).
+Pure functions, no torch. Vocabulary: `lookahead.types`.
+
+**Steps per round.** Let α_i = P(the draft step at depth i is accepted | the draft steps at
+depths < i were accepted). A round with depth γ commits the accepted run j plus one target step
+(the fallback step, or the bonus step when j = γ), so with P(j >= i) = Π_{k<=i} α_k::
+
+    E[steps | γ] = 1 + Σ_{i=1..γ} Π_{k=1..i} α_k                       (steps)
+
+(with one α for every depth this is the paper's (1 - α^(γ+1)) / (1 - α)).
+
+**Cost per round**, in units of one batch-1 target step (the cost of an ``ar`` round)::
+
+    cost(γ) = γ·c + b(γ+1) + v(γ)          v(0) = 0,  b(1) = 1
+
+- ``c``: seconds of one draft step / seconds of one batch-1 target step (the draft steps run one
+  after another);
+- ``b(k)``: seconds of one target call with k rows (the prefixes P, P+d_1, ..., P+d_1..d_γ) /
+  seconds of a batch-1 call. About 1 on a GPU (decoding is memory-bound), up to k on a busy CPU;
+- ``v(γ)``: seconds of the verifier's call on γ pairs / seconds of a batch-1 target step
+  (about 0 for the exact verifier, large for an LLM judge).
+
+**Speedup** over ``ar`` (one step per cost 1) is ``S(γ) = E[steps | γ] / cost(γ)``; γ = 0 is an
+``ar`` round (S = 1). Token-level speculation (``sd``, ``lr+sd``) divides the target's and the
+draft's costs by their measured per-step speedup f (f = ar target seconds per token / sd target
+seconds per token), so ``sd`` predicts S = f and ``lr+sd`` ``E / ((γ·c/f_d + b(γ+1)/f) + v)``.
+
+The best γ maximises S(γ) over 0..γ_max. Speculating pays only if the gain of depth 1,
+α_1, exceeds its extra cost c + b(2) - 1 + v(1): with α ≈ 0 the best γ is 0 whatever the costs.
+
+`from_eval_records` estimates every input from the eval harness's JSON records (one line per
+problem and run), so a benchmark can print predicted next to measured speedup.
+
+Example:
+    >>> expected_steps([0.8, 0.8], 2)
+    2.44
+    >>> round(predicted_speedup([0.8, 0.8], 2, c=0.1, batch_cost=[1.0, 1.05, 1.1], verify_cost=0.0), 3)
+    1.877
+    >>> best_gamma([0.0], c=0.2, batch_cost=[1.0, 1.6], verify_cost=0.0, max_gamma=4)
+    0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lookahead.errors import DataError
+
+BatchCost = Callable[[int], float] | Sequence[float]
+"""``b(k)``: a callable of the row count k, or a list with ``b[k-1]`` (extended linearly past its end)."""
+
+VerifyCost = Callable[[int], float] | float
+"""``v(γ)``: a callable of γ, or one number per round with at least one draft step."""
+
+
+def expected_steps(alpha: Sequence[float], gamma: int) -> float:
+    """Expected steps one round of depth γ commits: 1 + Σ_{j=1..γ} Π_{i<=j} α_i (steps).
+
+    ``alpha[i-1]`` is the conditional acceptance at depth i; depths past the end of ``alpha``
+    reuse its last value (no value at all: 0).
+    """
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0 (got {gamma})")
+    total, run = 1.0, 1.0
+    for depth in range(1, gamma + 1):
+        a = alpha[min(depth, len(alpha)) - 1] if alpha else 0.0
+        run *= min(max(float(a), 0.0), 1.0)
+        total += run
+    return round(total, 12)
+
+
+def batch_cost_at(batch_cost: BatchCost, rows: int) -> float:
+    """``b(rows)`` from a callable or a list ``b[k-1]`` (linear past its end from the last two points)."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1 (got {rows})")
+    if callable(batch_cost):
+        return float(batch_cost(rows))
+    curve = [float(b) for b in batch_cost] or [1.0]
+    if rows <= len(curve):
+        return curve[rows - 1]
+    if len(curve) == 1:
+        return curve[0] * rows  # nothing to extrapolate from: cost proportional to rows
+    slope = curve[-1] - curve[-2]
+    return curve[-1] + slope * (rows - len(curve))
+
+
+def round_cost(gamma: int, c: float, batch_cost: BatchCost, verify_cost: VerifyCost,
+               token_speedup: float = 1.0, draft_token_speedup: float | None = None) -> float:
+    """Cost of one round of depth γ in batch-1 target steps: γ·c + b(γ+1) + v(γ) (v(0) = 0).
+
+    ``token_speedup`` (f >= 1 speeds up) divides the target's cost, ``draft_token_speedup``
+    (default: the same f) the draft's -- token-level speculation inside the engine calls.
+    """
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0 (got {gamma})")
+    f_target = float(token_speedup)
+    f_draft = f_target if draft_token_speedup is None else float(draft_token_speedup)
+    if f_target <= 0 or f_draft <= 0:
+        raise ValueError("token speedup factors must be > 0")
+    verify = 0.0
+    if gamma > 0:
+        verify = float(verify_cost(gamma)) if callable(verify_cost) else float(verify_cost)
+    return gamma * c / f_draft + batch_cost_at(batch_cost, gamma + 1) / f_target + verify
+
+
+def predicted_speedup(alpha: Sequence[float], gamma: int, c: float, batch_cost: BatchCost,
+                      verify_cost: VerifyCost, token_speedup: float = 1.0,
+                      draft_token_speedup: float | None = None) -> float:
+    """Expected steps per unit of cost vs ``ar`` (1 step per batch-1 target step): E / cost.
+
+    ``gamma=0`` with ``token_speedup=f`` is the ``sd`` prediction (f); ``gamma>0`` with f is ``lr+sd``.
+    """
+    cost = round_cost(gamma, c, batch_cost, verify_cost, token_speedup, draft_token_speedup)
+    if cost <= 0:
+        return math.inf
+    return expected_steps(alpha, gamma) / cost
+
+
+def best_gamma(alpha: Sequence[float], c: float, batch_cost: BatchCost, verify_cost: VerifyCost,
+               max_gamma: int, token_speedup: float = 1.0, draft_token_speedup: float | None = None) -> int:
+    """The γ in 0..max_gamma with the highest predicted speedup (ties: the smaller γ; 0 = ``ar`` round)."""
+    best, best_s = 0, -math.inf
+    for gamma in range(max_gamma + 1):
+        s = predicted_speedup(alpha, gamma, c, batch_cost, verify_cost, token_speedup, draft_token_speedup)
+        if s > best_s * (1 + 1e-9) + 1e-12:
+            best, best_s = gamma, s
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs estimated from eval records
+
+
+@dataclass
+class SpeedupInputs:
+    """The model's inputs measured in one benchmark, and the speedups it measured."""
+
+    alpha: list[float]  # conditional acceptance per depth, alpha[i-1] = P(depth i | depths < i) (probability)
+    depth_trials: list[int]  # rounds that judged a draft step at depth i with all shallower ones accepted (rounds)
+    c: float  # draft step seconds / batch-1 target step seconds (ratio)
+    batch_cost: list[float]  # b[k-1]: target call seconds with k rows / with 1 row (ratio); b[0] = 1
+    verify_cost: float  # verifier seconds per round with drafts / batch-1 target step seconds (ratio)
+    target_step_s: float  # seconds of one batch-1 target step, the cost unit (s)
+    tokens_per_step: float  # mean target tokens of a committed step in the ar run (tokens)
+    token_speedup: float = 1.0  # sd target seconds per token vs ar (f; 1.0 = no sd run measured)
+    draft_token_speedup: float = 1.0  # lr+sd draft seconds per step vs lr (1.0 = not measured)
+    measured: dict[str, float] = field(default_factory=dict)  # run label -> ar wall time / run wall time
+    runs: dict[str, tuple[str, int]] = field(default_factory=dict)  # run label -> (mode, γ)
+
+    def predict(self, mode: str, gamma: int) -> float:
+        """Predicted speedup of ``mode`` (ar, sd, lr, lr+sd) at depth γ over ``ar``."""
+        if mode == "ar":
+            return 1.0
+        if mode == "sd":
+            return self.token_speedup
+        f = self.token_speedup if mode == "lr+sd" else 1.0
+        fd = self.draft_token_speedup if mode == "lr+sd" else 1.0
+        return predicted_speedup(self.alpha, gamma, self.c, self.batch_cost, self.verify_cost, f, fd)
+
+    def best_gamma(self, max_gamma: int, mode: str = "lr") -> int:
+        f = self.token_speedup if mode == "lr+sd" else 1.0
+        fd = self.draft_token_speedup if mode == "lr+sd" else 1.0
+        return best_gamma(self.alpha, self.c, self.batch_cost, self.verify_cost, max_gamma, f, fd)
+
+    def compare(self) -> list[dict[str, Any]]:
+        """One row per measured run: label, mode, γ, predicted and measured speedup over ``ar``."""
+        return [
+            {"run": label, "mode": mode, "gamma": gamma, "predicted": round(self.predict(mode, gamma), 4),
+             "measured": round(self.measured[label], 4) if label in self.measured else None}
+            for label, (mode, gamma) in self.runs.items()
+        ]
+
+
+def _run_gamma(record: dict[str, Any]) -> int:
+    overrides = record.get("overrides") or {}
+    if "gamma" in overrides:
+        return int(overrides["gamma"])
+    depths = record.get("acceptance_by_depth") or []
+    return len(depths)
+
+
+def _depth_counts(records: Iterable[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """(trials, successes) per depth from the traces: per round, the accepted run j (draft steps
+    committed) and whether depth j+1 was judged and rejected (its fallback step has a draft)."""
+    trials: list[int] = []
+    wins: list[int] = []
+
+    def bump(counts: list[int], depth: int) -> None:
+        counts.extend([0] * (depth - len(counts)))
+        counts[depth - 1] += 1
+
+    for record in records:
+        rounds: dict[int, list[dict[str, Any]]] = {}
+        for step in record.get("trace") or []:
+            rounds.setdefault(int(step["round"]), []).append(step)
+        for steps in rounds.values():
+            run = sum(1 for s in steps if s.get("source") == "draft")
+            for depth in range(1, run + 1):
+                bump(trials, depth)
+                bump(wins, depth)
+            fallback = next((s for s in steps if s.get("source") == "target"), None)
+            if fallback is not None and fallback.get("draft") is not None:
+                bump(trials, run + 1)
+                wins.extend([0] * (len(trials) - len(wins)))
+    wins.extend([0] * (len(trials) - len(wins)))
+    return trials, wins
+
+
+def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
+    """Estimate α per depth, c, b(k), v and the token-level factors from eval JSON records.
+
+    Needs ``ar`` records (they define the unit, a batch-1 target step). Per run, costs are per
+    committed token times the run's tokens per step, so runs whose steps differ in length compare.
+    ``b(k)`` is read from each ``lr`` run's target seconds per round at its mean rows per call,
+    1 + drafted steps per round (rounds whose draft step came out incomplete call the target with
+    fewer rows), and interpolated linearly between runs (b[0..8] returned). Draft calls per run
+    are counted as the drafted steps plus one broken call per round that drafted fewer than γ
+    (estimated as rounds - drafted / γ), since a record does not count them. Measured speedups
+    are paired: summed ``ar`` wall time over the problems both runs finished / the run's own.
+    """
+    ok = [r for r in records if r.get("status", "ok") == "ok" and r.get("rounds")]
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in ok:
+        by_run.setdefault(str(r["run"]), []).append(r)
+    ar = [r for r in ok if r.get("mode") == "ar"]
+    if not ar:
+        raise DataError("the records hold no finished 'ar' run: the speedup model needs it as the unit; "
+                        "run the eval with --modes ar,lr,...")
+
+    def per_token(rs: list[dict[str, Any]], key: str) -> float:
+        tokens = sum(r["completion_tokens"] for r in rs)
+        return sum(r[key] for r in rs) / tokens if tokens else 0.0
+
+    u_tok = per_token(ar, "target_s")  # s per committed token at batch 1
+    if u_tok <= 0:
+        raise DataError("the 'ar' records have no target time or no completion tokens; re-run the eval")
+    ar_tokens_per_step = sum(r["completion_tokens"] for r in ar) / max(sum(r["committed_steps"] for r in ar), 1)
+
+    def unit(rs: list[dict[str, Any]]) -> float:  # s of one batch-1 target step at this run's step length
+        steps = sum(r["committed_steps"] for r in rs)
+        return u_tok * sum(r["completion_tokens"] for r in rs) / steps if steps else u_tok * ar_tokens_per_step
+
+    spec_step = [r for r in ok if r.get("mode") in ("lr", "lr+sd")]
+    trials, wins = _depth_counts(spec_step)
+    alpha = [w / t if t else 0.0 for w, t in zip(wins, trials)]
+
+    lr_runs = {label: rs for label, rs in by_run.items() if rs[0].get("mode") == "lr"}
+    points: dict[float, list[float]] = {1.0: [1.0]}
+    c_num = c_den = 0.0
+    v_num = v_den = 0.0
+    for rs in lr_runs.values():
+        rounds = sum(r["rounds"] for r in rs)
+        drafted = sum(r.get("drafted_steps", 0) for r in rs)
+        gamma = max(_run_gamma(rs[0]), 1)
+        u = unit(rs)
+        rows = 1 + drafted / rounds if rounds else 1.0
+        if rows > 1:
+            points.setdefault(round(rows, 6), []).append(sum(r["target_s"] for r in rs) / rounds / u)
+        c_num += sum(r["draft_s"] for r in rs) / u
+        c_den += drafted + max(rounds - drafted / gamma, 0.0)  # draft calls (module note)
+        v_num += sum(r["verify_s"] for r in rs) / u
+        v_den += sum(r["rounds"] for r in rs if r.get("drafted_steps", 0))
+    batch_cost = _fill_linear({k: sum(v) / len(v) for k, v in points.items()}, max_rows=9)
+
+    f = 1.0
+    sd = [r for r in ok if r.get("mode") == "sd"]
+    if sd and per_token(sd, "target_s") > 0:
+        f = u_tok / per_token(sd, "target_s")
+    fd = 1.0
+    lrsd = [r for r in ok if r.get("mode") == "lr+sd"]
+    lr_all = [r for rs in lr_runs.values() for r in rs]
+    if lrsd and lr_all and c_den:
+        d_lr = sum(r["draft_s"] for r in lr_all) / max(sum(r.get("drafted_steps", 0) for r in lr_all), 1)
+        d_lrsd = sum(r["draft_s"] for r in lrsd) / max(sum(r.get("drafted_steps", 0) for r in lrsd), 1)
+        fd = d_lr / d_lrsd if d_lrsd > 0 else 1.0
+
+    ar_wall = {(r["problem"], r.get("sample", 0)): r["wall_time_s"] for r in ar}
+    measured: dict[str, float] = {}
+    runs: dict[str, tuple[str, int]] = {}
+    for label, rs in by_run.items():
+        mode = str(rs[0].get("mode"))
+        runs[label] = (mode, _run_gamma(rs[0]) if mode in ("lr", "lr+sd") else 0)
+        paired = [r for r in rs if (r["problem"], r.get("sample", 0)) in ar_wall]
+        own = sum(r["wall_time_s"] for r in paired)
+        if own > 0:
+            measured[label] = sum(ar_wall[(r["problem"], r.get("sample", 0))] for r in paired) / own
+    return SpeedupInputs(
+        alpha=alpha,
+        depth_trials=trials,
+        c=c_num / c_den if c_den else 0.0,
+        batch_cost=batch_cost,
+        verify_cost=v_num / v_den if v_den else 0.0,
+        target_step_s=u_tok * ar_tokens_per_step,
+        tokens_per_step=ar_tokens_per_step,
+        token_speedup=f,
+        draft_token_speedup=fd,
+        measured=measured,
+        runs=runs,
+    )
+
+
+def _fill_linear(points: dict[float, float], max_rows: int) -> list[float]:
+    """A list b[k-1] for k = 1..max_rows, piecewise linear through the (mean rows, cost) points
+    and extended linearly past the last one (the first and last segments' slopes)."""
+    xs = sorted(points)
+    out = []
+    for k in range(1, max_rows + 1):
+        if len(xs) == 1:
+            out.append(points[xs[0]] * k)  # only batch 1 known: cost proportional to rows
+            continue
+        hi = next((i for i, x in enumerate(xs) if x >= k), len(xs) - 1)
+        hi = max(hi, 1)
+        x0, x1 = xs[hi - 1], xs[hi]
+        y0, y1 = points[x0], points[x1]
+        out.append(y0 + (y1 - y0) * (k - x0) / (x1 - x0))
+    return out

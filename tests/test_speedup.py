@@ -1,0 +1,123 @@
+"""The analytic speedup model (lookahead.speedup): hand-computed cases and eval-record estimates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lookahead.errors import DataError
+from lookahead.speedup import (
+    batch_cost_at,
+    best_gamma,
+    expected_steps,
+    from_eval_records,
+    predicted_speedup,
+    round_cost,
+)
+
+RECORDS = Path(__file__).parent.parent / "docs" / "benchmarks" / "gsm8k-cpu" / "records.jsonl"
+
+
+def test_expected_steps_hand_computed():
+    """E = 1 + α1 + α1α2 + ...; the geometric closed form for one α; missing depths reuse the last α."""
+    assert expected_steps([0.5, 0.4], 2) == pytest.approx(1 + 0.5 + 0.2)
+    assert expected_steps([0.8], 3) == pytest.approx((1 - 0.8**4) / (1 - 0.8))
+    assert expected_steps([0.9, 0.9], 0) == 1.0
+    assert expected_steps([], 3) == 1.0
+
+
+def test_round_cost_units_and_extrapolation():
+    """cost = γ·c + b(γ+1) + v(γ), v(0) = 0; a batch curve list extends linearly past its end."""
+    assert round_cost(0, 0.3, [1.0, 1.5], 0.7) == pytest.approx(1.0)  # an ar round: no draft, no verifier
+    assert round_cost(2, 0.3, [1.0, 1.5, 1.8], 0.1) == pytest.approx(0.6 + 1.8 + 0.1)
+    assert batch_cost_at([1.0, 1.5, 1.8], 5) == pytest.approx(1.8 + 2 * 0.3)
+    assert round_cost(1, 0.2, lambda k: 1.0, lambda g: 0.05 * g) == pytest.approx(0.2 + 1.0 + 0.05)
+    # token-level speculation divides the target's and the draft's costs
+    assert round_cost(1, 0.2, [1.0, 1.2], 0.0, token_speedup=2.0) == pytest.approx(0.1 + 0.6)
+
+
+def test_zero_acceptance_best_gamma_is_zero():
+    """α = 0 everywhere: any speculation only adds cost -> plain ar rounds."""
+    assert best_gamma([0.0, 0.0], c=0.01, batch_cost=[1.0, 1.0, 1.0], verify_cost=0.0, max_gamma=4) == 0
+    assert predicted_speedup([0.0], 1, 0.2, [1.0, 1.6], 0.0) == pytest.approx(1 / 1.8)
+
+
+def test_high_acceptance_cheap_draft_best_gamma_is_max():
+    assert best_gamma([0.95], c=0.02, batch_cost=lambda k: 1.0 + 0.01 * (k - 1), verify_cost=0.0, max_gamma=5) == 5
+
+
+def test_batch_curve_changes_best_gamma():
+    """Same α and c: a flat (GPU-like) batch curve favours deep rounds, a steep (CPU-like) one shallow."""
+    alpha, c = [0.8], 0.1
+    flat = best_gamma(alpha, c, lambda k: 1.0, 0.0, max_gamma=6)
+    steep = best_gamma(alpha, c, lambda k: float(k), 0.0, max_gamma=6)
+    assert flat >= 4 and steep == 0
+    # hand check of the middle case: b(k) = 1 + 0.3 (k-1), c = 0.15, α = 0.8 -> γ = 2
+    b = lambda k: 1 + 0.3 * (k - 1)  # noqa: E731
+    assert best_gamma([0.8], 0.15, b, 0.0, 4) == 2
+    assert predicted_speedup([0.8], 2, 0.15, b, 0.0) == pytest.approx(2.44 / (0.3 + 1.6))
+
+
+def test_token_speedup_predicts_sd():
+    """sd = an ar round with token SD: its predicted speedup is the factor itself."""
+    assert predicted_speedup([0.5], 0, 0.2, [1.0], 0.0, token_speedup=1.4) == pytest.approx(1.4)
+
+
+def _record(run, mode, problem, target_s, rounds, tokens, trace=(), draft_s=0.0, drafted=0, gamma=None, wall=None):
+    return {
+        "problem": problem, "run": run, "sample": 0, "mode": mode, "status": "ok",
+        "overrides": {} if gamma is None else {"gamma": gamma},
+        "draft_s": draft_s, "target_s": target_s, "verify_s": 0.0, "rounds": rounds,
+        "committed_steps": rounds, "drafted_steps": drafted, "completion_tokens": tokens,
+        "wall_time_s": wall if wall is not None else draft_s + target_s, "acceptance_by_depth": [],
+        "trace": list(trace),
+    }
+
+
+def _step(rnd, source, draft):
+    return {"round": rnd, "depth": 1, "source": source, "draft": draft}
+
+
+def test_from_eval_records_synthetic():
+    """Synthetic records with known α, c and b(2) are read back; measured speedups are paired wall ratios."""
+    ar = _record("ar", "ar", 0, target_s=10.0, rounds=10, tokens=100)
+    # lr γ=1: 10 rounds, every round drafts one step (rows = 2); depth 1 accepted in 4 of 10 rounds
+    trace = []
+    for r in range(10):
+        if r < 4:
+            trace += [_step(r, "draft", "x"), _step(r, "target", None)]  # accepted + bonus
+        else:
+            trace += [_step(r, "target", "y")]  # rejected at depth 1: fallback step
+    lr = _record("lr[gamma=1]", "lr", 0, target_s=15.0, rounds=10, tokens=100, trace=trace,
+                 draft_s=2.0, drafted=10, gamma=1, wall=17.0)
+    inputs = from_eval_records([ar, lr])
+    assert inputs.alpha == [pytest.approx(0.4)]
+    assert inputs.depth_trials == [10]
+    assert inputs.c == pytest.approx(0.2)  # 0.2 s per draft step / 1.0 s per target step
+    assert inputs.batch_cost[1] == pytest.approx(1.5)
+    assert inputs.target_step_s == pytest.approx(1.0)
+    assert inputs.measured["lr[gamma=1]"] == pytest.approx(10.0 / 17.0)
+    assert inputs.predict("lr", 1) == pytest.approx(1.4 / (0.2 + 1.5))
+    rows = {row["run"]: row for row in inputs.compare()}
+    assert rows["lr[gamma=1]"]["gamma"] == 1 and rows["ar"]["predicted"] == 1.0
+
+
+def test_from_eval_records_needs_ar():
+    with pytest.raises(DataError, match="ar"):
+        from_eval_records([_record("lr", "lr", 0, 1.0, 1, 10)])
+
+
+@pytest.mark.skipif(not RECORDS.exists(), reason="benchmark records not in this checkout")
+def test_from_eval_records_real_benchmark():
+    """On the committed CPU benchmark (acceptance 0): best γ is 0 and lr is predicted slower than ar."""
+    records = [json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()]
+    inputs = from_eval_records(records)
+    assert inputs.alpha and max(inputs.alpha) < 0.05
+    assert inputs.best_gamma(4) == 0
+    for row in inputs.compare():
+        if row["mode"] == "lr":
+            assert row["predicted"] < 1.0 and row["measured"] < 1.0
+        if row["mode"] == "sd":  # the sd factor is the measured target-time ratio
+            assert row["predicted"] == pytest.approx(row["measured"], rel=0.05)
