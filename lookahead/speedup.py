@@ -30,6 +30,17 @@ depths < i were accepted). A round with depth γ commits the accepted run j plus
 draft's costs by their measured per-step speedup f (f = ar target seconds per token / sd target
 seconds per token), so ``sd`` predicts S = f and ``lr+sd`` ``E / ((γ·c/f_d + b(γ+1)/f) + v)``.
 
+**Incomplete draft steps.** A draft step that does not end on the step delimiter within the
+per-step cap can never be accepted, and the round stops looking ahead there. With p = P(a draft
+step comes out complete), a round of depth γ makes 1 + p + ... + p^(γ-1) draft calls, has k
+complete draft steps with P(k) = p^k (1 - p) for k < γ and p^γ for k = γ, calls the target with
+k + 1 rows and the verifier when k >= 1, and commits ``1 + Σ_i Π_{k<=i} p·α_k`` steps. So::
+
+    cost(γ) = c·Σ_{i<γ} p^i + Σ_k P(k)·b(k+1) + p·v(γ)
+
+which is the formula above for p = 1 (the default). On the CPU pair p is about 0.5: measured
+rounds are cheaper than "γ complete draft steps" predicts, and so is their gain.
+
 The best γ maximises S(γ) over 0..γ_max. Speculating pays only if the gain of depth 1,
 α_1, exceeds its extra cost c + b(2) - 1 + v(1): with α ≈ 0 the best γ is 0 whatever the costs.
 
@@ -61,18 +72,20 @@ VerifyCost = Callable[[int], float] | float
 """``v(γ)``: a callable of γ, or one number per round with at least one draft step."""
 
 
-def expected_steps(alpha: Sequence[float], gamma: int) -> float:
-    """Expected steps one round of depth γ commits: 1 + Σ_{j=1..γ} Π_{i<=j} α_i (steps).
+def expected_steps(alpha: Sequence[float], gamma: int, complete: float = 1.0) -> float:
+    """Expected steps one round of depth γ commits: 1 + Σ_{j=1..γ} Π_{i<=j} p·α_i (steps).
 
     ``alpha[i-1]`` is the conditional acceptance at depth i; depths past the end of ``alpha``
-    reuse its last value (no value at all: 0).
+    reuse its last value (no value at all: 0). ``complete`` is p, the probability that a draft
+    step comes out complete (module docstring).
     """
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0 (got {gamma})")
+    p = _probability(complete, "complete")
     total, run = 1.0, 1.0
     for depth in range(1, gamma + 1):
         a = alpha[min(depth, len(alpha)) - 1] if alpha else 0.0
-        run *= min(max(float(a), 0.0), 1.0)
+        run *= p * min(max(float(a), 0.0), 1.0)
         total += run
     return round(total, 12)
 
@@ -92,12 +105,22 @@ def batch_cost_at(batch_cost: BatchCost, rows: int) -> float:
     return curve[-1] + slope * (rows - len(curve))
 
 
+def _probability(value: float, name: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1] (got {value})")
+    return value
+
+
 def round_cost(gamma: int, c: float, batch_cost: BatchCost, verify_cost: VerifyCost,
-               token_speedup: float = 1.0, draft_token_speedup: float | None = None) -> float:
+               token_speedup: float = 1.0, draft_token_speedup: float | None = None,
+               complete: float = 1.0) -> float:
     """Cost of one round of depth γ in batch-1 target steps: γ·c + b(γ+1) + v(γ) (v(0) = 0).
 
     ``token_speedup`` (f >= 1 speeds up) divides the target's cost, ``draft_token_speedup``
     (default: the same f) the draft's -- token-level speculation inside the engine calls.
+    ``complete`` (p < 1: draft steps that come out incomplete end the lookahead) takes the
+    expectation over the complete draft steps k (module docstring).
     """
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0 (got {gamma})")
@@ -105,31 +128,38 @@ def round_cost(gamma: int, c: float, batch_cost: BatchCost, verify_cost: VerifyC
     f_draft = f_target if draft_token_speedup is None else float(draft_token_speedup)
     if f_target <= 0 or f_draft <= 0:
         raise ValueError("token speedup factors must be > 0")
+    p = _probability(complete, "complete")
     verify = 0.0
     if gamma > 0:
         verify = float(verify_cost(gamma)) if callable(verify_cost) else float(verify_cost)
-    return gamma * c / f_draft + batch_cost_at(batch_cost, gamma + 1) / f_target + verify
+    if p == 1.0:
+        return gamma * c / f_draft + batch_cost_at(batch_cost, gamma + 1) / f_target + verify
+    draft_calls = sum(p**i for i in range(gamma))
+    rows = [(p**k * (1 - p) if k < gamma else p**gamma, k + 1) for k in range(gamma + 1)]
+    target = sum(prob * batch_cost_at(batch_cost, n) for prob, n in rows)
+    return draft_calls * c / f_draft + target / f_target + (p * verify if gamma > 0 else 0.0)
 
 
 def predicted_speedup(alpha: Sequence[float], gamma: int, c: float, batch_cost: BatchCost,
                       verify_cost: VerifyCost, token_speedup: float = 1.0,
-                      draft_token_speedup: float | None = None) -> float:
+                      draft_token_speedup: float | None = None, complete: float = 1.0) -> float:
     """Expected steps per unit of cost vs ``ar`` (1 step per batch-1 target step): E / cost.
 
     ``gamma=0`` with ``token_speedup=f`` is the ``sd`` prediction (f); ``gamma>0`` with f is ``lr+sd``.
     """
-    cost = round_cost(gamma, c, batch_cost, verify_cost, token_speedup, draft_token_speedup)
+    cost = round_cost(gamma, c, batch_cost, verify_cost, token_speedup, draft_token_speedup, complete)
     if cost <= 0:
         return math.inf
-    return expected_steps(alpha, gamma) / cost
+    return expected_steps(alpha, gamma, complete) / cost
 
 
 def best_gamma(alpha: Sequence[float], c: float, batch_cost: BatchCost, verify_cost: VerifyCost,
-               max_gamma: int, token_speedup: float = 1.0, draft_token_speedup: float | None = None) -> int:
+               max_gamma: int, token_speedup: float = 1.0, draft_token_speedup: float | None = None,
+               complete: float = 1.0) -> int:
     """The γ in 0..max_gamma with the highest predicted speedup (ties: the smaller γ; 0 = ``ar`` round)."""
     best, best_s = 0, -math.inf
     for gamma in range(max_gamma + 1):
-        s = predicted_speedup(alpha, gamma, c, batch_cost, verify_cost, token_speedup, draft_token_speedup)
+        s = predicted_speedup(alpha, gamma, c, batch_cost, verify_cost, token_speedup, draft_token_speedup, complete)
         if s > best_s * (1 + 1e-9) + 1e-12:
             best, best_s = gamma, s
     return best
@@ -152,6 +182,7 @@ class SpeedupInputs:
     tokens_per_step: float  # mean target tokens of a committed step in the ar run (tokens)
     token_speedup: float = 1.0  # sd target seconds per token vs ar (f; 1.0 = no sd run measured)
     draft_token_speedup: float = 1.0  # lr+sd draft seconds per step vs lr (1.0 = not measured)
+    draft_complete: float = 1.0  # p: draft calls whose step ended on the delimiter / draft calls (probability)
     measured: dict[str, float] = field(default_factory=dict)  # run label -> ar wall time / run wall time
     runs: dict[str, tuple[str, int]] = field(default_factory=dict)  # run label -> (mode, γ)
 
@@ -163,12 +194,12 @@ class SpeedupInputs:
             return self.token_speedup
         f = self.token_speedup if mode == "lr+sd" else 1.0
         fd = self.draft_token_speedup if mode == "lr+sd" else 1.0
-        return predicted_speedup(self.alpha, gamma, self.c, self.batch_cost, self.verify_cost, f, fd)
+        return predicted_speedup(self.alpha, gamma, self.c, self.batch_cost, self.verify_cost, f, fd, self.draft_complete)
 
     def best_gamma(self, max_gamma: int, mode: str = "lr") -> int:
         f = self.token_speedup if mode == "lr+sd" else 1.0
         fd = self.draft_token_speedup if mode == "lr+sd" else 1.0
-        return best_gamma(self.alpha, self.c, self.batch_cost, self.verify_cost, max_gamma, f, fd)
+        return best_gamma(self.alpha, self.c, self.batch_cost, self.verify_cost, max_gamma, f, fd, self.draft_complete)
 
     def compare(self) -> list[dict[str, Any]]:
         """One row per measured run: label, mode, γ, predicted and measured speedup over ``ar``."""
@@ -221,9 +252,8 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
     committed token times the run's tokens per step, so runs whose steps differ in length compare.
     ``b(k)`` is read from each ``lr`` run's target seconds per round at its mean rows per call,
     1 + drafted steps per round (rounds whose draft step came out incomplete call the target with
-    fewer rows), and interpolated linearly between runs (b[0..8] returned). Draft calls per run
-    are counted as the drafted steps plus one broken call per round that drafted fewer than γ
-    (estimated as rounds - drafted / γ), since a record does not count them. Measured speedups
+    fewer rows), and interpolated linearly between runs (b[0..8] returned). ``c`` is per draft
+    call and p (``draft_complete``) = drafted steps / draft calls (`_draft_calls`). Measured speedups
     are paired: summed ``ar`` wall time over the problems both runs finished / the run's own.
     """
     ok = [r for r in records if r.get("status", "ok") == "ok" and r.get("rounds")]
@@ -256,6 +286,7 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
     points: dict[float, list[float]] = {1.0: [1.0]}
     c_num = c_den = 0.0
     v_num = v_den = 0.0
+    p_num = p_den = 0.0
     for rs in lr_runs.values():
         rounds = sum(r["rounds"] for r in rs)
         drafted = sum(r.get("drafted_steps", 0) for r in rs)
@@ -264,8 +295,11 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
         rows = 1 + drafted / rounds if rounds else 1.0
         if rows > 1:
             points.setdefault(round(rows, 6), []).append(sum(r["target_s"] for r in rs) / rounds / u)
+        calls = _draft_calls(rs, drafted, rounds, gamma)
         c_num += sum(r["draft_s"] for r in rs) / u
-        c_den += drafted + max(rounds - drafted / gamma, 0.0)  # draft calls (module note)
+        c_den += calls
+        p_num += drafted
+        p_den += calls
         v_num += sum(r["verify_s"] for r in rs) / u
         v_den += sum(r["rounds"] for r in rs if r.get("drafted_steps", 0))
     batch_cost = _fill_linear({k: sum(v) / len(v) for k, v in points.items()}, max_rows=9)
@@ -302,9 +336,20 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
         tokens_per_step=ar_tokens_per_step,
         token_speedup=f,
         draft_token_speedup=fd,
+        draft_complete=min(p_num / p_den, 1.0) if p_den else 1.0,
         measured=measured,
         runs=runs,
     )
+
+
+def _draft_calls(records: list[dict[str, Any]], drafted: int, rounds: int, gamma: int) -> float:
+    """Draft engine calls of a run: counted (``stats.draft_calls``) in records that have it, else
+    estimated as the drafted steps plus one incomplete call per round that drafted fewer than γ
+    (about ``rounds - drafted / γ``)."""
+    counted = [(r.get("stats") or {}).get("draft_calls") for r in records]
+    if all(isinstance(n, int) for n in counted):
+        return float(sum(counted))  # type: ignore[arg-type]
+    return drafted + max(rounds - drafted / gamma, 0.0)
 
 
 def _fill_linear(points: dict[float, float], max_rows: int) -> list[float]:

@@ -103,6 +103,7 @@ class RoundStats:
     target_tokens: TokenSpecStats = field(default_factory=TokenSpecStats)  # token SD in target calls
     draft_tokens: TokenSpecStats = field(default_factory=TokenSpecStats)  # token SD in draft calls
     gamma_rounds: dict[int, int] = field(default_factory=dict)  # lookahead depth γ -> rounds run with it
+    draft_calls: int = 0  # draft engine calls, complete draft steps or not (calls)
 
     def _grow(self, depth: int) -> None:
         for counts in (self.drafted, self.matched, self.accepted):
@@ -127,6 +128,8 @@ class RoundStats:
         """Add the token-level speculation counts of one engine call (``side``: target or draft)."""
         if side not in ("target", "draft"):
             raise ValueError(f"side must be 'target' or 'draft' (got {side!r})")
+        if side == "draft":
+            self.draft_calls += 1
         (self.target_tokens if side == "target" else self.draft_tokens).observe(completions)
 
     def summary(self) -> dict[str, Any]:
@@ -148,6 +151,7 @@ class RoundStats:
             "verify_s": round(self.verify_s, 4),
             "verifier_failures": self.verifier_failures,
             "gamma_rounds": {str(g): n for g, n in sorted(self.gamma_rounds.items())},
+            "draft_calls": self.draft_calls,
             "target_prompt_tokens": self.target_prompt_tokens,
             "target_cached_tokens": self.target_cached_tokens,
             **tokens,

@@ -121,3 +121,20 @@ def test_from_eval_records_real_benchmark():
             assert row["predicted"] < 1.0 and row["measured"] < 1.0
         if row["mode"] == "sd":  # the sd factor is the measured target-time ratio
             assert row["predicted"] == pytest.approx(row["measured"], rel=0.05)
+
+
+def test_incomplete_draft_steps_end_the_lookahead_hand_computed():
+    """p = 0.5: depth 2 is drafted in half the rounds; costs and gains are expectations over k."""
+    from lookahead.speedup import best_gamma
+
+    b = [1.0, 1.5, 1.8]
+    # k complete drafts: P(0) = 0.5, P(1) = 0.25, P(2) = 0.25; draft calls 1 + 0.5
+    assert round_cost(2, 0.2, b, 0.1, complete=0.5) == pytest.approx(1.5 * 0.2 + 0.5 * 1.0 + 0.25 * 1.5 + 0.25 * 1.8 + 0.5 * 0.1)
+    assert expected_steps([1.0, 1.0], 2, complete=0.5) == pytest.approx(1 + 0.5 + 0.25)
+    assert round_cost(2, 0.2, b, 0.1, complete=1.0) == pytest.approx(0.4 + 1.8 + 0.1)  # p = 1: the plain formula
+    assert expected_steps([0.9], 3, complete=0.0) == 1.0 and round_cost(3, 0.2, b, 0.1, complete=0.0) == pytest.approx(1.2)
+    # a draft that rarely completes a step makes deep lookahead pointless even when it is always right
+    assert best_gamma([1.0], 0.1, [1.0, 1.1, 1.2, 1.3, 1.4], 0.0, 4, complete=1.0) == 4
+    assert best_gamma([1.0], 0.1, [1.0, 1.1, 1.2, 1.3, 1.4], 0.0, 4, complete=0.05) == 0
+    with pytest.raises(ValueError, match="probability"):
+        round_cost(1, 0.2, b, 0.0, complete=1.5)
