@@ -56,7 +56,9 @@ def eval_command(
         typer.Option(
             help="Runs, comma-separated: a mode (ar, lr, sd, lr+sd) with optional overrides, "
             "e.g. 'ar,lr\\[gamma=1],lr\\[gamma=4],lr\\[verifier=numeric]'. A run overriding an engine "
-            "(target.*, draft.*; e.g. 'sd\\[target.speculation.method=draft]') gets its own engines."
+            "(target.*, draft.*; e.g. 'sd\\[target.speculation.method=draft]') gets its own engines. "
+            "Peers: peer:hf-ar, peer:hf-assisted, peer:hf-prompt-lookup\\[prompt_lookup_num_tokens=N], "
+            "peer:llamacpp, peer:llamacpp-lookup."
         ),
     ] = "ar,lr",
     samples: Annotated[int, typer.Option(help="Samples per problem and run (seed + sample when temperature > 0).")] = 1,
@@ -116,8 +118,7 @@ def eval_command(
         cfg = h.apply_task_prompt(cfg, source)
         runs = h.parse_run_specs(modes, cfg)
         problems = load_problems(source, offset, limit)
-        drafting = [r.mode for r in runs if r.mode != h.BASELINE]
-        cfg.mode = drafting[0] if drafting else h.BASELINE  # load the draft up front only if a run uses it
+        cfg.mode = h.reasoner_mode(runs)  # load the draft up front only if one of our runs drafts; peers load their own
         ar_cfg, eh_applied = h.equal_hardware_config(cfg) if equal_hardware else (cfg, False)
         out = out or Path("runs") / f"eval-{_slug(task)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         settings: dict[str, Any] = {

@@ -7,6 +7,12 @@ Vocabulary:
   of an engine (keys under ``target.`` or ``draft.``, e.g. ``sd[target.speculation.method=draft]``)
   cannot change a loaded engine per request: such a run gets its own reasoner, built from the
   config with those keys applied (`engine_overrides`; model weights are shared where they match).
+- **peer run**: ``peer:NAME`` or ``peer:NAME[key=value,...]`` (e.g. ``peer:hf-assisted``,
+  ``peer:hf-prompt-lookup[prompt_lookup_num_tokens=5]``): an outside decoder a user would pick
+  instead (transformers assisted generation / prompt lookup, llama.cpp; `lookahead.eval.peers`),
+  on the same prompt, budget, sampling and stop rule. Its items are the peer's options or config
+  keys; its records have ``mode: "peer:NAME"``. Peers are loaded once per `run_all` and run one
+  job at a time in this thread (also next to a concurrent ``run_jobs``).
 - **job**: one (problem, run, sample) to generate; its **key** ``(problem index, run label,
   sample)`` identifies its record.
 - **record**: one JSON line of ``<out>/records.jsonl`` per job (see `make_record` for the fields).
@@ -63,6 +69,7 @@ from lookahead.config import (
 )
 from lookahead.errors import ConfigError, DataError, LookaheadError
 from lookahead.eval.answers import answers_match, extract_answer
+from lookahead.eval.peers import PEER_PREFIX, PeerSet, check_peer_run, peer_name, peer_names, split_overrides
 from lookahead.eval.tasks import Problem, TaskSource
 
 if TYPE_CHECKING:
@@ -87,16 +94,29 @@ class RunSpec:
     """One run of the comparison: a mode plus per-run config overrides."""
 
     label: str  # the spec string as written, e.g. "lr[gamma=4]"; names the run everywhere
-    mode: str  # one of lookahead.config.MODES
-    overrides: dict[str, Any] = field(default_factory=dict)  # config keys for generate(**overrides)
+    mode: str  # one of lookahead.config.MODES, or "peer:NAME" (lookahead.eval.peers)
+    overrides: dict[str, Any] = field(default_factory=dict)  # config keys for generate(**overrides); peers: + options
+
+    @property
+    def peer(self) -> str | None:
+        """The peer's NAME for a ``peer:NAME`` run, None for our own modes."""
+        return peer_name(self.mode)
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The overrides that are config keys (a peer run's other items are the peer's options)."""
+        return split_overrides(self.peer, self.overrides)[1] if self.peer else dict(self.overrides)
 
     def engine_overrides(self) -> dict[str, Any]:
-        """The overrides that change an engine (``target.*``, ``draft.*``): they need their own reasoner."""
+        """The overrides that change an engine (``target.*``, ``draft.*``): they need their own reasoner.
+        A peer loads its own models, so it never needs another reasoner."""
+        if self.peer:
+            return {}
         return {k: v for k, v in self.overrides.items() if is_engine_key(k)}
 
     def changes_fairness(self) -> list[str]:
         """Override keys that give this run another token budget or sampling than the others."""
-        return [k for k in self.overrides if k in FAIRNESS_KEYS or k.split(".")[0].endswith("_sampling")]
+        keys = self.config_overrides()
+        return [k for k in keys if k in FAIRNESS_KEYS or k.split(".")[0].endswith("_sampling")]
 
 
 def is_engine_key(key: str) -> bool:
@@ -126,15 +146,20 @@ def _split_top_level(text: str, where: str) -> list[str]:
 
 
 def parse_run_specs(text: str, config: LookaheadConfig) -> list[RunSpec]:
-    """``"ar,lr[gamma=1],lr[gamma=4,verifier=numeric]"`` -> runs; every override is validated now."""
+    """``"ar,lr[gamma=1],lr[gamma=4,verifier=numeric],peer:hf-assisted"`` -> runs; every override
+    (and every peer option) is validated now."""
     runs: list[RunSpec] = []
     for spec in _split_top_level(text or "", "--modes"):
         if not spec:
             raise ConfigError(f"--modes {text!r} has an empty run; write e.g. --modes ar,lr")
         mode, bracket, rest = spec.partition("[")
         mode = mode.strip()
-        if mode not in MODES:
-            raise ConfigError(f"--modes: run {spec!r}: mode {mode!r} is unknown; choose one of {', '.join(MODES)}")
+        peer = peer_name(mode)
+        if mode not in MODES and peer is None:
+            raise ConfigError(
+                f"--modes: run {spec!r}: mode {mode!r} is unknown; choose one of {', '.join(MODES)}, "
+                f"or a peer: {', '.join(PEER_PREFIX + p for p in peer_names())}"
+            )
         overrides: dict[str, Any] = {}
         if bracket:
             if not rest.endswith("]"):
@@ -147,10 +172,13 @@ def parse_run_specs(text: str, config: LookaheadConfig) -> list[RunSpec]:
                 if key == "mode":
                     raise ConfigError(f"--modes: run {spec!r}: give the mode before '[' (e.g. lr[gamma=4]), not mode=")
                 overrides[key] = value
-        try:
-            configured(config, overrides)
-        except ConfigError as exc:
-            raise ConfigError(f"--modes: run {spec!r}: {exc}") from None
+        if peer is not None:
+            check_peer_run(peer, overrides, config, f"--modes: run {spec!r}")
+        else:
+            try:
+                configured(config, overrides)
+            except ConfigError as exc:
+                raise ConfigError(f"--modes: run {spec!r}: {exc}") from None
         if any(r.label == spec for r in runs):
             raise ConfigError(f"--modes: run {spec!r} is listed twice")
         runs.append(RunSpec(spec, mode, overrides))
@@ -208,7 +236,7 @@ def record_key(record: dict[str, Any]) -> Key:
 
 
 def _sample_seed(config: LookaheadConfig, run: RunSpec, sample: int) -> int | None:
-    effective = configured(config, run.overrides)
+    effective = configured(config, run.config_overrides())
     if effective.target_sampling.temperature == 0 and effective.draft_sampling.temperature == 0:
         return None  # greedy: samples are reruns (for timing), seeds change nothing
     base = effective.target_sampling.seed or 0
@@ -338,13 +366,28 @@ def error_record(job: Job, error: str, seconds: float) -> dict[str, Any]:
     return record
 
 
-def execute_job(reasoner: LookaheadReasoner, job: Job) -> dict[str, Any]:
-    """Generate one job and return its record; a `LookaheadError` becomes an error record."""
+def execute_job(reasoner: LookaheadReasoner, job: Job, peers: PeerSet | None = None) -> dict[str, Any]:
+    """Generate one job and return its record; a `LookaheadError` becomes an error record.
+
+    A peer run goes to its peer in ``peers`` (loaded there on first use); without ``peers`` the
+    peer is loaded from the reasoner's config for this job alone.
+    """
     start = time.perf_counter()
+    owned = None
     try:
-        result = reasoner.generate(job.problem.question, mode=job.run.mode, **job.overrides())
+        if job.run.peer is not None:
+            if peers is None:
+                peers = owned = PeerSet(reasoner.config)
+            peer = peers.get(job.run.peer, job.run.overrides)
+            start = time.perf_counter()  # loading a peer is not the job's time
+            result = peer.generate(job.problem.question, seed=job.seed)
+        else:
+            result = reasoner.generate(job.problem.question, mode=job.run.mode, **job.overrides())
     except LookaheadError as exc:
         return error_record(job, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+    finally:
+        if owned is not None:
+            owned.close()
     return make_record(job, result)
 
 
@@ -379,8 +422,9 @@ def pool_runner(concurrency: int) -> RunJobs:
 
 def warm_up(reasoner: LookaheadReasoner, question: str, runs: Sequence[RunSpec], tokens: int = 32) -> None:
     """One short untimed generation per distinct mode, so one-time costs (loading, kernels,
-    batch-cost measurement) land in no run's time. Errors are left to the real jobs."""
-    for mode in dict.fromkeys(r.mode for r in runs):
+    batch-cost measurement) land in no run's time. Errors are left to the real jobs.
+    Peer runs are warmed up by their `PeerSet` instead."""
+    for mode in dict.fromkeys(r.mode for r in runs if r.peer is None):
         try:
             reasoner.generate(question, mode=mode, max_total_tokens=tokens)
         except LookaheadError:
@@ -539,6 +583,12 @@ def selected_records(
     ]
 
 
+def reasoner_mode(runs: Sequence[RunSpec]) -> str:
+    """The mode to build the evaluation's reasoner with: the first of our runs that drafts (so its
+    draft loads up front), else ``ar``. Peer runs load their own models."""
+    return next((r.mode for r in runs if r.peer is None and r.mode != BASELINE), BASELINE)
+
+
 def baseline_label(runs: Sequence[RunSpec]) -> str | None:
     """The run speedups are measured against: ``ar`` without overrides, if it is among the runs."""
     return next((r.label for r in runs if r.mode == BASELINE and not r.overrides), None)
@@ -566,17 +616,23 @@ def run_all(
     def go(target: LookaheadReasoner, batch: Sequence[Job]) -> None:
         if not batch:
             return
-        if any(j.run.engine_overrides() for j in batch):
-            with _EngineVariants(target) as variants:
+        ours = [j for j in batch if j.run.peer is None]
+        theirs = [j for j in batch if j.run.peer is not None]  # peer runs
+        if theirs or any(j.run.engine_overrides() for j in ours):
+            with _EngineVariants(target) as variants, PeerSet(target.config) as peers:
                 if warmup:
-                    for group in _groups(batch).values():
+                    for group in _groups(ours).values():
                         warm_up(variants.get(group[0].run), group[0].problem.question, [j.run for j in group])
-                if run_jobs is run_sequential:  # keep the per-problem rotation across reasoners
+                    for job in {j.run.label: j for j in reversed(theirs)}.values():  # the first job of each peer run
+                        peers.warm_up(job.run.peer, job.run.overrides, job.problem.question)
+                if run_jobs is run_sequential:  # keep the per-problem rotation across reasoners and peers
                     for job in batch:
-                        record(execute_job(variants.get(job.run), job))
-                else:  # a concurrent runner drives one reasoner at a time
-                    for group in _groups(batch).values():
+                        record(execute_job(variants.get(job.run), job, peers))
+                else:  # a concurrent runner drives one reasoner at a time; peers run one job at a time
+                    for group in _groups(ours).values():
                         run_jobs(variants.get(group[0].run), group, record)
+                    for job in theirs:
+                        record(execute_job(target, job, peers))
             return
         if warmup:
             warm_up(target, batch[0].problem.question, [j.run for j in batch])
