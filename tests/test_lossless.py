@@ -106,7 +106,8 @@ GSM8K_LIKE = [
 
 @needs_smollm2
 def test_lossless_on_the_embedded_smollm2():
-    """Real weights: lr (draft sampling at T=0.2: some steps accepted, some rejected) equals ar, greedy target."""
+    """Real weights: lr equals ar (greedy target) with a greedy draft (the same model: its steps are
+    accepted) and with a draft sampling at T=0.7 (its steps are rejected: the fallback path)."""
     cfg = config_from_dict(
         {
             "mode": "lr",
@@ -114,14 +115,14 @@ def test_lossless_on_the_embedded_smollm2():
             "max_step_tokens": 48,
             "max_total_tokens": 96,
             "target_sampling": {"temperature": 0.0},
-            "draft_sampling": {"temperature": 0.2, "seed": 0},
+            "draft_sampling": {"temperature": 0.0, "seed": 0},
         }
     )
     accepted = rejected = 0
     with LookaheadReasoner.from_config(cfg) as reasoner:
-        for question in GSM8K_LIKE:
+        for question, draft_temperature in zip(GSM8K_LIKE, (0.0, 0.7)):
             ar = reasoner.generate(question, mode="ar")
-            lr = reasoner.generate(question, mode="lr")
+            lr = reasoner.generate(question, mode="lr", **{"draft_sampling.temperature": draft_temperature})
             assert lr.text == ar.text
             accepted += lr.accepted_steps
             rejected += lr.drafted_steps - lr.accepted_steps

@@ -403,6 +403,34 @@ def _check_full_attention(model: PreTrainedModel) -> None:
         )
 
 
+CONTINUATION_PROBE = "A"  # a character that starts a token of its own after a newline
+
+
+def encode_continuations(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text as a prompt to continue: tokenized as if more text followed.
+
+    BPE tokenizers merge whitespace at the very end of a text differently than inside it
+    (SmolLM2: a final "\n\n" is one token, 1116; followed by text it is two, 198 198, and that
+    is what the model writes). A prompt built from a model's own steps ends on the step
+    delimiter, so plain tokenization would feed the model a sequence it never wrote and the
+    step-by-step loop would part from one continuous decode after the first step. So a text
+    ending in whitespace is tokenized with a probe character appended, and the probe's token is
+    dropped when the rest decodes back to exactly the text; otherwise (e.g. a trailing space that
+    merges with the probe) the plain tokenization stands.
+    """
+    plain = tokenizer(list(texts), add_special_tokens=False).input_ids
+    probe_at = [i for i, t in enumerate(texts) if t and t[-1].isspace()]
+    if not probe_at:
+        return [list(ids) for ids in plain]
+    probed = tokenizer([texts[i] + CONTINUATION_PROBE for i in probe_at], add_special_tokens=False).input_ids
+    out = [list(ids) for ids in plain]
+    for i, ids in zip(probe_at, probed):
+        head = list(ids[:-1])
+        if ids and tokenizer.decode(ids[-1:]) == CONTINUATION_PROBE and tokenizer.decode(head) == texts[i]:
+            out[i] = head
+    return out
+
+
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -651,7 +679,7 @@ class HFEngine:
     # ---- Engine protocol ---------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return len(encode_continuations(self.tokenizer, [text])[0]) if text else 0
 
     def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -692,7 +720,7 @@ class HFEngine:
             raise RuntimeError(f"engine {self.name} was shut down")
         per_row = row_params(params, len(prompts))
         stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
-        ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
+        ids = encode_continuations(self.tokenizer, prompts)  # as the model would have written them
         ctx = self.context_length()
         rows = []
         for i, (row_ids, p) in enumerate(zip(ids, per_row)):

@@ -26,14 +26,14 @@ Models are loaded once per peer (`PeerSet` caches them for an evaluation; transf
 shared with the reasoner's engines) and only the generation is timed.
 
 What is not the same, by construction: transformers and llama.cpp decode one continuous token
-stream while our loop writes step by step: each step re-tokenizes the text so far, so the texts
-part where a re-tokenization differs from the tokens the model wrote. With SmolLM2 that happens
-at the first step boundary: the model writes "\n\n" as two tokens, and a prompt ending in
-"\n\n" tokenizes it as one. With a tokenizer that re-tokenizes its own output unchanged (the
-char-level one of tests/test_peers.py), greedy ``hf-ar`` writes exactly our ``ar`` text. Also,
-our loop ends a step at ``max_step_tokens`` as well (and checks the final-answer pattern on that
-piece); a peer's steps end at the delimiter only. llama.cpp runs the quantized GGUF weights, our
-engines their float conversion.
+stream while our loop writes step by step, re-tokenizing the text so far for every call. Our
+engine tokenizes a prompt that ends in whitespace as if text followed
+(`lookahead.engines.hf.encode_continuations`: SmolLM2 writes "\n\n" as two tokens but a text
+ending in "\n\n" tokenizes it as one), so the loop feeds the model what it wrote; a tokenizer whose
+re-tokenization still differs would make the texts part there. Also, our loop ends a step at
+``max_step_tokens`` as well (and checks the final-answer pattern on that piece); a peer's steps
+end at the delimiter only. llama.cpp runs the quantized GGUF weights, our engines their float
+conversion.
 
 Records: a peer returns a `lookahead.types.Result` (mode ``peer:NAME``), so the harness records it
 like any run. Its trace has one target step per step of the text (``rounds`` = steps, as in
