@@ -138,3 +138,38 @@ def test_incomplete_draft_steps_end_the_lookahead_hand_computed():
     assert best_gamma([1.0], 0.1, [1.0, 1.1, 1.2, 1.3, 1.4], 0.0, 4, complete=0.05) == 0
     with pytest.raises(ValueError, match="probability"):
         round_cost(1, 0.2, b, 0.0, complete=1.5)
+
+
+def test_bench_model_script_compares_predicted_and_measured(tmp_path):
+    """scripts/bench_model.py on a small synthetic eval: lr rows get an error, ar/sd are not predictions."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    def rec(problem, run, mode, wall, draft_s=0.0, target_s=None, trace=(), drafted=0, overrides=None):
+        return {"problem": problem, "sample": 0, "run": run, "mode": mode, "status": "ok", "overrides": overrides or {},
+                "wall_time_s": wall, "draft_s": draft_s, "target_s": wall if target_s is None else target_s,
+                "verify_s": 0.0, "rounds": 4, "committed_steps": 4, "completion_tokens": 40,
+                "drafted_steps": drafted, "acceptance_by_depth": [0.0] if drafted else [], "trace": list(trace),
+                "stats": {"draft_calls": drafted}}  # fmt: skip
+
+    rejected = [{"round": i, "depth": 1, "source": "target", "draft": "x\n\n", "target": "y\n\n"} for i in range(4)]
+    records = []
+    for p in range(3):
+        records += [rec(p, "ar", "ar", 4.0), rec(p, "sd", "sd", 2.0),
+                    rec(p, "lr[gamma=1]", "lr", 8.0, draft_s=1.6, target_s=6.4, trace=rejected, drafted=4,
+                        overrides={"gamma": 1})]  # fmt: skip
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_model.py"
+    spec = importlib.util.spec_from_file_location("bench_model", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main([str(folder)])
+    rows = {r["run"]: r for r in report["runs"]}
+    assert "error" not in rows["sd"] and "not a prediction" in rows["sd"]["note"]
+    # α = 0, p = 1, c = 0.4 per draft call, b(2) = 1.6 -> predicted 1 / 2.0 = 0.5 = measured 4 / 8
+    assert rows["lr[gamma=1]"]["predicted"] == pytest.approx(0.5, rel=1e-3)
+    assert rows["lr[gamma=1]"]["error"] == pytest.approx(0.0, abs=1e-3)
+    assert json.loads((folder / "speedup_model.json").read_text())["max_abs_error"] == pytest.approx(0.0, abs=1e-3)
