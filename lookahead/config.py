@@ -117,6 +117,8 @@ class EngineConfig:
     replicas: int = 0  # 0 = one engine in this process; N >= 1 = N Ray actors (lookahead.pool)
     max_batch_rows: int = 16  # pool: most rows one replica decodes in one merged call (rows)
     num_gpus: float = 0.0  # pool: GPUs reserved per replica actor (0 on CPU)
+    prefix_cache_rows: int = 64  # hf: rows whose KV cache is kept across calls for prefix reuse (rows)
+    prefix_cache_tokens: int = 16384  # hf: ... holding at most this many tokens in all (SmolLM2-135M fp32: 45 KiB each)
 
     def validate(self, where: str) -> None:
         from lookahead.engines import ENGINE_NAMES
@@ -138,6 +140,9 @@ class EngineConfig:
             raise ConfigError(f"{where}.replicas must be >= 0 (got {self.replicas}); 0 runs in this process")
         if self.max_batch_rows < 1:
             raise ConfigError(f"{where}.max_batch_rows must be >= 1 (got {self.max_batch_rows})")
+        for key in ("prefix_cache_rows", "prefix_cache_tokens"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key} must be >= 0 (got {getattr(self, key)}); 0 keeps no prefix cache")
 
 
 @dataclass

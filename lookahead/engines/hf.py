@@ -7,9 +7,13 @@ delimiter). The loop therefore:
 
 1. prefills the longest common token prefix of the rows **once**, at batch size 1, then copies
    its KV cache to every row;
-2. reuses, across calls, the KV cache of the longest prefix it has already computed (the previous
-   call's rows, prompt plus generated tokens), so a call that continues an earlier one only pays
-   for the new tokens (``Completion.cached_tokens``);
+2. reuses, across calls, the KV cache of the longest prefix it has already computed (rows of the
+   last few calls, prompt plus generated tokens, kept least-recently-used under a row and token
+   budget), so a call that continues an earlier one only pays for the new tokens
+   (``Completion.cached_tokens``). When the rows of a call come from different problems (the
+   Ray pool merges them) they share almost no prefix; then each row reuses its OWN longest
+   remembered prefix (layout ``[pads][cached_i][suffix_i][pads]``, see `HFEngine._prefill_per_row`);
+   the engine takes whichever of the two layouts feeds fewer prompt tokens;
 3. drops a row from the running batch as soon as it ends (stop string, EOS or its own
    ``max_new_tokens``), so the remaining rows decode at a smaller batch size;
 4. checks stop strings on a short decoded tail of each row, and decodes the whole row only when a
@@ -112,6 +116,12 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DECODE_KW = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
 _MIN_STOP_WINDOW = 8  # tokens decoded for the cheap stop-string check, at least (tokens)
+PREFIX_CACHE_ROWS = 64
+"""Default bound on the remembered rows of the cross-call prefix cache (rows)."""
+PREFIX_CACHE_TOKENS = 16384
+"""Default bound on the tokens those rows hold, summed (tokens). The KV of one token costs
+2 x layers x kv_heads x head_dim x bytes: SmolLM2-135M in float32 45 KiB (30 x 3 x 64), so the
+default keeps at most ~720 MiB, plus ~64 MiB for the distilled speculation draft's KV (4 KiB)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +380,7 @@ def cached_batch_costs(model: PreTrainedModel, source: str, dtype: str, root: Pa
 
 @dataclass
 class _RememberedRow:
-    """KV cache of one row of the previous call, kept for cross-call prefix reuse."""
+    """KV cache of one row of an earlier call, kept for cross-call prefix reuse."""
 
     token_ids: list[int]  # tokens whose KV is stored: prompt + generated minus the last sampled one
     keys: list[torch.Tensor]  # per layer, [1, kv_heads, len(token_ids), head_dim], pads removed
@@ -392,6 +402,7 @@ class _Row:
     spec_proposed: int = 0  # token speculation: tokens proposed for this row (tokens)
     spec_accepted: int = 0  # of those, accepted and used by the row (tokens)
     spec_passes: int = 0  # verification forward passes this row took part in (passes)
+    cached: int = 0  # prompt tokens whose KV came from the prefix cache (tokens)
 
 
 def _check_full_attention(model: PreTrainedModel) -> None:
@@ -431,9 +442,20 @@ def encode_continuations(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return out
 
 
+def _holds(a: _RememberedRow, b: _RememberedRow) -> bool:
+    """Does remembered row ``a`` hold everything ``b`` does (its tokens as a prefix, its draft KV)?"""
+    n = len(b.token_ids)
+    if len(a.token_ids) < n or (b.draft_keys is not None and a.draft_keys is None):
+        return False
+    return _common_prefix_len(a.token_ids, b.token_ids) == n
+
+
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
+    # compare 64-token slices first (C speed): the prefix cache runs this for every row x entry
+    while i + 64 <= n and a[i : i + 64] == b[i : i + 64]:
+        i += 64
     while i < n and a[i] == b[i]:
         i += 1
     return i
@@ -553,10 +575,17 @@ class HFEngine:
         speculation: SpeculationConfig | None = None,
         draft_model: PreTrainedModel | None = None,
         draft_tokenizer=None,
+        prefix_cache_rows: int = PREFIX_CACHE_ROWS,
+        prefix_cache_tokens: int = PREFIX_CACHE_TOKENS,
     ):
         """``speculation`` configures ``generate(..., speculate=True)``; for its ``draft`` method
         pass the small model as ``draft_model`` (its tokenizer, if given, must have the same
-        vocabulary) or let `from_config` load ``speculation.draft_model`` on first use."""
+        vocabulary) or let `from_config` load ``speculation.draft_model`` on first use.
+        ``prefix_cache_rows`` / ``prefix_cache_tokens`` bound the rows the prefix cache keeps
+        across calls (least recently used rows are evicted first; see `PREFIX_CACHE_TOKENS`)."""
+        for key, value in (("prefix_cache_rows", prefix_cache_rows), ("prefix_cache_tokens", prefix_cache_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{key} must be an integer >= 0 (got {value!r}); 0 keeps nothing across calls")
         _check_full_attention(model)
         model.eval()
         self.model: PreTrainedModel | None = model
@@ -564,6 +593,8 @@ class HFEngine:
         base = Path(str(getattr(model.config, "_name_or_path", "") or "model")).name or "model"
         self.name = name or f"hf:{base}"
         self.prefix_cache = prefix_cache
+        self.prefix_cache_rows = prefix_cache_rows  # at most this many remembered rows (rows)
+        self.prefix_cache_tokens = prefix_cache_tokens  # ... holding at most this many tokens in all (tokens)
         # batch_costs[k]: relative seconds of one decode step at batch size k (index 0 unused);
         # None = always decode exactly the live rows. See `measure_batch_costs`.
         self.batch_costs: list[float] | None = list(batch_costs) if batch_costs is not None else None
@@ -577,7 +608,8 @@ class HFEngine:
         self._generator = torch.Generator(device=self.device)
         self._generator.seed()
         self._seed: int | None = None  # the seed the generator was last seeded with
-        self._remembered: list[_RememberedRow] = []  # rows of the previous call (prefix cache)
+        # rows of earlier calls (prefix cache), least recently used first
+        self._remembered: list[_RememberedRow] = []
         self._shared_key: tuple[str, str, str] | None = None  # entry in _LOADED, if any
         self.speculation = speculation or SpeculationConfig()  # token-level SD settings
         self._spec_model: PreTrainedModel | None = None  # speculation draft model, once loaded
@@ -607,6 +639,9 @@ class HFEngine:
                 prefix_cache=cfg.prefix_cache,
                 batch_costs=costs,
                 speculation=cfg.speculation,
+                # optional EngineConfig fields: the defaults hold where a config does not set them
+                prefix_cache_rows=cfg.prefix_cache_rows,
+                prefix_cache_tokens=cfg.prefix_cache_tokens,
             )
         except BaseException:
             _release(key)
@@ -753,7 +788,7 @@ class HFEngine:
         except BaseException:
             self._remembered = []
             raise
-        self._remembered = remembered
+        self._remember(remembered)
         return [row.completion for row in rows]
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -808,6 +843,28 @@ class HFEngine:
         )
         return out.logits.float()
 
+    # ---- the cross-call prefix cache ----------------------------------------------------------
+
+    def _best_entry(
+        self, ids: list[int], limit: int | None = None, draft: bool = False, prefer_draft: bool = False
+    ) -> tuple[_RememberedRow | None, int]:
+        """The remembered row sharing the longest token prefix with ``ids[:limit]``, and that length.
+
+        ``draft=True``: only rows that kept the speculation draft's KV; ``prefer_draft``: among
+        rows of equal length, those that kept it. Other ties go to the most recently used row.
+        ``(None, 0)`` when nothing is shared (or the prefix cache is off).
+        """
+        ids = ids if limit is None else ids[:limit]
+        best, best_key = None, (0, False)
+        for entry in reversed(self._remembered) if self.prefix_cache else ():
+            has_draft = entry.draft_keys is not None
+            if draft and not has_draft:
+                continue
+            key = (_common_prefix_len(entry.token_ids, ids), prefer_draft and has_draft)
+            if key[0] > 0 and key > best_key:
+                best, best_key = entry, key
+        return best, best_key[0]
+
     def _reused_cache(self, shared_ids: list[int], draft: bool = False) -> tuple[DynamicCache, int]:
         """A batch-1 cache holding the longest remembered prefix of ``shared_ids``, and its length.
 
@@ -815,18 +872,45 @@ class HFEngine:
         """
         model = self._spec_model if draft else self.model
         cache = DynamicCache(config=model.config)
-        best, best_len = None, 0
-        for entry in self._remembered if self.prefix_cache else ():
-            if draft and entry.draft_keys is None:
-                continue
-            n = _common_prefix_len(entry.token_ids, shared_ids)
-            if n > best_len:
-                best, best_len = entry, n
+        best, best_len = self._best_entry(shared_ids, draft=draft)
         if best is not None:
+            self._touch([best])
             keys, values = (best.draft_keys, best.draft_values) if draft else (best.keys, best.values)
             for layer, k, v in zip(cache.layers, keys, values):
                 layer.update(k[:, :, :best_len, :], v[:, :, :best_len, :])
         return cache, best_len
+
+    def _touch(self, entries: Sequence[_RememberedRow | None]) -> None:
+        """Mark remembered rows as just used (the eviction order is least recently used first)."""
+        used = {id(e) for e in entries if e is not None}
+        if used:
+            self._remembered = [e for e in self._remembered if id(e) not in used] + [
+                e for e in self._remembered if id(e) in used
+            ]
+
+    def _remember(self, new_rows: Sequence[_RememberedRow]) -> None:
+        """Add the rows a call just captured, then evict least recently used rows over the bounds.
+
+        A row whose tokens (and draft KV, if any) another row holds as a prefix is redundant: a new
+        row drops the older rows it covers, and a new row that an older one covers is not added
+        (the older one counts as used instead). One problem's consecutive rounds thus keep one row.
+        """
+        kept = list(self._remembered)
+        for row in new_rows:
+            kept = [e for e in kept if not _holds(row, e)]
+            holder = next((e for e in kept if _holds(e, row)), None)
+            if holder is not None:
+                kept.remove(holder)
+                row = holder
+            kept.append(row)
+        total = sum(len(e.token_ids) for e in kept)
+        while kept and (len(kept) > self.prefix_cache_rows or total > self.prefix_cache_tokens):
+            total -= len(kept.pop(0).token_ids)
+        self._remembered = kept
+
+    def remembered_rows(self) -> list[tuple[int, ...]]:
+        """Token ids of the rows the prefix cache keeps now, least recently used first (for tests/stats)."""
+        return [tuple(e.token_ids) for e in self._remembered]
 
     def _pick_tokens(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         greedy = logits.argmax(dim=-1).tolist()
@@ -909,32 +993,22 @@ class HFEngine:
         lcp = min(lcp, min(prompt_lens) - 1)
         shared = rows[0].prompt_ids[:lcp]
 
-        cache, reused = self._reused_cache(shared)
-        self._prefill_shared(self.model, cache, shared, reused)
-        draft_cache = None
-        if drafter is not None:
-            draft_cache, draft_reused = self._reused_cache(shared, draft=True)
-            self._prefill_shared(drafter, draft_cache, shared, draft_reused)
-        if batch > 1:
-            cache.batch_repeat_interleave(batch)
-            if draft_cache is not None:
-                draft_cache.batch_repeat_interleave(batch)
-
-        # Suffixes, right-padded: [shared][suffix_i][pads]; positions count real tokens only.
-        suffix_lens = [n - lcp for n in prompt_lens]
-        width = max(suffix_lens)
-        input_ids = torch.full((batch, width), self._pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((batch, lcp + width), dtype=torch.long, device=device)
-        mask[:, :lcp] = 1
-        positions = torch.full((batch, width), lcp, dtype=torch.long, device=device)
-        for b, (r, s) in enumerate(zip(rows, suffix_lens)):
-            input_ids[b, :s] = torch.tensor(r.prompt_ids[lcp:], dtype=torch.long, device=device)
-            mask[b, lcp : lcp + s] = 1
-            positions[b, :s] = torch.arange(lcp, lcp + s, device=device)
-        last = torch.tensor([s - 1 for s in suffix_lens], dtype=torch.long, device=device)
-        logits = self._forward(input_ids, mask, positions, cache, keep=last)
-        if draft_cache is not None:
-            self._forward(input_ids, mask, positions, draft_cache, keep=last, model=drafter)  # its KV only
+        # Two prefill layouts; take the one that feeds fewer prompt tokens (pads count: they are
+        # computed too), the shared one on a tie (it copies less KV):
+        # - shared: the rows' common prefix minus what is remembered of it, once at batch size 1,
+        #   then batch x the longest suffix after the common prefix (one problem's round);
+        # - per row: batch x the longest suffix after each row's OWN longest remembered prefix
+        #   (rows of different problems merged into one call share only the chat template).
+        _, shared_reused = self._best_entry(shared)
+        hits = [
+            self._best_entry(r.prompt_ids, n - 1, prefer_draft=drafter is not None) for r, n in zip(rows, prompt_lens)
+        ]
+        shared_cost = (lcp - shared_reused) + batch * max(n - lcp for n in prompt_lens)
+        per_row_cost = batch * max(n - hit for n, (_, hit) in zip(prompt_lens, hits))
+        if per_row_cost < shared_cost:
+            cache, draft_cache, mask, logits = self._prefill_per_row(rows, hits, drafter)
+        else:
+            cache, draft_cache, mask, logits = self._prefill_with_shared(rows, lcp, drafter)
         next_pos = torch.tensor(prompt_lens, dtype=torch.long, device=device)
 
         window = max([_MIN_STOP_WINDOW] + [len(s.encode("utf-8")) + 2 for s in stops])
@@ -956,7 +1030,7 @@ class HFEngine:
                     if self._advance(row, token, stops, window, started):
                         ended_any = True
                         row.spec_accepted += min(n, accepted[j])
-                        row.completion.cached_tokens = reused
+                        row.completion.cached_tokens = row.cached
                         row.completion.spec_draft_tokens = row.spec_proposed
                         row.completion.spec_accepted_tokens = row.spec_accepted
                         row.completion.spec_verify_passes = row.spec_passes
@@ -1000,6 +1074,101 @@ class HFEngine:
                 slots, next_token, mask, next_pos, cache, drafter, draft_cache
             )
         return remembered
+
+    def _prefill_with_shared(
+        self, rows: list[_Row], lcp: int, drafter: PreTrainedModel | None
+    ) -> tuple[DynamicCache, DynamicCache | None, torch.Tensor, torch.Tensor]:
+        """Prefill in the shared-prefix layout ``[shared][suffix_i][pads]``.
+
+        The first ``lcp`` prompt tokens (common to every row) come from the prefix cache or are
+        fed once at batch size 1, then copied to every row; each row's suffix follows,
+        right-padded, with positions counting real tokens only. Returns the target cache, the
+        draft cache (None without ``drafter``), the attention mask and the logits of each row's
+        last prompt token.
+        """
+        device = self.device
+        batch = len(rows)
+        shared = rows[0].prompt_ids[:lcp]
+        cache, reused = self._reused_cache(shared)
+        self._prefill_shared(self.model, cache, shared, reused)
+        for r in rows:
+            r.cached = reused
+        draft_cache = None
+        if drafter is not None:
+            draft_cache, draft_reused = self._reused_cache(shared, draft=True)
+            self._prefill_shared(drafter, draft_cache, shared, draft_reused)
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
+            if draft_cache is not None:
+                draft_cache.batch_repeat_interleave(batch)
+
+        suffix_lens = [len(r.prompt_ids) - lcp for r in rows]
+        width = max(suffix_lens)
+        input_ids = torch.full((batch, width), self._pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((batch, lcp + width), dtype=torch.long, device=device)
+        mask[:, :lcp] = 1
+        positions = torch.full((batch, width), lcp, dtype=torch.long, device=device)
+        for b, (r, s) in enumerate(zip(rows, suffix_lens)):
+            input_ids[b, :s] = torch.tensor(r.prompt_ids[lcp:], dtype=torch.long, device=device)
+            mask[b, lcp : lcp + s] = 1
+            positions[b, :s] = torch.arange(lcp, lcp + s, device=device)
+        last = torch.tensor([s - 1 for s in suffix_lens], dtype=torch.long, device=device)
+        logits = self._forward(input_ids, mask, positions, cache, keep=last)
+        if draft_cache is not None:
+            self._forward(input_ids, mask, positions, draft_cache, keep=last, model=drafter)  # its KV only
+        return cache, draft_cache, mask, logits
+
+    def _prefill_per_row(
+        self, rows: list[_Row], hits: list[tuple[_RememberedRow | None, int]], drafter: PreTrainedModel | None
+    ) -> tuple[DynamicCache, DynamicCache | None, torch.Tensor, torch.Tensor]:
+        """Prefill in the per-row layout ``[pads][cached_i][suffix_i][pads]``.
+
+        ``hits[b]`` is row b's remembered row and the length L_b of the prefix it shares (at most
+        the prompt minus one token, whose logits the row needs). The cached region is left-padded
+        to max L_b: row b's remembered keys/values, zeros under mask 0 before them. Keys carry
+        their rotary positions already, so only the mask and the suffix tokens' positions
+        (L_b + 0, 1, ...) must be right. Only the suffixes are fed, right-padded as in the shared
+        layout; no query position is fully masked (each sees itself). The draft cache mirrors the
+        layout; a row whose remembered row kept no draft KV gets its draft prefix computed at
+        batch size 1. Returns what `_prefill_with_shared` returns.
+        """
+        device = self.device
+        batch = len(rows)
+        lengths = [n for _, n in hits]
+        head = max(lengths)
+        self._touch([entry for entry, _ in hits])
+        kv = [(entry.keys, entry.values) if entry is not None else None for entry, _ in hits]
+        cache = _left_padded_cache(self.model, kv, lengths, head)
+        draft_cache = None
+        if drafter is not None:
+            draft_kv = []
+            for r, (entry, n) in zip(rows, hits):
+                if entry is not None and entry.draft_keys is not None:
+                    draft_kv.append((entry.draft_keys, entry.draft_values))
+                elif n:
+                    alone = DynamicCache(config=drafter.config)
+                    self._prefill_shared(drafter, alone, r.prompt_ids[:n], 0)
+                    draft_kv.append(([l.keys for l in alone.layers], [l.values for l in alone.layers]))
+                else:
+                    draft_kv.append(None)
+            draft_cache = _left_padded_cache(drafter, draft_kv, lengths, head)
+
+        suffix_lens = [len(r.prompt_ids) - n for r, n in zip(rows, lengths)]
+        width = max(suffix_lens)
+        input_ids = torch.full((batch, width), self._pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((batch, head + width), dtype=torch.long, device=device)
+        positions = torch.zeros((batch, width), dtype=torch.long, device=device)
+        for b, (r, n, s) in enumerate(zip(rows, lengths, suffix_lens)):
+            r.cached = n
+            input_ids[b, :s] = torch.tensor(r.prompt_ids[n:], dtype=torch.long, device=device)
+            mask[b, head - n : head + s] = 1
+            positions[b, :] = n + s - 1  # pads repeat the last real position (masked anyway)
+            positions[b, :s] = torch.arange(n, n + s, device=device)
+        last = torch.tensor([s - 1 for s in suffix_lens], dtype=torch.long, device=device)
+        logits = self._forward(input_ids, mask, positions, cache, keep=last)
+        if draft_cache is not None:
+            self._forward(input_ids, mask, positions, draft_cache, keep=last, model=drafter)  # its KV only
+        return cache, draft_cache, mask, logits
 
     def _prefill_shared(self, model: PreTrainedModel, cache: DynamicCache, shared: list[int], reused: int) -> None:
         """Feed ``shared[reused:]`` at batch size 1 into ``cache`` (which holds ``shared[:reused]``)."""
@@ -1194,6 +1363,30 @@ class HFEngine:
             row.draft_keys = [layer.keys[j : j + 1].index_select(2, real) for layer in draft_cache.layers]
             row.draft_values = [layer.values[j : j + 1].index_select(2, real) for layer in draft_cache.layers]
         return row
+
+
+def _left_padded_cache(
+    model: PreTrainedModel,
+    kv: list[tuple[list[torch.Tensor], list[torch.Tensor]] | None],
+    lengths: list[int],
+    head: int,
+) -> DynamicCache:
+    """A ``[batch, kv_heads, head, head_dim]`` cache per layer of ``model``: row b holds the first
+    ``lengths[b]`` positions of ``kv[b]`` (per-layer keys, values, ``[1, kv_heads, T, head_dim]``)
+    at its right end, zeros before them (masked by the caller)."""
+    cache = DynamicCache(config=model.config)
+    if head == 0:
+        return cache
+    ref = next(pair for pair, n in zip(kv, lengths) if n)
+    for i, layer in enumerate(cache.layers):
+        shape = (len(lengths), ref[0][i].shape[1], head, ref[0][i].shape[3])
+        keys, values = ref[0][i].new_zeros(shape), ref[1][i].new_zeros(shape)
+        for b, (pair, n) in enumerate(zip(kv, lengths)):
+            if n:
+                keys[b, :, head - n :] = pair[0][i][0, :, :n]
+                values[b, :, head - n :] = pair[1][i][0, :, :n]
+        layer.update(keys, values)
+    return cache
 
 
 def _vocab_size(model: PreTrainedModel) -> int:
