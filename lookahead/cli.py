@@ -396,10 +396,12 @@ def serve(
         reasoner.close()
 
 
+from lookahead.bench import bench_command  # noqa: E402
 from lookahead.calibrate import calibrate_command  # noqa: E402  (after app, _fail and the consoles exist)
 from lookahead.eval.cli import eval_command  # noqa: E402
 
 app.command("eval")(eval_command)
+app.command("bench")(bench_command)
 app.command("calibrate")(calibrate_command)
 
 

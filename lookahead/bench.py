@@ -1,0 +1,559 @@
+"""``lookahead bench``: every way to decode, side by side, in one run, with the model's prediction.
+
+Why: a speedup is only worth reporting next to the alternatives a user would actually pick, on
+the same problems, budget, sampling and machine, in the same invocation. ``bench`` runs the eval
+harness (`lookahead.eval.harness`, resumable like ``lookahead eval``) over ``ar``, the peers a CPU
+user would reach for (transformers assisted generation with the draft model, transformers prompt
+lookup, llama.cpp and its prompt-lookup decoding), our ``sd``, ``lr`` at fixed lookahead depth
+γ = 1, 2, 4, ``lr`` with adaptive γ, and ``lr+sd``; then writes one report with, per run:
+
+- speedup vs ``ar`` (summed wall time; and the median per-problem ratio), tokens/s, accuracy,
+  answer agreement with ``ar`` (`lookahead.eval.report` defines each);
+- step acceptance per lookahead depth, token acceptance length (committed tokens per
+  verification pass of token-level speculation, `lookahead.stats`);
+- the time split: draft calls, target calls, the verifier, and the rest (orchestration);
+- the speedup model's prediction (`lookahead.speedup`, inputs fitted on this run's own records
+  by `speedup_model`) next to the measured speedup, with the relative error;
+
+and, once, the target's batch-cost curve: seconds of one decode step at batch 1..8 relative to
+batch 1 (`lookahead.engines.hf.measure_batch_costs` on the loaded target model; null with a
+reason for a target that is not an in-process transformers model).
+
+Layout of ``--out PATH`` (default ``docs/benchmarks/bench-cpu``): the folder ``PATH/`` is a
+``lookahead eval`` output folder (``records.jsonl``, ``run.json``, ``summary.json``,
+``summary.md``, ``batch_cost.json``); the report is ``PATH.json`` and its figure ``PATH.png``
+beside the folder. Rerun the same command to resume; ``--force-new`` starts over.
+
+Registered by ``lookahead/cli.py`` as ``app.command("bench")(bench_command)``.
+
+Example:
+    lookahead bench --limit 30                       # gsm8k, every run, docs/benchmarks/bench-cpu.{json,png}
+    lookahead bench --task math500 --limit 10 --runs 'ar,lr[gamma=2],peer:hf-prompt-lookup' --out runs/b
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from lookahead.errors import ConfigError, DataError, LookaheadError
+
+if TYPE_CHECKING:
+    from lookahead.config import LookaheadConfig
+    from lookahead.speedup import SpeedupInputs
+    from lookahead.eval.cli import Evaluation
+    from lookahead.loop import LookaheadReasoner
+
+DEFAULT_RUNS = (
+    "ar,peer:hf-assisted,peer:hf-prompt-lookup,sd,lr[gamma=1],lr[gamma=2],lr[gamma=4],"
+    "lr[adaptive_gamma=true,gamma=4],lr+sd,peer:llamacpp,peer:llamacpp-lookup"
+)
+"""The runs of issue 10: ``ar``, the peers, ``sd``, ``lr`` at γ = 1, 2, 4 and adaptive, ``lr+sd``."""
+DEFAULT_OUT = Path("docs/benchmarks/bench-cpu")
+OWN_MODES = ("ar", "sd", "lr", "lr+sd")  # the modes the speedup model describes (peers are not our loop)
+PREDICTED_MODES = ("lr", "lr+sd")  # the modes it predicts (ar is its unit, sd's factor is measured)
+MAX_BATCH = 8  # the batch-cost curve covers batch sizes 1..MAX_BATCH (rows)
+BATCH_COST_FILE = "batch_cost.json"  # in the records folder: the curve, measured once per folder and machine
+TIME_PARTS = ("draft_s", "target_s", "verify_s", "other_s")  # record fields of the time split (s)
+
+
+# -- runs ---------------------------------------------------------------------------------------
+def default_runs() -> tuple[str, list[str]]:
+    """`DEFAULT_RUNS` and the runs left out of it: the llama.cpp peers when ``llama_cpp`` cannot be
+    imported. (A llama.cpp peer asked for by name in ``--runs`` keeps the harness's ConfigError.)"""
+    from lookahead.eval.harness import _split_top_level
+    from lookahead.eval.peers import PEERS, import_llama_cpp, peer_name
+
+    try:
+        import_llama_cpp()
+        return DEFAULT_RUNS, []
+    except ConfigError:
+        pass
+    specs = _split_top_level(DEFAULT_RUNS, "--runs")
+    left_out = [s for s in specs if (name := peer_name(s.split("[")[0])) in PEERS and PEERS[name].llama_cpp]
+    return ",".join(s for s in specs if s not in left_out), left_out
+
+
+# -- the speedup model against the measurement --------------------------------------------------
+def _gamma_rounds(records: Sequence[dict[str, Any]]) -> Counter[int]:
+    """Rounds per lookahead depth γ of a run, from the per-record ``gamma_rounds`` counts."""
+    counts: Counter[int] = Counter()
+    for r in records:
+        for gamma, n in ((r.get("stats") or {}).get("gamma_rounds") or {}).items():
+            counts[int(gamma)] += int(n)
+    return counts
+
+
+def _predict(inputs: SpeedupInputs, mode: str, schedule: Counter[int]) -> float:
+    """The predicted speedup of a run whose rounds used depth γ ``schedule[γ]`` times: expected
+    steps over expected cost, both summed over its rounds (a single γ: `SpeedupInputs.predict`)."""
+    from lookahead.speedup import expected_steps, round_cost
+
+    f = inputs.token_speedup if mode == "lr+sd" else 1.0
+    fd = inputs.draft_token_speedup if mode == "lr+sd" else 1.0
+    p = inputs.draft_complete
+    steps = sum(n * expected_steps(inputs.alpha, g, p) for g, n in schedule.items())
+    costs = {g: round_cost(g, inputs.c, inputs.batch_cost, inputs.verify_cost, f, fd, p) for g in schedule}
+    cost = sum(n * costs[g] for g, n in schedule.items())
+    return steps / cost if cost > 0 else math.inf
+
+
+def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float] | None = None) -> dict[str, Any]:
+    """Predicted vs measured speedup per run of our own modes, and the model's fitted inputs.
+
+    The inputs (α per depth, p, c, b(k), v, f; `lookahead.speedup.SpeedupInputs`) are estimated
+    from ``records`` by `lookahead.speedup.from_eval_records` (needs a finished ``ar`` run:
+    DataError otherwise); peer runs are left out. Per run: ``predicted``, ``measured`` (paired
+    ``ar`` wall time / the run's) and ``error`` = predicted / measured - 1 for ``lr`` and
+    ``lr+sd`` (``ar`` is the unit and ``sd``'s factor f is read from the ``sd`` run itself: no
+    prediction). An adaptive run (``adaptive_gamma``) is predicted over the depths its rounds
+    used (``gamma_rounds``: rounds per γ; ``gamma``: the one used most). With ``batch_cost``
+    (b(k) measured directly, b(1) = 1) each row also gets ``predicted_measured_b``: the
+    prediction with that curve in place of the one fitted from the ``lr`` runs' target times.
+    """
+    from lookahead.speedup import from_eval_records
+
+    own = [r for r in records if r.get("mode") in OWN_MODES]
+    inputs = from_eval_records(own)
+    measured_b = dataclasses.replace(inputs, batch_cost=list(batch_cost)) if batch_cost else None
+    rows = []
+    for row in inputs.compare():
+        run_records = [r for r in own if r["run"] == row["run"]]
+        schedule = Counter({row["gamma"]: 1})
+        if (run_records[0].get("overrides") or {}).get("adaptive_gamma"):
+            used = _gamma_rounds(run_records)
+            if used:
+                schedule = used
+                row["gamma"] = used.most_common(1)[0][0]
+                row["gamma_rounds"] = {str(g): n for g, n in sorted(used.items())}
+                row["predicted"] = round(_predict(inputs, row["mode"], used), 4)
+                row["note"] = "adaptive: predicted over the γ its rounds used (gamma_rounds)"
+        if row["mode"] not in PREDICTED_MODES:
+            row["note"] = "not a prediction: ar is the unit and sd's factor f is measured from this run"
+        else:
+            if row["measured"]:
+                row["error"] = round(row["predicted"] / row["measured"] - 1, 4)
+            if measured_b is not None:
+                row["predicted_measured_b"] = round(_predict(measured_b, row["mode"], schedule), 4)
+        rows.append(row)
+    fields = dataclasses.asdict(inputs)
+    fields.pop("measured")
+    fields.pop("runs")
+    return {
+        "inputs": fields,
+        "runs": rows,
+        "max_abs_error": max((abs(r["error"]) for r in rows if "error" in r), default=None),
+    }
+
+
+# -- the target's batch-cost curve --------------------------------------------------------------
+def batch_cost_unmeasurable(config: LookaheadConfig) -> str | None:
+    """Why the batch-cost curve cannot be measured for this config's target (None: it can)."""
+    target = config.target
+    if target.backend != "hf":
+        return (
+            f"target.backend is {target.backend!r}: the curve is measured on an in-process transformers "
+            "target only (target.backend=hf)"
+        )
+    if target.replicas >= 1:
+        return (
+            f"target.replicas = {target.replicas}: the target runs in Ray actors, not in this process; "
+            "measure with target.replicas=0"
+        )
+    return None
+
+
+def measure_batch_cost(engine: Any, max_batch: int = MAX_BATCH) -> dict[str, Any]:
+    """One decode step of ``engine``'s model at batch 1..max_batch: seconds and relative to batch 1."""
+    from lookahead.engines.hf import HFEngine, measure_batch_costs
+
+    if not isinstance(engine, HFEngine) or engine.model is None:
+        raise ConfigError(f"the target engine {getattr(engine, 'name', engine)!r} is not a loaded transformers model")
+    seconds = measure_batch_costs(engine.model, max_batch=max_batch)[1:]
+    return {
+        "target": engine.name,
+        "batch_sizes": list(range(1, max_batch + 1)),
+        "seconds": [round(s, 6) for s in seconds],  # one decode step at batch k (s)
+        "relative": [round(s / seconds[0], 4) for s in seconds],  # b(k) = seconds(k) / seconds(1)
+        "method": "measure_batch_costs: random 96-token context, 4 decode steps, best of 3, sizes round-robin",
+        "reason": None,
+    }
+
+
+class BatchCostCurve:
+    """The target's batch-cost curve of one bench folder: measured once per folder and machine
+    (``<folder>/batch_cost.json``), reused on resume, or unmeasurable with a reason."""
+
+    def __init__(self, folder: Path, config: LookaheadConfig, machine: str) -> None:
+        self.path = folder / BATCH_COST_FILE  # where the measurement is kept
+        self.identity = {"machine": machine, "target": dataclasses.asdict(config.target)}  # where it holds
+        self.reason = batch_cost_unmeasurable(config)  # None: measurable
+        self.value: dict[str, Any] | None = self._stored()  # the curve, once known
+
+    def _stored(self) -> dict[str, Any] | None:
+        if self.reason is not None or not self.path.is_file():
+            return None
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # unreadable: measured again
+        if stored.get("identity") != json.loads(json.dumps(self.identity, default=str)):
+            return None  # another machine or target: measured again
+        return stored.get("curve")
+
+    @property
+    def needed(self) -> bool:
+        return self.reason is None and self.value is None
+
+    def measure(self, reasoner: LookaheadReasoner) -> None:
+        """Measure on the reasoner's target (loaded) unless known; kept in the folder."""
+        if not self.needed:
+            return
+        from lookahead.cli import console
+
+        with console.status("measuring the target's decode step at batch 1..8..."):
+            self.value = measure_batch_cost(reasoner.target)
+        payload = {"identity": self.identity, "curve": self.value}
+        self.path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+    def report(self) -> dict[str, Any]:
+        if self.value is not None:
+            return self.value
+        return {"relative": None, "seconds": None, "reason": self.reason or "not measured"}
+
+
+# -- the report ---------------------------------------------------------------------------------
+def _acceptance_length(spec: dict[str, Any], prefix: str) -> float | None:
+    """Committed tokens per verification pass, from summed counts (None: no pass)."""
+    passes = spec.get(f"{prefix}verify_passes") or 0
+    return round((spec.get(f"{prefix}accepted_tokens", 0) + passes) / passes, 4) if passes else None
+
+
+RUN_KEYS = ("label", "mode", "overrides", "speedup", "speedup_median", "speedup_problems", "tokens_per_s",
+            "accuracy", "accuracy_stderr", "agreement_with_ar", "agreement_pairs", "step_acceptance",
+            "acceptance_by_depth", "steps_per_round", "mean_wall_time_s", "mean_completion_tokens",
+            "time_split_s", "rows", "finished_rows", "errors", "unparseable", "fairness_warnings",
+            "errors_sample")  # fmt: skip
+
+
+def run_entry(run: dict[str, Any], model_rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One run of the report: the summary's figures, token acceptance, time shares, the model's row."""
+    entry = {k: run[k] for k in RUN_KEYS}
+    spec = run["token_speculation"]
+    entry["token_acceptance_length"] = _acceptance_length(spec, "spec_")
+    entry["token_acceptance_rate"] = spec.get("token_acceptance_rate")
+    entry["draft_token_acceptance_length"] = _acceptance_length(spec, "spec_draft_calls_")
+    total = sum(run["time_split_s"].values())
+    entry["time_share"] = {k: round(v / total, 4) if total > 0 else None for k, v in run["time_split_s"].items()}
+    row = model_rows.get(run["label"])
+    entry["model"] = {k: v for k, v in row.items() if k not in ("run", "mode")} if row else None
+    return entry
+
+
+def build_report(
+    evaluation: Evaluation,
+    summary: dict[str, Any],
+    records: Sequence[dict[str, Any]],
+    curve: dict[str, Any],
+    dropped: Sequence[str],
+    png: Path,
+) -> dict[str, Any]:
+    """``<out>.json``: the command, the machine, the config, per run the figures, the batch-cost
+    curve and the speedup model (predicted vs measured, fitted inputs)."""
+    try:
+        model: dict[str, Any] = speedup_model(records, curve.get("relative"))
+        model["reason"] = None
+    except DataError as exc:
+        model = {"inputs": None, "runs": [], "max_abs_error": None, "reason": str(exc)}
+    rows = {r["run"]: r for r in model["runs"]}
+    return {
+        "command": summary["command"],
+        "created": summary["created"],
+        "machine": summary["machine"],
+        "task": summary["task"],
+        "location": summary["location"],
+        "split": summary["split"],
+        "problems": summary["problems"],
+        "problems_with_records": summary["problems_with_records"],
+        "limit": summary["limit"],
+        "records": str(evaluation.out / "records.jsonl"),
+        "png": png.name,
+        "baseline": summary["baseline"],
+        "left_out": list(dropped),
+        "config": summary["config"],
+        "definitions": {
+            "speedup": "summed ar wall time / summed run wall time over the problems both finished",
+            "speedup_median": "median of the per-problem ratios",
+            "agreement_with_ar": "share of (problem, sample) pairs whose extracted answers equal ar's",
+            "acceptance_by_depth": "mean over rows of the step acceptance rate at lookahead depth 1, 2, ...",
+            "token_acceptance_length": "(accepted + verification passes) / verification passes, target calls",
+            "time_split_s": "mean seconds per row in draft calls, target calls, the verifier, the rest "
+            "(other_s: orchestration overhead)",
+            "batch_cost.relative": "b(k): seconds of one target decode step at batch k / at batch 1",
+            "model.error": "predicted / measured - 1",
+        },
+        "runs": [run_entry(run, rows) for run in summary["runs"]],
+        "batch_cost": curve,
+        "speedup_model": model,
+    }
+
+
+# -- the figure ---------------------------------------------------------------------------------
+def write_figure(report: dict[str, Any], path: Path) -> None:
+    """Six panels: speedup (accuracy and agreement annotated), time split, acceptance by depth,
+    token acceptance length, the batch-cost curve, predicted vs measured speedup."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    labels = [r["label"] for r in runs]
+    fig, axes = plt.subplots(2, 3, figsize=(17, 4.0 + 0.45 * len(runs)))
+    (ax_speed, ax_time, ax_depth), (ax_tokens, ax_batch, ax_model) = axes
+
+    has_base = report["baseline"] is not None
+    values = [(r["speedup"] if has_base else r["tokens_per_s"]) or 0.0 for r in runs]
+    ax_speed.barh(labels, values, color=["tab:grey" if r["mode"].startswith("peer:") else "tab:blue" for r in runs])
+    for y, (r, v) in enumerate(zip(runs, values, strict=True)):
+        acc, agree = r["accuracy"], r["agreement_with_ar"]
+        text = f" acc {'n/a' if acc is None else f'{acc:.0%}'} · agree {'n/a' if agree is None else f'{agree:.0%}'}"
+        if r["errors"]:
+            text += f" · {r['errors']} errors"
+        ax_speed.text(v, y, text, va="center", fontsize="small")
+    if has_base:
+        ax_speed.axvline(1.0, color="black", lw=0.8, ls="--")
+    ax_speed.set_xlabel("speedup vs ar (summed wall time)" if has_base else "tokens/s (no ar run)")
+    ax_speed.set_xlim(0, max(values + [1.0]) * 1.6)
+    ax_speed.invert_yaxis()
+    ax_speed.set_title("speed per run (grey: peers)")
+
+    left = [0.0] * len(runs)
+    for part, colour in zip(TIME_PARTS, ("tab:green", "tab:blue", "tab:orange", "tab:grey"), strict=True):
+        part_values = [r["time_split_s"][part] for r in runs]
+        ax_time.barh(labels, part_values, left=left, color=colour, label=part.removesuffix("_s"))
+        left = [a + b for a, b in zip(left, part_values, strict=True)]
+    ax_time.invert_yaxis()
+    ax_time.set_yticklabels([])
+    ax_time.set_xlabel("mean seconds per generation")
+    ax_time.legend(loc="lower right", ncol=2, fontsize="x-small", framealpha=0.8)
+    ax_time.set_title("time split: draft / target / verify / other")
+
+    drawn = False
+    for r in runs:
+        rates = r["acceptance_by_depth"]
+        if rates:
+            ax_depth.plot(range(1, len(rates) + 1), rates, marker="o", label=r["label"])
+            drawn = True
+    if drawn:
+        ax_depth.set_ylim(-0.05, 1.05)
+        ax_depth.set_xlabel("lookahead depth")
+        ax_depth.set_ylabel("step acceptance")
+        ax_depth.legend(fontsize="small")
+    else:
+        ax_depth.text(0.5, 0.5, "no run drafted steps", ha="center", va="center", transform=ax_depth.transAxes)
+    ax_depth.set_title("step acceptance per depth")
+
+    lengths = [r["token_acceptance_length"] or 0.0 for r in runs]
+    ax_tokens.barh(labels, lengths, color="tab:purple")
+    ax_tokens.invert_yaxis()
+    ax_tokens.set_xlabel("tokens per verification pass (0: no token speculation)")
+    ax_tokens.set_title("token acceptance length")
+
+    curve = report["batch_cost"]
+    if curve.get("relative"):
+        ks = list(range(1, len(curve["relative"]) + 1))
+        ax_batch.plot(ks, curve["relative"], marker="o", label="measured b(k)")
+        ax_batch.plot(ks, ks, color="grey", ls=":", label="b(k) = k (no batching gain)")
+        ax_batch.axhline(1.0, color="grey", ls="--", lw=0.8, label="b(k) = 1 (free rows)")
+    else:
+        ax_batch.text(0.5, 0.6, "not measured:\n" + _wrap(curve.get("reason") or "", 50), ha="center",
+                      va="center", transform=ax_batch.transAxes, fontsize="small")  # fmt: skip
+    inputs = (report["speedup_model"] or {}).get("inputs")
+    if inputs and inputs.get("batch_cost"):
+        fitted = inputs["batch_cost"][:MAX_BATCH]
+        ax_batch.plot(range(1, len(fitted) + 1), fitted, ls="--", marker="x", label="fitted from lr runs")
+    ax_batch.set_xlabel("rows in one target call (k)")
+    ax_batch.set_ylabel("cost relative to batch 1")
+    if ax_batch.get_legend_handles_labels()[0]:
+        ax_batch.legend(fontsize="small")
+    ax_batch.set_title("target batch-cost curve")
+
+    points = [(r["label"], r["model"]["predicted"], r["model"]["measured"]) for r in runs
+              if r["mode"] in PREDICTED_MODES and r["model"] and r["model"].get("measured")]  # fmt: skip
+    if points:
+        top = max(max(p, m) for _, p, m in points) * 1.15
+        ax_model.plot([0, top], [0, top], color="grey", ls="--", lw=0.8)
+        for label, predicted, measured in points:
+            ax_model.scatter([measured], [predicted])
+            ax_model.annotate(label, (measured, predicted), textcoords="offset points", xytext=(5, 5), fontsize="small")
+        ax_model.set_xlim(0, top)
+        ax_model.set_ylim(0, top)
+    else:
+        reason = (report["speedup_model"] or {}).get("reason") or "no lr or lr+sd run measured"
+        ax_model.text(0.5, 0.5, _wrap(reason, 50), ha="center", va="center", transform=ax_model.transAxes,
+                      fontsize="small")  # fmt: skip
+    ax_model.set_xlabel("measured speedup vs ar")
+    ax_model.set_ylabel("predicted by the speedup model")
+    ax_model.set_title("speedup model: predicted vs measured")
+
+    fig.suptitle(f"lookahead bench: {report['task']}, {report['problems_with_records']} problems\n"
+                 f"{_wrap(report['machine'], 140)}", fontsize="medium")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+# -- the terminal -------------------------------------------------------------------------------
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}{suffix}"
+
+
+def rich_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(
+        title=f"bench {report['task']}: {report['problems_with_records']} problems",
+        caption="speedup: summed wall time vs ar; tok len: tokens per verification pass; "
+        "predicted: the speedup model (error = predicted / measured - 1)",
+    )
+    header = ("run", "speedup", "tok/s", "accuracy", "agree", "step accept", "tok len", "predicted", "error", "rows")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+    for r in report["runs"]:
+        model = r["model"] or {}
+        predicted = model.get("predicted") if r["mode"] in PREDICTED_MODES else None
+        table.add_row(
+            Text(r["label"]),
+            _fmt(r["speedup"], ".2f", "x"),
+            _fmt(r["tokens_per_s"], ".1f"),
+            _fmt(r["accuracy"], ".1%"),
+            _fmt(r["agreement_with_ar"], ".1%"),
+            _fmt(r["step_acceptance"], ".1%"),
+            _fmt(r["token_acceptance_length"], ".2f"),
+            _fmt(predicted, ".2f", "x"),
+            _fmt(model.get("error"), "+.1%"),
+            f"{r['finished_rows']}/{r['rows']}",
+        )
+    return table
+
+
+# -- the command --------------------------------------------------------------------------------
+def report_paths(out: Path) -> tuple[Path, Path]:
+    """``<out>.json`` and ``<out>.png`` beside the records folder ``out``."""
+    if not out.name or out.name in (".", ".."):
+        raise ConfigError(f"--out {out}: give a folder name, e.g. --out docs/benchmarks/bench-cpu")
+    return out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
+
+
+def bench_command(
+    task: Annotated[
+        str, typer.Option(help="gsm8k, aime24, math500, jsonl:PATH (any JSONL file) or hf:NAME[:CONFIG] (online).")
+    ] = "gsm8k",
+    limit: Annotated[Optional[int], typer.Option(help="Problems to run (the first ones of the test split).")] = 30,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Folder with gsm8k/, aime24/, math500/ (default: $LOOKAHEAD_DATA_DIR or ../shared/data)."),
+    ] = None,
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", help="Override a config key for every run, e.g. --set max_total_tokens=256."),
+    ] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Records folder; the report is <out>.json and <out>.png beside it. Rerun to resume."
+        ),
+    ] = DEFAULT_OUT,
+    runs: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Runs, comma-separated, as in `lookahead eval --modes` (default: ar, the hf peers, sd, "
+            "lr\\[gamma=1|2|4], lr\\[adaptive_gamma=true,gamma=4], lr+sd, the llama.cpp peers when installed)."
+        ),
+    ] = None,
+    force_new: Annotated[
+        bool, typer.Option(help="Start over in --out: move its earlier files into out/previous-<time>/.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line: the report's paths, runs.")] = False,
+) -> None:
+    """Every method side by side on the same problems: speedup, accuracy, acceptance, costs, the model."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from lookahead.cli import _fail, console, err_console
+    from lookahead.eval import report as eval_report
+    from lookahead.eval.cli import _machine, interrupted, open_records, prepare_evaluation, run_evaluation
+    from lookahead.eval.peers import LLAMACPP_HINT
+
+    dropped: list[str] = []
+    evaluation = None
+    try:
+        json_path, png_path = report_paths(out)
+        if runs is None:
+            runs, dropped = default_runs()
+            if dropped:
+                err_console.print(
+                    f"[yellow]llama-cpp-python is not installed: leaving out {escape(', '.join(dropped))} "
+                    f"({escape(LLAMACPP_HINT)} to include them)[/]"
+                )
+        evaluation = prepare_evaluation(
+            task=task, modes=runs, config=config, set_=set_, limit=limit, out=out, data_dir=data_dir
+        )
+        store = open_records(evaluation, force_new)
+        curve = BatchCostCurve(out, evaluation.config, _machine())
+        run_evaluation(evaluation, store, on_loaded=curve.measure)
+        if curve.needed:  # nothing was left to run, but the curve is not in the folder yet
+            from lookahead.loop import LookaheadReasoner
+
+            from lookahead.config import configured
+
+            with LookaheadReasoner(configured(evaluation.config, {"mode": "ar"})) as reasoner:
+                curve.measure(reasoner)
+    except LookaheadError as exc:
+        raise _fail(escape(str(exc))) from None
+    except KeyboardInterrupt:
+        raise interrupted(evaluation.out if evaluation is not None else out) from None
+
+    records = evaluation.records(store)
+    summary = eval_report.summarize(records, evaluation.runs, evaluation.meta())
+    eval_report.write_reports(out, summary, plots=False)  # the folder stays a complete eval folder
+    report = build_report(evaluation, summary, records, curve.report(), dropped, png_path)
+    write_figure(report, png_path)
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    table = rich_table(report)
+    Console(highlight=False, width=max(console.width, 140)).print(table)
+    curve_text = (
+        ", ".join(f"{b:.2f}" for b in report["batch_cost"]["relative"])
+        if report["batch_cost"]["relative"]
+        else f"not measured ({report['batch_cost']['reason']})"
+    )
+    console.print(f"target batch cost b(1..{MAX_BATCH}): {escape(curve_text)}", soft_wrap=True)
+    console.print(f"report {json_path} and {png_path}; records in {out}/", soft_wrap=True)
+    if as_json:
+        keys = ("label", "speedup", "tokens_per_s", "accuracy", "agreement_with_ar", "token_acceptance_length", "model")
+        payload = {
+            "json": str(json_path),
+            "png": str(png_path),
+            "records": report["records"],
+            "baseline": report["baseline"],
+            "runs": [{k: r[k] for k in keys} for r in report["runs"]],
+        }
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")

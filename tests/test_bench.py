@@ -1,0 +1,258 @@
+"""`lookahead bench`: one command, every run side by side, the report JSON + PNG, resume, the model.
+
+Fake engines (configs/tiny.yaml) for the command; a tiny transformers pair (tests/tiny.py) for the
+measured batch-cost curve and a transformers peer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from lookahead.bench import DEFAULT_RUNS, MAX_BATCH, bench_command, report_paths, speedup_model
+from lookahead.engines.fake import FakeEngine
+from lookahead.errors import ConfigError
+from lookahead.eval import harness as h
+from lookahead.eval.peers import LLAMACPP_HINT
+
+# The fake engine always answers 72 (lookahead/engines/fake.py DEFAULT_SCRIPT).
+ROWS = [
+    {"problem": "Natalia sold clips ...", "answer": "48 + 24 = 72\n#### 72"},
+    {"problem": "How many clips?", "answer": "#### 72"},
+    {"problem": "Janet's ducks ...", "answer": "#### 18"},
+]
+RUNS = "ar,sd,lr[gamma=1],lr[adaptive_gamma=true,gamma=2],lr+sd"
+
+
+def labels(spec: str) -> list[str]:
+    """Run labels of a run list (commas inside [...] stay)."""
+    return re.split(r",(?![^\[]*\])", spec)
+
+
+@pytest.fixture
+def timed_fake(monkeypatch):
+    """Fake engines that take 20 µs per token, so every time the speedup model reads is > 0
+    (the loop rounds its times to 0.1 ms; an instant fake engine would report 0 target time)."""
+    original = FakeEngine.from_config.__func__
+
+    def from_config(cls, config):
+        engine = original(cls, config)
+        engine.delay_per_token = 2e-5
+        return engine
+
+    monkeypatch.setattr(FakeEngine, "from_config", classmethod(from_config))
+
+
+def write_task(tmp_path: Path, rows=ROWS) -> Path:
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def cli(*args: str):
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command("bench")(bench_command)
+    app.command("noop")(lambda: None)  # a second command keeps "bench" a subcommand, as in lookahead.cli
+    return CliRunner().invoke(app, ["bench", *args])
+
+
+def records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / h.RECORDS_FILE).read_text().splitlines()]
+
+
+# -- the command on the fake engines ----------------------------------------------------------------
+def test_bench_writes_every_run_the_model_rows_a_null_curve_and_a_png_then_resumes(tmp_path, timed_fake):
+    """Guards the report of issue 10: every run with its figures, model rows for the lr runs with
+    error = predicted / measured - 1, a null batch-cost curve with a reason (fake target), the PNG;
+    a rerun resumes: no new record, no model loaded, the same runs in the report."""
+    task, out = write_task(tmp_path), tmp_path / "bench" / "cpu"
+    args = ["--config", "tiny", "--task", f"jsonl:{task}", "--runs", RUNS, "--out", str(out), "--json"]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    json_path, png_path = report_paths(out)
+    assert json_path == tmp_path / "bench" / "cpu.json" and png_path == tmp_path / "bench" / "cpu.png"
+    assert png_path.read_bytes()[:4] == b"\x89PNG"
+    assert len(records(out)) == 3 * 5 and (out / "summary.json").is_file()
+
+    report = json.loads(json_path.read_text())
+    assert report["command"].startswith("lookahead") and report["machine"]
+    assert report["config"]["target"]["backend"] == "fake" and report["task"] == f"jsonl:{task}"
+    assert report["baseline"] == "ar" and report["left_out"] == [] and report["png"] == "cpu.png"
+    runs = {r["label"]: r for r in report["runs"]}
+    assert list(runs) == labels(RUNS)
+    for run in runs.values():
+        assert run["finished_rows"] == 3 and run["speedup"] > 0 and run["tokens_per_s"] > 0
+        assert run["accuracy"] == pytest.approx(2 / 3) and run["agreement_with_ar"] == 1.0
+        assert set(run["time_split_s"]) == {"draft_s", "target_s", "verify_s", "other_s"}
+    assert runs["lr[gamma=1]"]["acceptance_by_depth"] == [1.0] and runs["ar"]["acceptance_by_depth"] == []
+    assert runs["sd"]["token_acceptance_length"] > 1 and runs["ar"]["token_acceptance_length"] is None
+    assert runs["lr[gamma=1]"]["time_split_s"]["draft_s"] > 0 and runs["ar"]["time_split_s"]["draft_s"] == 0
+
+    assert report["batch_cost"]["relative"] is None and "target.backend" in report["batch_cost"]["reason"]
+    model = report["speedup_model"]
+    assert model["reason"] is None and model["inputs"]["alpha"] and model["inputs"]["batch_cost"][0] == 1.0
+    assert {"c", "verify_cost", "token_speedup", "draft_complete"} <= set(model["inputs"])
+    for label in ("lr[gamma=1]", "lr[adaptive_gamma=true,gamma=2]", "lr+sd"):
+        row = runs[label]["model"]
+        assert row["predicted"] > 0 and row["measured"] == pytest.approx(runs[label]["speedup"], rel=0.01)
+        assert row["error"] == pytest.approx(row["predicted"] / row["measured"] - 1, abs=1e-3)
+    assert "gamma_rounds" in runs["lr[adaptive_gamma=true,gamma=2]"]["model"]
+    assert "error" not in runs["sd"]["model"] and "not a prediction" in runs["sd"]["model"]["note"]
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert payload["json"] == str(json_path) and [r["label"] for r in payload["runs"]] == list(runs)
+
+    before = (out / h.RECORDS_FILE).read_text()
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+    assert (out / h.RECORDS_FILE).read_text() == before  # nothing rerun
+    assert [r["label"] for r in json.loads(json_path.read_text())["runs"]] == list(runs)
+
+
+def test_interrupted_bench_keeps_records_and_resumes(tmp_path, monkeypatch):
+    """Ctrl-C after one record: exit 130, the record is kept, the message says how to resume."""
+    task, out = write_task(tmp_path), tmp_path / "b"
+
+    def interrupted(reasoner, jobs, on_record):
+        on_record(h.execute_job(reasoner, jobs[0]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(h, "run_sequential", interrupted)
+    args = ["--config", "tiny", "--task", f"jsonl:{task}", "--runs", "ar,lr", "--out", str(out)]
+    result = cli(*args)
+    assert result.exit_code == 130 and "resume" in result.output and len(records(out)) == 1
+    assert not report_paths(out)[0].exists()
+    monkeypatch.undo()
+    assert cli(*args).exit_code == 0 and len(records(out)) == 6
+
+
+def test_default_runs_leave_out_the_llama_cpp_peers_when_it_is_missing(tmp_path, monkeypatch):
+    """Without llama_cpp the default list runs without its two peers and says so in one line; a
+    llama.cpp peer named in --runs is still refused with the install hint (exit 2)."""
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp -> ImportError
+    task, out = write_task(tmp_path), tmp_path / "b"
+    result = cli("--config", "tiny", "--task", f"jsonl:{task}", "--limit", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "leaving out peer:llamacpp, peer:llamacpp-lookup" in result.output
+    report = json.loads(report_paths(out)[0].read_text())
+    expected = [r for r in labels(DEFAULT_RUNS) if not r.startswith("peer:llamacpp")]
+    assert [r["label"] for r in report["runs"]] == expected and len(expected) == 9
+    assert report["left_out"] == ["peer:llamacpp", "peer:llamacpp-lookup"]
+    assert {r["mode"] for r in records(out)} >= {"ar", "lr", "sd", "lr+sd", "peer:hf-assisted"}
+
+    refused = cli("--config", "tiny", "--task", f"jsonl:{task}", "--runs", "ar,peer:llamacpp", "--out", str(out) + "2")
+    assert refused.exit_code == 2 and LLAMACPP_HINT in refused.output and "Traceback" not in refused.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--runs", "ar,turbo"], "mode 'turbo' is unknown"),
+        (["--runs", "lr[gama=1]"], "lr[gama=1]"),
+        (["--set", "gamma=-1"], "gamma"),
+        (["--out", "."], "give a folder name"),
+    ],
+)
+def test_bench_user_errors_exit_2(tmp_path, args, message):
+    """Bad runs, a bad override, an --out with no name: one line, exit code 2, nothing written."""
+    task = write_task(tmp_path)
+    base = {"--config": "tiny", "--task": f"jsonl:{task}", "--out": str(tmp_path / "b")}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    result = cli(*[x for kv in base.items() for x in kv])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b" / h.RECORDS_FILE).exists()
+
+
+# -- the speedup model, hand computed ---------------------------------------------------------------
+def _record(problem, run, mode, wall, draft_s=0.0, target_s=None, trace=(), drafted=0, rounds=4, overrides=None,
+            gamma_rounds=None):  # fmt: skip
+    return {"problem": problem, "sample": 0, "run": run, "mode": mode, "status": "ok", "overrides": overrides or {},
+            "wall_time_s": wall, "draft_s": draft_s, "target_s": wall if target_s is None else target_s,
+            "verify_s": 0.0, "rounds": rounds, "committed_steps": 4, "completion_tokens": 40,
+            "drafted_steps": drafted, "trace": list(trace),
+            "stats": {"draft_calls": drafted, "gamma_rounds": gamma_rounds or {}}}  # fmt: skip
+
+
+def test_adaptive_run_is_predicted_over_the_depths_its_rounds_used():
+    """Guards the adaptive prediction: expected steps over expected cost summed over its rounds
+    (not the cost of the γ used most); peers are left out; a measured b(k) gives a second one.
+
+    Units: ar 1 s per step (10 tokens). lr[gamma=1]: 4 rejected rounds, c = 0.4, b(2) = 1.6, so
+    1 / (0.4 + 1.6) = 0.5 = 4 s / 8 s. Adaptive: 2 rounds at γ = 0 (cost 1) and 2 at γ = 1 (cost
+    2): 4 steps / 6 = 0.667 = 4 s / 6 s."""
+    rejected = [{"round": i, "depth": 1, "source": "target", "draft": "x\n\n", "target": "y\n\n"} for i in range(4)]
+    mixed = rejected[:2] + [{"round": i, "depth": 1, "source": "target", "draft": None, "target": "y"} for i in (2, 3)]
+    records = []
+    for p in range(2):
+        records += [
+            _record(p, "ar", "ar", 4.0),
+            _record(p, "lr[gamma=1]", "lr", 8.0, 1.6, 6.4, rejected, drafted=4, overrides={"gamma": 1}),
+            _record(p, "lr[adaptive_gamma=true]", "lr", 6.0, 0.8, 5.2, mixed, drafted=2,
+                    overrides={"adaptive_gamma": True}, gamma_rounds={"0": 2, "1": 2}),
+            {**_record(p, "peer:hf-ar", "peer:hf-ar", 1.0)},
+        ]  # fmt: skip
+    model = speedup_model(records, batch_cost=[1.0, 2.0])
+    rows = {r["run"]: r for r in model["runs"]}
+    assert "peer:hf-ar" not in rows
+    assert rows["lr[gamma=1]"]["predicted"] == pytest.approx(0.5, abs=1e-3) and rows["lr[gamma=1]"]["measured"] == 0.5
+    adaptive = rows["lr[adaptive_gamma=true]"]
+    assert adaptive["gamma_rounds"] == {"0": 4, "1": 4}  # summed over both problems
+    assert adaptive["predicted"] == pytest.approx(4 / 6, abs=1e-3) and adaptive["error"] == pytest.approx(0.0, abs=1e-3)
+    # b(2) = 2 measured instead of 1.6 fitted: 1 / (0.4 + 2) and 4 / (2 + 2 * 2.4)
+    assert rows["lr[gamma=1]"]["predicted_measured_b"] == pytest.approx(1 / 2.4, abs=1e-3)
+    assert adaptive["predicted_measured_b"] == pytest.approx(4 / 6.8, abs=1e-3)
+    assert model["max_abs_error"] == pytest.approx(0.0, abs=1e-3)
+
+
+# -- a tiny transformers pair: the measured curve and a peer -----------------------------------------
+def test_tiny_hf_pair_measures_the_batch_cost_curve_and_runs_a_peer(tmp_path):
+    """On a real (tiny) transformers target the curve is measured once: 8 entries, b(1) = 1, kept in
+    the folder for the resume; the prompt-lookup peer runs next to ar and lr with its token
+    acceptance, and the lr rows get a prediction with the measured curve too."""
+    from tiny import tiny_llama, train_tokenizer
+
+    tok = train_tokenizer(1)
+    for name, seed in (("target", 0), ("draft", 1)):
+        tiny_llama(tok, seed=seed).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    config = {
+        "mode": "ar", "step_delimiter": " ", "max_step_tokens": 7, "max_total_tokens": 30,
+        "stop_at_final_answer": False, "prompt_template": "{question}", "temperature": 0.0,
+        "target": {"model": str(tmp_path / "target"), "pad_batches": False},
+        "draft": {"model": str(tmp_path / "draft"), "pad_batches": False},
+    }  # fmt: skip
+    (tmp_path / "tiny-hf.yaml").write_text(yaml.safe_dump(config))
+    task = write_task(tmp_path, [{"problem": "Step 1: add", "answer": "12"}, {"problem": "A cat", "answer": "1"}])
+    out = tmp_path / "b"
+    args = ["--config", str(tmp_path / "tiny-hf.yaml"), "--task", f"jsonl:{task}", "--out", str(out),
+            "--runs", "ar,lr[gamma=1],peer:hf-prompt-lookup"]  # fmt: skip
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_paths(out)[0].read_text())
+    curve = report["batch_cost"]
+    assert curve["reason"] is None and len(curve["relative"]) == MAX_BATCH == len(curve["seconds"])
+    assert curve["relative"][0] == 1.0 and all(s > 0 for s in curve["seconds"])
+    assert (out / "batch_cost.json").is_file()
+    runs = {r["label"]: r for r in report["runs"]}
+    assert all(r["errors"] == 0 and r["finished_rows"] == 2 for r in runs.values()), result.output
+    peer = runs["peer:hf-prompt-lookup"]
+    assert peer["model"] is None and peer["token_acceptance_length"] >= 1 and peer["speedup"] > 0
+    assert runs["lr[gamma=1]"]["model"]["predicted_measured_b"] > 0
+
+    stored = (out / "batch_cost.json").read_text()
+    assert cli(*args).exit_code == 0  # resume: nothing to run, the stored curve is reused
+    assert (out / "batch_cost.json").read_text() == stored
+    assert json.loads(report_paths(out)[0].read_text())["batch_cost"] == curve
+
+
+def test_report_paths_sit_beside_the_records_folder():
+    assert report_paths(Path("docs/benchmarks/bench-cpu")) == (
+        Path("docs/benchmarks/bench-cpu.json"), Path("docs/benchmarks/bench-cpu.png"))  # fmt: skip
+    with pytest.raises(ConfigError, match="--out"):
+        report_paths(Path("."))
