@@ -13,8 +13,7 @@ import importlib.util
 import random
 
 import pytest
-import torch
-from tiny import tiny_llama, train_tokenizer
+from tiny import greedy
 
 from lookahead.config import EngineConfig, SamplingParams, SpeculationConfig
 from lookahead.engines.hf import HFEngine
@@ -26,35 +25,6 @@ PROBLEMS = [
     HEAD + "A short story about a cat, a dog",
     HEAD + "One, two, three, four",
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(300)
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return tiny_llama(tok, seed=0)
-
-
-@pytest.fixture(scope="module")
-def other_model(tok):
-    return tiny_llama(tok, seed=1)
-
-
-@pytest.fixture(scope="module")
-def looping_model(tok):
-    """Attention scaled down (as in test_token_sd): greedy text cycles, so n-gram proposals hit."""
-    looping = tiny_llama(tok, seed=0)
-    with torch.no_grad():
-        for layer in looping.model.layers:
-            layer.self_attn.o_proj.weight.mul_(0.01)
-    return looping
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_new_tokens=n)
 
 
 def count_calls(engine: HFEngine, name: str) -> list[int]:

@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 from test_lossless import QUESTIONS, tiny_config
-from tiny import tiny_llama, train_tokenizer
+from tiny import greedy, tiny_llama, train_tokenizer
 
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.config import SamplingParams, SpeculationConfig
@@ -30,34 +30,6 @@ PROMPTS = [
     "The quick brown fox jumps over the lazy dog. Step 1:",
     "A short story about",
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(300)
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return tiny_llama(tok, seed=0)
-
-
-@pytest.fixture(scope="module")
-def other_model(tok):
-    return tiny_llama(tok, seed=1)
-
-
-@pytest.fixture(scope="module")
-def looping_model(tok):
-    looping = tiny_llama(tok, seed=0)
-    with torch.no_grad():
-        for layer in looping.model.layers:
-            layer.self_attn.o_proj.weight.mul_(0.01)
-    return looping
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_new_tokens=n)
 
 
 def outcome(completions):

@@ -11,6 +11,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from lookahead.config import SamplingParams
+
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. Step 1: add the numbers.\n\n"
     "Step 2: multiply 3 by 4 to get 12.\n\nThe final answer is 12.\n\n"
@@ -48,3 +50,8 @@ def tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCau
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = None
     return model
+
+
+def greedy(n: int) -> SamplingParams:
+    """Greedy sampling with a cap of ``n`` new tokens."""
+    return SamplingParams(temperature=0.0, max_new_tokens=n)
