@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from lookahead.errors import ConfigError, DataError, LookaheadError
+from lookahead.eval.report import plot_acceptance_by_depth
 
 if TYPE_CHECKING:
     from lookahead.config import LookaheadConfig
@@ -347,20 +348,7 @@ def write_figure(report: dict[str, Any], path: Path) -> None:
     ax_time.legend(loc="lower right", ncol=2, fontsize="x-small", framealpha=0.8)
     ax_time.set_title("time split: draft / target / verify / other")
 
-    drawn = False
-    for r in runs:
-        rates = r["acceptance_by_depth"]
-        if rates:
-            ax_depth.plot(range(1, len(rates) + 1), rates, marker="o", label=r["label"])
-            drawn = True
-    if drawn:
-        ax_depth.set_ylim(-0.05, 1.05)
-        ax_depth.set_xlabel("lookahead depth")
-        ax_depth.set_ylabel("step acceptance")
-        ax_depth.legend(fontsize="small")
-    else:
-        ax_depth.text(0.5, 0.5, "no run drafted steps", ha="center", va="center", transform=ax_depth.transAxes)
-    ax_depth.set_title("step acceptance per depth")
+    plot_acceptance_by_depth(ax_depth, runs)
 
     lengths = [r["token_acceptance_length"] or 0.0 for r in runs]
     ax_tokens.barh(labels, lengths, color="tab:purple")

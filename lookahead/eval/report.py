@@ -279,6 +279,24 @@ def table_width(summary: dict[str, Any]) -> int:
 
 
 # -- plots --------------------------------------------------------------------------------------
+def plot_acceptance_by_depth(ax: Any, runs: Sequence[dict[str, Any]]) -> None:
+    """Step acceptance per lookahead depth, one line per run that drafted steps (matplotlib ``ax``)."""
+    drawn = False
+    for r in runs:
+        rates = r["acceptance_by_depth"]
+        if rates:
+            ax.plot(range(1, len(rates) + 1), rates, marker="o", label=r["label"])
+            drawn = True
+    if drawn:
+        ax.legend(fontsize="small")
+        ax.set_xlabel("lookahead depth")
+        ax.set_ylabel("step acceptance (mean over problems)")
+        ax.set_ylim(-0.05, 1.05)
+    else:
+        ax.text(0.5, 0.5, "no run drafted steps", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title("step acceptance by depth")
+
+
 def write_plots(summary: dict[str, Any], out: Path) -> list[str]:
     """Three PNGs in ``out`` (matplotlib, Agg backend); returns their file names."""
     import matplotlib
@@ -308,20 +326,7 @@ def write_plots(summary: dict[str, Any], out: Path) -> list[str]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    drawn = False
-    for r in runs:
-        rates = r["acceptance_by_depth"]
-        if rates:
-            ax.plot(range(1, len(rates) + 1), rates, marker="o", label=r["label"])
-            drawn = True
-    if drawn:
-        ax.legend()
-        ax.set_xlabel("lookahead depth")
-        ax.set_ylabel("step acceptance (mean over problems)")
-        ax.set_ylim(-0.05, 1.05)
-    else:
-        ax.text(0.5, 0.5, "no run drafted steps", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title("step acceptance by depth")
+    plot_acceptance_by_depth(ax, runs)
     fig.tight_layout()
     fig.savefig(out / PLOTS[1], dpi=110)
     plt.close(fig)
