@@ -135,15 +135,18 @@ def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float]
                 schedule = used
                 row["gamma"] = used.most_common(1)[0][0]
                 row["gamma_rounds"] = {str(g): n for g, n in sorted(used.items())}
-                row["predicted"] = round(_predict(inputs, row["mode"], used), 4)
+                row["predicted"] = round(_predict(inputs.for_run(row["run"]), row["mode"], used), 4)
                 row["note"] = "adaptive: predicted over the γ its rounds used (gamma_rounds)"
         if row["mode"] not in PREDICTED_MODES:
             row["note"] = "not a prediction: ar is the unit and sd's factor f is measured from this run"
+            if row["mode"] == "sd" and (run_records[0].get("overrides") or {}):
+                row["predicted"] = None  # f is read from the plain sd run; this one has other engines
+                row["note"] = "not predicted: the model's f is the plain sd run's"
         else:
             if row["measured"]:
                 row["error"] = round(row["predicted"] / row["measured"] - 1, 4)
             if measured_b is not None:
-                row["predicted_measured_b"] = round(_predict(measured_b, row["mode"], schedule), 4)
+                row["predicted_measured_b"] = round(_predict(measured_b.for_run(row["run"]), row["mode"], schedule), 4)
         rows.append(row)
     fields = dataclasses.asdict(inputs)
     fields.pop("measured")

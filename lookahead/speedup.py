@@ -58,6 +58,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -184,6 +185,7 @@ class SpeedupInputs:
     draft_token_speedup: float = 1.0  # lr+sd draft seconds per step vs lr (1.0 = not measured)
     draft_complete: float = 1.0  # p: draft calls whose step ended on the delimiter / draft calls (probability)
     measured: dict[str, float] = field(default_factory=dict)  # run label -> ar wall time / run wall time
+    per_run: dict[str, dict[str, Any]] = field(default_factory=dict)  # lr / lr+sd run label -> its own alpha, draft_complete, verify_cost
     runs: dict[str, tuple[str, int]] = field(default_factory=dict)  # run label -> (mode, γ)
 
     def predict(self, mode: str, gamma: int) -> float:
@@ -201,10 +203,17 @@ class SpeedupInputs:
         fd = self.draft_token_speedup if mode == "lr+sd" else 1.0
         return best_gamma(self.alpha, self.c, self.batch_cost, self.verify_cost, max_gamma, f, fd, self.draft_complete)
 
+    def for_run(self, label: str) -> SpeedupInputs:
+        """These inputs with the run's own acceptance α, share of complete draft steps p and
+        verifier cost (they depend on its verifier and settings; c, b(k), f are shared)."""
+        own = self.per_run.get(label)
+        return dataclasses.replace(self, **own) if own else self
+
     def compare(self) -> list[dict[str, Any]]:
-        """One row per measured run: label, mode, γ, predicted and measured speedup over ``ar``."""
+        """One row per measured run: label, mode, γ, predicted (with the run's own α, p, v) and
+        measured speedup over ``ar``."""
         return [
-            {"run": label, "mode": mode, "gamma": gamma, "predicted": round(self.predict(mode, gamma), 4),
+            {"run": label, "mode": mode, "gamma": gamma, "predicted": round(self.for_run(label).predict(mode, gamma), 4),
              "measured": round(self.measured[label], 4) if label in self.measured else None}
             for label, (mode, gamma) in self.runs.items()
         ]
@@ -304,8 +313,25 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
         v_den += sum(r["rounds"] for r in rs if r.get("drafted_steps", 0))
     batch_cost = _fill_linear({k: sum(v) / len(v) for k, v in points.items()}, max_rows=9)
 
+    per_run: dict[str, dict[str, Any]] = {}
+    for label, rs in by_run.items():
+        if rs[0].get("mode") not in ("lr", "lr+sd"):
+            continue
+        run_trials, run_wins = _depth_counts(rs)
+        rounds = sum(r["rounds"] for r in rs)
+        drafted = sum(r.get("drafted_steps", 0) for r in rs)
+        calls = _draft_calls(rs, drafted, rounds, max(_run_gamma(rs[0]), 1))
+        judged_rounds = sum(r["rounds"] for r in rs if r.get("drafted_steps", 0))
+        per_run[label] = {
+            "alpha": [w / t if t else 0.0 for w, t in zip(run_wins, run_trials)],
+            "draft_complete": min(drafted / calls, 1.0) if calls else 1.0,
+            "verify_cost": sum(r["verify_s"] for r in rs) / unit(rs) / judged_rounds if judged_rounds else 0.0,
+        }
+
     f = 1.0
     sd = [r for r in ok if r.get("mode") == "sd"]
+    plain_sd = [r for r in sd if not r.get("overrides")]
+    sd = plain_sd or sd  # the factor of lr+sd's own engines: the sd run without engine overrides
     if sd and per_token(sd, "target_s") > 0:
         f = u_tok / per_token(sd, "target_s")
     fd = 1.0
@@ -339,6 +365,7 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
         draft_complete=min(p_num / p_den, 1.0) if p_den else 1.0,
         measured=measured,
         runs=runs,
+        per_run=per_run,
     )
 
 

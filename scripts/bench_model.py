@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.folder / "speedup_model.json"
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for r in report["runs"]:
-        print(f"{r['run']:<40} predicted {r['predicted']:.3f}  measured {r['measured'] or float('nan'):.3f}  "
-              f"error {r.get('error', float('nan')):+.1%}")  # fmt: skip
+        predicted = "   -  " if r["predicted"] is None else f"{r['predicted']:.3f}"
+        measured = "   -  " if r["measured"] is None else f"{r['measured']:.3f}"
+        error = f"error {r['error']:+.1%}" if "error" in r else r.get("note", "")
+        print(f"{r['run']:<40} predicted {predicted}  measured {measured}  {error}")
     print(f"wrote {out}")
     return report
 
