@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from lookahead.errors import ConfigError, DataError, LookaheadError
-from lookahead.eval.report import plot_acceptance_by_depth
+from lookahead.eval.report import plot_acceptance_by_depth, plot_time_split
 
 if TYPE_CHECKING:
     from lookahead.config import LookaheadConfig
@@ -63,7 +63,6 @@ OWN_MODES = ("ar", "sd", "lr", "lr+sd")  # the modes the speedup model describes
 PREDICTED_MODES = ("lr", "lr+sd")  # the modes it predicts (ar is its unit, sd's factor is measured)
 MAX_BATCH = 8  # the batch-cost curve covers batch sizes 1..MAX_BATCH (rows)
 BATCH_COST_FILE = "batch_cost.json"  # in the records folder: the curve, measured once per folder and machine
-TIME_PARTS = ("draft_s", "target_s", "verify_s", "other_s")  # record fields of the time split (s)
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -340,12 +339,7 @@ def write_figure(report: dict[str, Any], path: Path) -> None:
     ax_speed.invert_yaxis()
     ax_speed.set_title("speed per run (grey: peers)")
 
-    left = [0.0] * len(runs)
-    for part, colour in zip(TIME_PARTS, ("tab:green", "tab:blue", "tab:orange", "tab:grey"), strict=True):
-        part_values = [r["time_split_s"][part] for r in runs]
-        ax_time.barh(labels, part_values, left=left, color=colour, label=part.removesuffix("_s"))
-        left = [a + b for a, b in zip(left, part_values, strict=True)]
-    ax_time.invert_yaxis()
+    plot_time_split(ax_time, runs, labels)
     ax_time.set_yticklabels([])
     ax_time.set_xlabel("mean seconds per generation")
     ax_time.legend(loc="lower right", ncol=2, fontsize="x-small", framealpha=0.8)

@@ -279,6 +279,16 @@ def table_width(summary: dict[str, Any]) -> int:
 
 
 # -- plots --------------------------------------------------------------------------------------
+def plot_time_split(ax: Any, runs: Sequence[dict[str, Any]], labels: Sequence[str]) -> None:
+    """Mean seconds per generation, stacked draft / target / verify / other, one bar per run."""
+    left = [0.0] * len(runs)
+    for part, colour in zip(TIME_PARTS, ("tab:green", "tab:blue", "tab:orange", "tab:grey"), strict=True):
+        values = [r["time_split_s"][part] for r in runs]
+        ax.barh(labels, values, left=left, color=colour, label=part.removesuffix("_s"))
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.invert_yaxis()
+
+
 def plot_acceptance_by_depth(ax: Any, runs: Sequence[dict[str, Any]]) -> None:
     """Step acceptance per lookahead depth, one line per run that drafted steps (matplotlib ``ax``)."""
     drawn = False
@@ -332,12 +342,7 @@ def write_plots(summary: dict[str, Any], out: Path) -> list[str]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(runs) + 2.2))
-    left = [0.0] * len(runs)
-    for part, colour in zip(TIME_PARTS, ("tab:green", "tab:blue", "tab:orange", "tab:grey"), strict=True):
-        values = [r["time_split_s"][part] for r in runs]
-        ax.barh(labels, values, left=left, color=colour, label=part.removesuffix("_s"))
-        left = [a + b for a, b in zip(left, values, strict=True)]
-    ax.invert_yaxis()
+    plot_time_split(ax, runs, labels)
     ax.set_xlabel("mean seconds per generation (problem x sample)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=len(TIME_PARTS), fontsize="small")
     ax.set_title("time split per run")
