@@ -191,6 +191,7 @@ class LookaheadConfig:
     adaptive_gamma: bool = False  # choose γ per round in 0..gamma (gamma is then the maximum); lookahead.adaptive
     adaptive_prior_acceptance: float = 0.5  # adaptive_gamma: prior mean of the depth-1 acceptance (probability)
     adaptive_probe_budget: float = 0.02  # adaptive_gamma: share of ar time spent probing while γ = 0 (fraction)
+    pipeline: bool = False  # overlap draft, target and verifier within a round (lookahead.loop); off = one batched target call per round
 
     def validate(self) -> LookaheadConfig:
         if self.mode not in MODES:
@@ -230,6 +231,13 @@ class LookaheadConfig:
             raise ConfigError(
                 f"adaptive_probe_budget must be in (0, 0.05] (got {self.adaptive_probe_budget}); probes are for "
                 "noticing acceptance rising and should cost little: e.g. --set adaptive_probe_budget=0.02"
+            )
+        if self.pipeline and self.adaptive_gamma:
+            # The policy learns a sequential round's costs (drafts, then one batched target call,
+            # then the verifier); a pipelined round's times overlap and would mislead it.
+            raise ConfigError(
+                "pipeline and adaptive_gamma cannot be combined: adaptive γ models sequential rounds; "
+                "drop one of them: --set pipeline=false or --set adaptive_gamma=false"
             )
         self.target.validate("target")
         self.draft.validate("draft")

@@ -12,6 +12,30 @@ so every round commits at least one target-quality step. ``ar`` mode is the base
 alone, one step per round, through the same engine calls and stop rules -- with greedy decoding
 and the exact verifier ``lr`` therefore commits exactly the text ``ar`` commits.
 
+With ``pipeline`` (``lr`` / ``lr+sd``) the parts of a round overlap instead of running one after
+another (`LookaheadReasoner.pipelined_round`)::
+
+    expand  : t_1 = target(P) starts at once; as soon as d_i exists, t_{i+1} = target(P + d_1 .. d_i)
+              starts (one-row calls on a target worker thread; the bonus row by expand's rules)
+    propose : d_1, d_2, ..., d_γ in the calling thread while the target rows run (the steps carried
+              from the previous round first: no draft call for them)
+    judge   : verdict_i = verifier(P + d_1 .. d_{i-1}, d_i, t_i) as soon as d_i and t_i exist; at the
+              first rejection (or a t_i not ending on the delimiter) drafting stops, target rows
+              not started yet are cancelled, running ones are waited for and discarded
+    ahead   : after d_γ, while rows still run and no rejection is known: e_1 = draft(P + d_1 .. d_γ),
+              e_2 = draft(P + d_1 .. d_γ + e_1), ... (at most γ steps; none when γ = 1: only e_2.. carry)
+    commit  : as above; when P + d_1 .. d_γ + t_{γ+1} was committed and t_{γ+1} == e_1, the next
+              round's prefix is the one e_2, e_3, ... were drafted from: they are carried over
+
+Draft and target calls use the same prompts, caps and stop rules as in a sequential round, and a
+round still commits d_1 .. d_j plus t_{j+1}, so greedy decoding with the exact verifier commits
+the same text as sequential ``lr`` and ``ar``. In-process engines are not thread-safe: the target's
+rows run on ONE worker thread per reasoner, the draft in the calling thread (a round runs
+sequentially when draft and target are the same engine object, or when the verifier borrows an
+in-process engine); a thread-safe target (``thread_safe = True``: `PoolEngine`) gets several
+workers, so the rows of a round, and of concurrent problems, run at once. Stats: ``overlap_s``
+(`lookahead.stats`) is the time the parts ran at once; ``carried_drafts`` the steps carried over.
+
 With ``adaptive_gamma`` the depth of each round is chosen by the reasoner's `AdaptiveGamma`
 policy in 0..gamma (0 = an ``ar`` round: no draft call, one target row), which then learns from
 the round's acceptance and costs (`lookahead.speedup` is the model it maximises).
@@ -41,6 +65,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +109,9 @@ class ProblemState:
     finish_reason: str | None = None  # set once a stop rule fires
     stats: RoundStats = field(default_factory=RoundStats)
     draft_tokens: int = 0  # tokens the draft generated so far, all its calls (tokens)
+    # pipeline: draft steps e_2, e_3, ... the previous round drafted ahead from exactly the text
+    # committed now; this round takes them as its first draft steps without drafting them again
+    carried_steps: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -93,6 +121,28 @@ class Proposal:
     drafts: list[str]  # d_1..d_k (k <= γ), each a complete step
     targets: list[Completion]  # t_1..t_{k+1}; the bonus row is missing when no budget is left
     verdicts: list[Verdict]  # verdict_i for (d_i, t_i), i = 1..k
+
+
+@dataclass
+class RoundInFlight:
+    """The bookkeeping of one pipelined round (`LookaheadReasoner.pipelined_round`)."""
+
+    prefix: str  # P: the committed text the round starts from
+    carried: list[str]  # draft steps carried from the previous round, used before drafting (steps)
+    drafts: list[str] = field(default_factory=list)  # d_1..d_k drafted so far, each a complete step
+    rows: list[Future] = field(default_factory=list)  # rows[i]: (t_{i+1}, seconds) from P + d_1..d_i
+    verdicts: list[Verdict] = field(default_factory=list)  # verdict_i of the pairs judged so far
+    ahead: list[str] = field(default_factory=list)  # e_1, e_2, ...: drafted after d_γ (steps)
+    left: int = 0  # token budget left after P + d_1..d_k (tokens)
+    drafting: bool = True  # may d_{k+1} still be drafted?
+    ahead_open: bool = True  # may another step be drafted ahead?
+    fallback_at: int | None = None  # depth of the fallback step, once known (first rejection)
+
+    def proposal(self) -> Proposal:
+        """The judged draft steps and the target steps up to the one committed after them."""
+        end = len(self.rows) if self.fallback_at is None else self.fallback_at
+        targets = [row.result()[0] for row in self.rows[:end]]  # a failed row raises here
+        return Proposal(self.drafts[: len(self.verdicts)], targets, list(self.verdicts))
 
 
 class LookaheadReasoner:
@@ -119,6 +169,8 @@ class LookaheadReasoner:
         self._lock = threading.RLock()  # engines keep caches: one generation at a time
         self._policies: dict[tuple[int, str, bool], AdaptiveGamma] = {}  # adaptive γ, by `policy_for` key
         self._policy_lock = threading.Lock()  # scheduler threads may create policies at once
+        self._workers: ThreadPoolExecutor | None = None  # pipeline: runs target rows, created on first use
+        self._workers_lock = threading.Lock()  # scheduler threads may start pipelined rounds at once
 
     @classmethod
     def from_config(cls, config: LookaheadConfig) -> LookaheadReasoner:
@@ -199,7 +251,26 @@ class LookaheadReasoner:
                 self._policies[key] = policy
             return policy
 
+    def _target_workers(self) -> ThreadPoolExecutor:
+        """The threads that run the target rows of pipelined rounds (created on first use).
+
+        One thread for an in-process engine (its calls must not overlap); a thread-safe engine
+        (`PoolEngine` merges concurrent calls into batches) gets one per row of γ + 1 rows for each
+        problem in flight, so a round's rows, and those of concurrent problems, run at once.
+        """
+        with self._workers_lock:
+            if self._workers is None:
+                workers = 1
+                if getattr(self.target, "thread_safe", False):
+                    workers = min((self.config.gamma + 1) * self.config.concurrency, 64)
+                self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookahead-target")
+            return self._workers
+
     def close(self) -> None:
+        with self._workers_lock:
+            workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown(wait=True, cancel_futures=True)
         for engine in {id(e): e for e in (self._target, self._draft) if e is not None}.values():
             engine.shutdown()
         self._target = self._draft = None
@@ -293,10 +364,16 @@ class LookaheadReasoner:
         """Run rounds until a stop rule fires, yielding committed steps."""
         adaptive = state.config.adaptive_gamma and uses_step_speculation(state.mode)
         policy = self.policy_for(state.config, state.mode) if adaptive else None
+        pipelined = policy is None and self.pipelines(state)  # validate refuses pipeline + adaptive_gamma
         while state.finish_reason is None:
             round_start = time.perf_counter()
+            in_flight: RoundInFlight | None = None
             if not uses_step_speculation(state.mode):
                 proposal = Proposal(drafts=[], targets=self.expand(state, []), verdicts=[])
+            elif pipelined:
+                state.stats.observe_gamma(state.config.gamma)
+                in_flight = self.pipelined_round(state, state.config.gamma)
+                proposal = in_flight.proposal()
             else:
                 gamma = policy.choose() if policy is not None else state.config.gamma
                 state.stats.observe_gamma(gamma)
@@ -318,6 +395,8 @@ class LookaheadReasoner:
                         target_tokens=sum(t.completion_tokens for t in targets),
                     )
             yield from self.commit(state, proposal, time.perf_counter() - round_start)
+            if in_flight is not None:
+                self.carry(state, in_flight)
 
     def propose(self, state: ProblemState, gamma: int | None = None) -> list[str]:
         """Draft up to γ complete steps, one after another (each from the previous ones).
@@ -332,19 +411,12 @@ class LookaheadReasoner:
             left = state.token_limit - self.target.count_tokens(text)
             if left <= 0:
                 break  # no budget left for a target step after this prefix
-            # A draft step longer than the budget left could never match: the target's step from
-            # the same prefix is capped there. (Counted in draft tokens: exact for a shared tokenizer.)
-            params = dataclasses.replace(cfg.draft_sampling, max_new_tokens=min(cfg.max_step_tokens, left))
-            step = self.draft.generate(
-                [state.draft_prompt + text], params, stop=[cfg.step_delimiter], **_speculate(state.mode)
-            )[0]
-            state.stats.observe_tokens("draft", [step])
-            state.draft_tokens += step.completion_tokens
-            if step.finish_reason != "stop" or not is_complete_step(step.text, cfg.step_delimiter):
+            step = self._draft_step(state, text, left)
+            if step is None:
                 break  # an incomplete draft step can never be accepted: stop looking ahead
-            drafts.append(step.text)
-            text += step.text
-            if cfg.stop_at_final_answer and state.final_answer.search(step.text):
+            drafts.append(step)
+            text += step
+            if cfg.stop_at_final_answer and state.final_answer.search(step):
                 break  # the problem ends here if this step is accepted
         state.stats.draft_s += time.perf_counter() - start
         return drafts
@@ -381,17 +453,20 @@ class LookaheadReasoner:
         """Verdicts for (d_i, t_i); a verifier failure rejects every pair and is counted."""
         if not drafts:
             return []
-        # What a judge needs to read the steps: the question (the last user message), then the
-        # committed steps and the draft steps before depth i.
-        question = next((m["content"] for m in reversed(state.messages) if m["role"] == "user"), "")
-        contexts, context = [], f"{question}\n\n{state.completion}" if question else state.completion
+        contexts, context = [], _judge_context(state)
         for draft in drafts:
             contexts.append(context)
             context += draft
+        return self._verify(state, contexts, drafts, targets[: len(drafts)])
+
+    def _verify(
+        self, state: ProblemState, contexts: list[str], drafts: list[str], targets: list[Completion]
+    ) -> list[Verdict]:
+        """One verifier call on the pairs (d_i, t_i) with their contexts; timed, failures rejected."""
         start = time.perf_counter()
         verifier = self.verifier_for(state.config)
         try:
-            verdicts = verifier.verify(contexts, drafts, [t.text for t in targets[: len(drafts)]])
+            verdicts = verifier.verify(contexts, drafts, [t.text for t in targets])
             if len(verdicts) != len(drafts):
                 raise ValueError(f"verifier returned {len(verdicts)} verdicts for {len(drafts)} pairs")
             if any(is_failure(v) for v in verdicts):  # it failed or timed out and rejected on its own
@@ -404,6 +479,176 @@ class LookaheadReasoner:
             ]
         state.stats.verify_s += time.perf_counter() - start
         return verdicts
+
+    # -- the pipelined round (``pipeline``; see the module docstring) ---------------------------
+    def pipelines(self, state: ProblemState) -> bool:
+        """Are this problem's rounds pipelined? ``pipeline`` on, a step-speculation mode, and safe:
+
+        not when draft and target are one engine object (its calls cannot overlap), nor when the
+        verifier borrows an engine (llm_judge, cascade) that is not thread-safe (it would be
+        called from two threads at once).
+        """
+        if not (state.config.pipeline and uses_step_speculation(state.mode)):
+            return False
+        if self.draft is self.target:
+            return False
+        if getattr(self.verifier_for(state.config), "needs_engines", False):
+            return all(getattr(e, "thread_safe", False) for e in (self.target, self.draft))
+        return True
+
+    def pipelined_round(self, state: ProblemState, gamma: int) -> RoundInFlight:
+        """One round with draft, target and verifier overlapped; returns it settled.
+
+        The calling thread drafts, submits each target row as soon as its prefix exists, and
+        judges each pair as soon as both its steps exist; once the fallback depth is known it
+        stops. Every row has finished or been cancelled when this returns, also after an error.
+        """
+        run = RoundInFlight(prefix=state.completion, carried=state.carried_steps)
+        state.carried_steps = []
+        stats = state.stats
+        busy_before = stats.draft_s + stats.target_s + stats.verify_s
+        start = time.perf_counter()
+        try:
+            run.left = state.token_limit - state.tokens
+            if run.left > 0:
+                self._submit_row(state, run)  # t_1 from P
+            else:
+                run.drafting = False  # no budget: nothing to draft or to compute
+            while True:
+                pending = [row for row in run.rows if not row.done()]  # before judging: none left = all judged
+                self._judge_ready(state, run)
+                if run.fallback_at is not None:
+                    break  # the first rejection (or a capped target step): the round ends there
+                if run.drafting:
+                    self._draft_next(state, run, gamma)
+                elif pending and run.ahead_open and 2 <= gamma == len(run.drafts) and len(run.rows) == gamma + 1:
+                    # (γ = 1 carries nothing: e_1 only stands for the bonus step, e_2 would be γ + 1 ahead)
+                    self._draft_ahead(state, run, gamma)
+                elif pending:
+                    wait(pending, return_when=FIRST_COMPLETED)
+                else:
+                    break  # every row done and every pair judged: all accepted
+        finally:
+            self._settle_rows(state, run)
+        wall = time.perf_counter() - start
+        stats.overlap_s += max(stats.draft_s + stats.target_s + stats.verify_s - busy_before - wall, 0.0)
+        return run
+
+    def carry(self, state: ProblemState, run: RoundInFlight) -> None:
+        """After committing ``run``: keep e_2, e_3, ... if the new prefix is P + d_1..d_γ + e_1.
+
+        They were drafted from exactly that text, with the budget it leaves, so they are the
+        draft steps the next round would draft (with a greedy draft) -- it uses them instead.
+        """
+        if run.ahead and state.finish_reason is None and state.completion == run.prefix + "".join(run.drafts) + run.ahead[0]:
+            state.carried_steps = run.ahead[1:]
+
+    def _submit_row(self, state: ProblemState, run: RoundInFlight) -> None:
+        """Start the target row from P + d_1..d_k (k = the draft steps so far), capped as in `expand`."""
+        cfg = state.config
+        prompt = state.target_prompt + run.prefix + "".join(run.drafts)
+        params = dataclasses.replace(cfg.target_sampling, max_new_tokens=min(cfg.max_step_tokens, run.left))
+        row = self._target_workers().submit(
+            _timed_row, self.target, prompt, params, cfg.step_delimiter, _speculate(state.mode)
+        )
+        run.rows.append(row)
+
+    def _draft_next(self, state: ProblemState, run: RoundInFlight, gamma: int) -> None:
+        """Add d_{k+1} (a carried step, or one draft call as in `propose`) and start its target row.
+
+        The row after it is left out as `expand` leaves the bonus row out: no budget left, or the
+        step states the final answer (drafting stops there too, as in `propose`).
+        """
+        cfg = state.config
+        if run.carried:
+            step: str | None = run.carried.pop(0)
+            state.stats.carried_drafts += 1
+        else:
+            start = time.perf_counter()
+            step = self._draft_step(state, run.prefix + "".join(run.drafts), run.left)
+            state.stats.draft_s += time.perf_counter() - start
+        if step is None:
+            run.drafting = False  # an incomplete draft step can never be accepted
+            return
+        run.drafts.append(step)
+        run.left = state.token_limit - self.target.count_tokens(run.prefix + "".join(run.drafts))
+        states_answer = bool(cfg.stop_at_final_answer and state.final_answer.search(step))
+        if run.left > 0 and not states_answer:
+            self._submit_row(state, run)
+        if run.left <= 0 or states_answer or len(run.drafts) >= gamma:
+            run.drafting = False
+
+    def _draft_ahead(self, state: ProblemState, run: RoundInFlight, gamma: int) -> None:
+        """Draft the next step after P + d_1..d_γ + e_1.. (at most γ), by `propose`'s rules."""
+        cfg = state.config
+        text = run.prefix + "".join(run.drafts) + "".join(run.ahead)
+        left = state.token_limit - self.target.count_tokens(text) if run.ahead else run.left
+        step = None
+        if left > 0:
+            start = time.perf_counter()
+            step = self._draft_step(state, text, left)
+            state.stats.draft_s += time.perf_counter() - start
+        if step is None:
+            run.ahead_open = False
+            return
+        run.ahead.append(step)
+        if len(run.ahead) >= gamma or (cfg.stop_at_final_answer and state.final_answer.search(step)):
+            run.ahead_open = False
+
+    def _draft_step(self, state: ProblemState, text: str, left: int) -> str | None:
+        """One draft call after committed-plus-drafted ``text`` with ``left`` > 0 tokens of budget
+        left there; the draft step, or None when it is not complete (then it can never be accepted).
+
+        A draft step longer than the budget left could never match: the target's step from the
+        same prefix is capped there. (Counted in draft tokens: exact for a shared tokenizer.)
+        """
+        cfg = state.config
+        params = dataclasses.replace(cfg.draft_sampling, max_new_tokens=min(cfg.max_step_tokens, left))
+        step = self.draft.generate([state.draft_prompt + text], params, stop=[cfg.step_delimiter], **_speculate(state.mode))[0]
+        state.stats.observe_tokens("draft", [step])
+        state.draft_tokens += step.completion_tokens
+        if step.finish_reason != "stop" or not is_complete_step(step.text, cfg.step_delimiter):
+            return None
+        return step.text
+
+    def _judge_ready(self, state: ProblemState, run: RoundInFlight) -> None:
+        """Judge, in depth order, every pair (d_i, t_i) whose two steps exist; note the fallback depth.
+
+        A target step that did not end on the delimiter ends the round at its depth whatever the
+        verdict (it is never matched; `accepted_run`), even before its draft step exists.
+        """
+        while run.fallback_at is None:
+            i = len(run.verdicts)  # pair i + 1 is next
+            if i >= len(run.rows) or not run.rows[i].done():
+                return
+            target = run.rows[i].result()[0]
+            capped = target.finish_reason != "stop"
+            if i < len(run.drafts):
+                context = _judge_context(state) + "".join(run.drafts[:i])
+                verdict = self._verify(state, [context], [run.drafts[i]], [target])[0]
+                run.verdicts.append(verdict)
+                if capped or not verdict.accepted:
+                    run.fallback_at = i + 1
+            elif capped:
+                run.fallback_at = i + 1  # whatever d_{i+1} would be, t_{i+1} is the fallback step
+            else:
+                return  # d_{i+1} does not exist (yet)
+        run.drafting = run.ahead_open = False
+
+    def _settle_rows(self, state: ProblemState, run: RoundInFlight) -> None:
+        """Cancel the rows not started, wait for the running ones, count every row that ran."""
+        for row in run.rows:
+            row.cancel()  # only rows still queued are cancelled
+        wait(run.rows)
+        stats = state.stats
+        for row in run.rows:
+            if row.cancelled() or row.exception() is not None:
+                continue  # a failed row needed by the round raises in `RoundInFlight.proposal`
+            completion, seconds = row.result()
+            stats.target_s += seconds
+            stats.observe_tokens("target", [completion])
+            stats.target_prompt_tokens += completion.prompt_tokens
+            stats.target_cached_tokens += completion.cached_tokens
 
     def commit(self, state: ProblemState, proposal: Proposal, seconds: float) -> Iterator[StepRecord]:
         """Commit the accepted run of draft steps, then the fallback (or bonus) target step."""
@@ -460,7 +705,9 @@ class LookaheadReasoner:
     def result(self, state: ProblemState, wall_time_s: float) -> Result:
         stats = state.stats.summary()
         # orchestration: wall time not spent inside draft, target or verifier calls (seconds)
-        stats["other_s"] = round(max(wall_time_s - stats["draft_s"] - stats["target_s"] - stats["verify_s"], 0.0), 4)
+        # (pipelined rounds: the busy time is draft + target + verify less the time they overlapped)
+        busy = state.stats.draft_s + state.stats.target_s + state.stats.verify_s - state.stats.overlap_s
+        stats["other_s"] = round(max(wall_time_s - busy, 0.0), 4)
         return Result(
             text=state.completion,
             mode=state.mode,
@@ -497,6 +744,22 @@ def accepted_run(proposal: Proposal) -> int:
     ):
         accepted += 1
     return accepted
+
+
+def _judge_context(state: ProblemState) -> str:
+    """What a judge needs to read the steps: the question (the last user message), then the
+    committed steps (the draft steps before depth i follow)."""
+    question = next((m["content"] for m in reversed(state.messages) if m["role"] == "user"), "")
+    return f"{question}\n\n{state.completion}" if question else state.completion
+
+
+def _timed_row(
+    engine: Engine, prompt: str, params: Any, delimiter: str, speculate: dict[str, bool]
+) -> tuple[Completion, float]:
+    """One target row of a pipelined round (run on a target worker thread) and its seconds."""
+    start = time.perf_counter()
+    completion = engine.generate([prompt], params, stop=[delimiter], **speculate)[0]
+    return completion, time.perf_counter() - start
 
 
 def _speculate(mode: str) -> dict[str, bool]:

@@ -11,6 +11,17 @@ Counting convention (per problem, summed over rounds):
   Summary key ``gamma_rounds`` maps str(γ) -> rounds (JSON keys); empty in ``ar`` / ``sd``.
 - A round commits ``accepted run + 1`` steps (the fallback or bonus step), unless a stop
   condition (end of sequence, final answer, budget) cut it earlier.
+- Pipelined rounds (``pipeline``, `lookahead.loop`) judge draft steps one by one and stop at the
+  first rejection, so only the draft steps up to it count as drafted (a sequential round judges
+  all of them).
+
+Times: ``draft_s`` / ``target_s`` / ``verify_s`` are the busy seconds of each part (``target_s`` =
+the sum of the target calls' durations, also of rows run at the same time). ``overlap_s``: seconds
+the parts ran at the same time, ``max(draft_s + target_s + verify_s - round wall time, 0)`` summed
+over pipelined rounds (0 in sequential rounds), so the busy wall time is ``draft_s + target_s +
+verify_s - overlap_s``. ``carried_drafts``: draft steps a pipelined round drafted ahead for the
+next round and that round used instead of drafting them again (their draft calls count in
+``draft_calls`` / ``draft_s`` of the round that drafted them).
 
 Token-level speculation (``sd`` / ``lr+sd``), summed over every row of every engine call, kept
 apart for the target's and the draft's calls (`RoundStats.observe_tokens`, `TokenSpecStats`), as
@@ -104,6 +115,8 @@ class RoundStats:
     draft_tokens: TokenSpecStats = field(default_factory=TokenSpecStats)  # token SD in draft calls
     gamma_rounds: dict[int, int] = field(default_factory=dict)  # lookahead depth γ -> rounds run with it
     draft_calls: int = 0  # draft engine calls, complete draft steps or not (calls)
+    overlap_s: float = 0.0  # seconds draft, target and verifier ran at the same time (pipelined rounds)
+    carried_drafts: int = 0  # draft steps drafted ahead in one round and used by the next (steps)
 
     def _grow(self, depth: int) -> None:
         for counts in (self.drafted, self.matched, self.accepted):
@@ -149,6 +162,8 @@ class RoundStats:
             "draft_s": round(self.draft_s, 4),
             "target_s": round(self.target_s, 4),
             "verify_s": round(self.verify_s, 4),
+            "overlap_s": round(self.overlap_s, 4),
+            "carried_drafts": self.carried_drafts,
             "verifier_failures": self.verifier_failures,
             "gamma_rounds": {str(g): n for g, n in sorted(self.gamma_rounds.items())},
             "draft_calls": self.draft_calls,
