@@ -125,6 +125,8 @@ def _summary_table(result: Any, reference: str | None) -> Table:
     if step_spec:
         parts.append(f"verify {stats['verify_s']:.3f} s")
     parts.append(f"other {stats['other_s']:.3f} s")
+    if stats.get("overlap_s"):
+        parts.append(f"overlapped {stats['overlap_s']:.2f} s (pipeline)")
     table.add_row("time split", ", ".join(parts))
     if stats["target_prompt_tokens"]:
         table.add_row(
@@ -239,6 +241,11 @@ def distill(
     batch_tokens: Annotated[int, typer.Option(help="Padded tokens per optimizer step.")] = 4096,
     hidden_size: Annotated[int, typer.Option(help="Draft width.")] = 256,
     layers: Annotated[int, typer.Option(help="Draft decoder layers.")] = 4,
+    target_layers: Annotated[
+        Optional[str],
+        typer.Option(help="Cut the draft from the target instead: these of its decoder layers, e.g. 0,1,29 "
+                          "(its weights as the start, its embeddings frozen; --hidden-size/--layers ignored)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of data order, initialisation and negatives.")] = 0,
     allow_test_split: Annotated[
         bool, typer.Option(help="Allow a file whose name says 'test' (you will not be able to evaluate on it).")
@@ -268,6 +275,10 @@ def distill(
         raise _fail("--epochs and --lr must be > 0; --batch-tokens, --hidden-size and --layers >= 1")
     if out.exists() and not out.is_dir():
         raise _fail(f"--out {out} is a file; give a folder for data.jsonl, checkpoint.pt and model/")
+    try:
+        kept_layers = tuple(int(x) for x in target_layers.split(",")) if target_layers else ()
+    except ValueError:
+        raise _fail(f"--target-layers must be layer numbers separated by commas, e.g. 0,1,29 (got {target_layers!r})") from None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     try:
         cfg = load_config(config, list(set_ or []))
@@ -292,7 +303,8 @@ def distill(
             wanted = {line for line, _ in questions}
             solutions = [s for s in d.read_solutions(data_file) if s.line in wanted]
             shape = d.DraftShape(hidden_size=hidden_size, num_layers=layers, intermediate_size=4 * hidden_size,
-                                 num_heads=max(1, hidden_size // 64), num_kv_heads=max(1, hidden_size // 128))
+                                 num_heads=max(1, hidden_size // 64), num_kv_heads=max(1, hidden_size // 128),
+                                 target_layers=kept_layers)
             settings = d.TrainSettings(epochs=epochs, lr=lr, batch_tokens=batch_tokens, seed=seed)
             torch.manual_seed(seed)
             with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}"), console=err_console) as bar:
@@ -308,7 +320,7 @@ def distill(
                 "target": cfg.target.model,
                 "command": d.command_line(),
                 "device": "cpu",
-                "shape": d.asdict(shape),
+                "shape": report.shape,
                 "settings": d.asdict(settings),
                 "data": {"source": str(path.name if data is None else path), "solutions": len(solutions),
                          "first_line": min(lines), "last_line": max(lines)},
@@ -317,7 +329,8 @@ def distill(
             dest = d.save_draft(model, tokenizer, out / d.MODEL_DIR, card)
             console.print(
                 f"draft saved to {dest} · {report.parameters / 1e6:.1f} M parameters · {report.steps} steps "
-                f"in {report.seconds:.0f} s · held-out loss {report.valid_loss} · top-1 agreement {report.valid_accuracy:.3f}"
+                f"in {report.seconds:.0f} s · held-out loss {report.valid_loss} · top-1 agreement {report.valid_accuracy:.3f} "
+                f"· held-out steps written token for token {report.valid_step_match:.3f}"
             )
             console.print(f"use it: lookahead solve --example gsm8k:0 --set draft={dest}")
     except LookaheadError as exc:

@@ -59,6 +59,24 @@ class DraftShape:
     num_kv_heads: int = 2  # key/value heads (grouped-query attention)
     intermediate_size: int = 1024  # MLP width
     max_positions: int = 2048  # longest sequence (prompt + completion) the draft handles (tokens)
+    # Non-empty: the draft is the target cut down to these of its decoder layers (0-based, in
+    # order), starting from the target's weights, with the target's token embeddings frozen; the
+    # sizes above are then the target's own. Empty: a fresh network of the sizes above.
+    target_layers: tuple[int, ...] = ()
+
+    def describe(self, target_layers_total: int | None = None) -> str:
+        """One line for the model card."""
+        if self.target_layers:
+            of = f" of {target_layers_total}" if target_layers_total else ""
+            return (
+                f"the target's own decoder layers {', '.join(map(str, self.target_layers))}{of}, "
+                f"hidden {self.hidden_size}, {self.num_heads} heads ({self.num_kv_heads} KV), MLP {self.intermediate_size}, "
+                "target embeddings (frozen)"
+            )
+        return (
+            f"Llama decoder, {self.num_layers} layers, hidden {self.hidden_size}, {self.num_heads} heads "
+            f"({self.num_kv_heads} KV), MLP {self.intermediate_size}"
+        )
 
 
 @dataclass
@@ -379,7 +397,10 @@ class TrainReport:
     train_loss: float = float("nan")  # mean loss of the last 20 steps (softmax over kept tokens + negatives)
     valid_loss: float = float("nan")  # held-out loss, full-vocabulary softmax
     valid_accuracy: float = float("nan")  # held-out next-token top-1 agreement with the target (teacher forced)
+    valid_step_match: float = float("nan")  # held-out target steps the draft writes token for token (share)
     parameters: int = 0  # draft parameters
+    trained_parameters: int = 0  # of which trained (the rest, e.g. frozen target embeddings, kept)
+    shape: dict[str, Any] = field(default_factory=dict)  # the draft's actual DraftShape (asdict)
     history: list[dict[str, float]] = field(default_factory=list)  # (step, loss) samples
 
 
@@ -395,14 +416,52 @@ def _pca_embeddings(target_weight, hidden_size: int, seed: int):
     return projected * (0.02 / projected.std())
 
 
-def build_draft(target_config: Any, target_embeddings, shape: DraftShape, seed: int):
-    """A fresh Llama draft with the target's vocabulary and special tokens, PCA-initialised embeddings."""
+def build_draft(target: Any, shape: DraftShape, seed: int) -> tuple[Any, DraftShape]:
+    """The draft network to train and its actual shape.
+
+    ``shape.target_layers`` empty: a fresh Llama with the target's vocabulary and special tokens
+    and PCA-initialised embeddings. Otherwise the target itself cut down to those decoder layers
+    (LayerSkip-style self-drafting): it starts out already writing like the target, which matters
+    when only a thousand solutions are there to learn from; its embeddings stay frozen.
+    """
+    import copy
+
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    torch.manual_seed(seed)
+    if shape.target_layers:
+        total = len(target.model.layers)
+        layers = list(shape.target_layers)
+        if sorted(set(layers)) != layers or layers[0] < 0 or layers[-1] >= total:
+            raise ConfigError(
+                f"draft target_layers {layers}: give increasing layer numbers between 0 and {total - 1} "
+                f"(the target has {total} decoder layers), e.g. 0,1,{total - 1}"
+            )
+        model = copy.deepcopy(target)
+        model.model.layers = torch.nn.ModuleList([model.model.layers[i] for i in layers])
+        for index, layer in enumerate(model.model.layers):
+            layer.self_attn.layer_idx = index  # the KV cache is indexed by position in the stack
+        model.config.num_hidden_layers = len(layers)
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = [model.config.layer_types[i] for i in layers]
+        model.get_input_embeddings().weight.requires_grad_(False)
+        if model.get_output_embeddings() is not None:
+            model.get_output_embeddings().weight.requires_grad_(False)
+        cfg = model.config
+        actual = DraftShape(
+            hidden_size=cfg.hidden_size,
+            num_layers=len(layers),
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+            intermediate_size=cfg.intermediate_size,
+            max_positions=shape.max_positions,
+            target_layers=tuple(layers),
+        )
+        return model, actual
     if shape.hidden_size % shape.num_heads or shape.num_heads % shape.num_kv_heads:
         raise ConfigError("draft shape: hidden_size must divide by num_heads, num_heads by num_kv_heads")
-    torch.manual_seed(seed)
+    target_config = target.config
     cfg = LlamaConfig(
         vocab_size=target_config.vocab_size,
         hidden_size=shape.hidden_size,
@@ -419,9 +478,10 @@ def build_draft(target_config: Any, target_embeddings, shape: DraftShape, seed: 
         pad_token_id=getattr(target_config, "pad_token_id", None),
     )
     model = LlamaForCausalLM(cfg)
+    embeddings = target.get_input_embeddings().weight.detach()
     with torch.no_grad():
-        model.get_input_embeddings().weight.copy_(_pca_embeddings(target_embeddings, shape.hidden_size, seed))
-    return model
+        model.get_input_embeddings().weight.copy_(_pca_embeddings(embeddings, shape.hidden_size, seed))
+    return model, shape
 
 
 def _lr_at(step: int, total: int, settings: TrainSettings) -> float:
@@ -432,14 +492,40 @@ def _lr_at(step: int, total: int, settings: TrainSettings) -> float:
     return settings.lr * (settings.min_lr_ratio + (1 - settings.min_lr_ratio) * cosine)
 
 
-def _evaluate(model: Any, examples: list[tuple[list[int], int]], pad_id: int) -> tuple[float, float]:
-    """Held-out (loss, top-1 agreement) with the full-vocabulary softmax."""
+def _step_spans(tokenizer: Any, solutions: Iterable[Solution], delimiter: str) -> list[tuple[list[int], int, list[tuple[int, int]]]]:
+    """``(token ids, prompt tokens, [(start, end) of each step])`` with every step tokenized on its
+    own after the prompt, as the loop shows it (see `_encode`); for the step-level measure."""
+    from lookahead.steps import split_steps
+
+    out = []
+    for s in solutions:
+        ids = tokenizer(s.prompt, add_special_tokens=False).input_ids
+        prompt_len, spans = len(ids), []
+        for step in split_steps(s.completion, delimiter):
+            step_ids = tokenizer(step, add_special_tokens=False).input_ids
+            spans.append((len(ids), len(ids) + len(step_ids)))
+            ids = ids + step_ids
+        if spans:
+            out.append((ids, prompt_len, spans))
+    return out
+
+
+def _evaluate(
+    model: Any, examples: list[tuple[list[int], int]], pad_id: int, stepped: Sequence[tuple[list[int], int, list]] = ()
+) -> tuple[float, float, float]:
+    """Held-out (loss, top-1 agreement, step match) with the full-vocabulary softmax.
+
+    Step match: the share of the target's steps (in ``stepped``) the draft would write token for
+    token from the target's own prefix, i.e. its argmax agrees at every position of the step --
+    what greedy drafting with the exact verifier accepts at depth 1.
+    """
     import torch
 
     if not examples:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     model.eval()
     total_loss, total_tokens, correct = 0.0, 0, 0
+    matched, steps = 0, 0
     with torch.inference_mode():
         for start in range(0, len(examples), 8):
             indices = list(range(start, min(start + 8, len(examples))))
@@ -451,8 +537,16 @@ def _evaluate(model: Any, examples: list[tuple[list[int], int]], pad_id: int) ->
             total_loss += float(loss)
             total_tokens += int(chosen.sum())
             correct += int((logits[chosen].argmax(-1) == targets[chosen]).sum())
+        for tokens, _, spans in stepped:
+            ids = torch.tensor([tokens])
+            predicted = model(input_ids=ids).logits[0, :-1].argmax(-1)  # predicted[i] is token i + 1
+            right = predicted == ids[0, 1:]
+            for begin, end in spans:
+                steps += 1
+                matched += int(bool(right[begin - 1 : end - 1].all()))
     model.train()
-    return total_loss / max(total_tokens, 1), correct / max(total_tokens, 1)
+    step_match = matched / steps if steps else float("nan")
+    return total_loss / max(total_tokens, 1), correct / max(total_tokens, 1), step_match
 
 
 def train_draft(
@@ -491,11 +585,12 @@ def train_draft(
     keep_ids = sorted({t for tokens, p in train for t in tokens[p:]} | {t for tokens, p in valid for t in tokens[p:]})
     keep = _Keep(ids=torch.tensor(keep_ids, dtype=torch.long), negatives=settings.negatives)
 
-    model = build_draft(target.config, target.get_input_embeddings().weight.detach(), shape, settings.seed)
+    model, shape = build_draft(target, shape, settings.seed)
     del target
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.dim() >= 2]
+    no_decay = [p for n, p in trained if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.lr,
@@ -508,6 +603,8 @@ def train_draft(
         valid_examples=len(valid),
         train_tokens=sum(len(t) - p for t, p in train),
         parameters=sum(p.numel() for p in model.parameters()),
+        trained_parameters=sum(p.numel() for _, p in trained),
+        shape=asdict(shape),
     )
     step, elapsed = 0, 0.0
     checkpoint = out_dir / CHECKPOINT_FILE
@@ -573,8 +670,10 @@ def train_draft(
     report.steps = step
     report.seconds = round(elapsed, 1)
     report.train_loss = round(sum(recent) / len(recent), 4) if recent else float("nan")
-    valid_loss, valid_accuracy = _evaluate(model, valid, pad_id)
+    stepped = _step_spans(tokenizer, valid_solutions, delimiter)
+    valid_loss, valid_accuracy, step_match = _evaluate(model, valid, pad_id, stepped)
     report.valid_loss, report.valid_accuracy = round(valid_loss, 4), round(valid_accuracy, 4)
+    report.valid_step_match = round(step_match, 4)
     return model, tokenizer, report
 
 
@@ -603,9 +702,9 @@ def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any]) -> 
         "",
         "| | |",
         "|---|---|",
-        f"| architecture | Llama decoder, {card['shape']['num_layers']} layers, hidden {card['shape']['hidden_size']}, "
-        f"{card['shape']['num_heads']} heads ({card['shape']['num_kv_heads']} KV), MLP {card['shape']['intermediate_size']} |",
-        f"| parameters | {report['parameters'] / 1e6:.1f} M ({size_mb:.1f} MB fp16 safetensors) |",
+        f"| architecture | {_shape_from(card['shape']).describe()} |",
+        f"| parameters | {report['parameters'] / 1e6:.1f} M, {report.get('trained_parameters', report['parameters']) / 1e6:.1f} M "
+        f"of them trained ({size_mb:.1f} MB fp16 safetensors) |",
         f"| data | {card['data']['solutions']} target solutions of `{card['data']['source']}` "
         f"(lines {card['data']['first_line']}..{card['data']['last_line']}), {report['train_tokens']} completion tokens for training, "
         f"{report['valid_examples']} solutions held out |",
@@ -613,6 +712,7 @@ def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any]) -> 
         f"{card['settings']['batch_tokens']} tokens/step, {report['seconds']:.0f} s on {card['device']} |",
         f"| final train loss | {report['train_loss']} (softmax over the solutions' tokens + {card['settings']['negatives']} random negatives) |",
         f"| held-out loss / top-1 agreement | {report['valid_loss']} / {report['valid_accuracy']:.3f} (full vocabulary, teacher forced) |",
+        f"| held-out steps written token for token | {report.get('valid_step_match', float('nan')):.3f} (greedy, from the target's prefix) |",
         "",
         "Made with:",
         "",
@@ -627,6 +727,13 @@ def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any]) -> 
     ]
     (dest / "README.md").write_text("\n".join(lines))
     return dest
+
+
+def _shape_from(values: dict[str, Any]) -> DraftShape:
+    """A DraftShape from its asdict form (JSON turns the layer tuple into a list)."""
+    values = dict(values)
+    values["target_layers"] = tuple(values.get("target_layers") or ())
+    return DraftShape(**values)
 
 
 def command_line() -> str:

@@ -130,7 +130,7 @@ def test_cli_refuses_a_test_split_and_missing_data(tmp_path):
     assert result.exit_code == 2 and "test split" in result.output
     result = runner.invoke(app, ["distill", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "does not exist" in result.output
-    for bad in (["--lr", "-1"], ["--epochs", "0"], ["--layers", "0"]):
+    for bad in (["--lr", "-1"], ["--epochs", "0"], ["--layers", "0"], ["--target-layers", "0,x"]):
         result = runner.invoke(app, ["distill", *bad, "--out", str(tmp_path / "o")])
         assert result.exit_code == 2 and "must be" in result.output, bad
     result = runner.invoke(app, ["distill", "--out", str(test_file)])
@@ -181,3 +181,50 @@ def test_the_shipped_draft_loads_by_name():
     prompt = engine.format_chat([{"role": "user", "content": "What is 2 + 3?"}])
     assert engine.generate([prompt], SamplingParams(max_new_tokens=3))[0].completion_tokens == 3
     engine.shutdown()
+
+
+def test_a_draft_cut_from_the_target_starts_as_the_target(tiny_target, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(tiny_target).eval()
+    ids = torch.tensor([[5, 17, 42, 9, 3]])
+    whole, shape = d.build_draft(target, d.DraftShape(target_layers=(0, 1)), seed=0)  # all of its 2 layers
+    assert shape.hidden_size == target.config.hidden_size and shape.num_layers == 2
+    with torch.no_grad():
+        assert torch.allclose(whole(input_ids=ids).logits, target(input_ids=ids).logits, atol=1e-5)
+    cut, shape = d.build_draft(target, d.DraftShape(target_layers=(1,)), seed=0)
+    assert shape.num_layers == cut.config.num_hidden_layers == 1 and shape.target_layers == (1,)
+    assert not cut.get_input_embeddings().weight.requires_grad  # the target's embeddings stay as they are
+    assert any(p.requires_grad for p in cut.model.layers.parameters())
+    assert len(target.model.layers) == 2  # the target itself is untouched
+    with torch.no_grad():  # the kept layer is the target's layer 1, now at position 0 of the stack
+        assert torch.equal(cut.model.layers[0].mlp.up_proj.weight, target.model.layers[1].mlp.up_proj.weight)
+        cut.save_pretrained(tmp_path / "cut")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "cut")
+    assert reloaded.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    for bad in ((2,), (1, 0), (0, 0), (-1,)):
+        with pytest.raises(ConfigError, match="target_layers"):
+            d.build_draft(target, d.DraftShape(target_layers=bad), seed=0)
+
+
+def test_step_match_counts_steps_written_token_for_token():
+    class Oracle(torch.nn.Module):
+        """Predicts the next token of ``sequence`` everywhere except at position ``wrong``."""
+
+        def __init__(self, sequence, wrong):
+            super().__init__()
+            self.sequence, self.wrong = sequence, wrong
+
+        def forward(self, input_ids, attention_mask=None):
+            logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], 100)
+            for i in range(input_ids.shape[1] - 1):
+                logits[:, i, self.sequence[i + 1] if i != self.wrong else 99] = 1.0
+            return type("Out", (), {"logits": logits})()
+
+    sequence = [1, 2, 3, 4, 5, 6, 7, 8, 9]  # prompt 1..3, steps 4..5, 6..7, 8..9
+    stepped = [(sequence, 3, [(3, 5), (5, 7), (7, 9)])]
+    examples = [(sequence, 3)]
+    assert d._evaluate(Oracle(sequence, wrong=-1), examples, 0, stepped)[2] == 1.0
+    # position 5 predicts token 6, the first token of the second step: only that step is lost
+    assert d._evaluate(Oracle(sequence, wrong=5), examples, 0, stepped)[2] == pytest.approx(2 / 3)
+    assert d._evaluate(Oracle(sequence, wrong=2), examples, 0, stepped)[2] == pytest.approx(2 / 3)  # predicts token 4
