@@ -5,7 +5,7 @@ the same problems, budget, sampling and machine, in the same invocation. ``bench
 harness (`lookahead.eval.harness`, resumable like ``lookahead eval``) over ``ar``, the peers a CPU
 user would reach for (transformers assisted generation with the draft model, transformers prompt
 lookup, llama.cpp and its prompt-lookup decoding), our ``sd``, ``lr`` at fixed lookahead depth
-γ = 1, 2, 4, ``lr`` with adaptive γ, and ``lr+sd``; then writes one report with, per run:
+γ = 1, 2, 4, ``lr`` pipelined (γ = 2) and with adaptive γ, and ``lr+sd``; then writes one report with, per run:
 
 - speedup vs ``ar`` (summed wall time; and the median per-problem ratio), tokens/s, accuracy,
   answer agreement with ``ar`` (`lookahead.eval.report` defines each);
@@ -55,9 +55,9 @@ if TYPE_CHECKING:
 
 DEFAULT_RUNS = (
     "ar,peer:hf-assisted,peer:hf-prompt-lookup,sd,lr[gamma=1],lr[gamma=2],lr[gamma=4],"
-    "lr[adaptive_gamma=true,gamma=4],lr+sd,peer:llamacpp,peer:llamacpp-lookup"
+    "lr[gamma=2,pipeline=true],lr[adaptive_gamma=true,gamma=4],lr+sd,peer:llamacpp,peer:llamacpp-lookup"
 )
-"""The runs of issue 10: ``ar``, the peers, ``sd``, ``lr`` at γ = 1, 2, 4 and adaptive, ``lr+sd``."""
+"""The runs of issue 10: ``ar``, the peers, ``sd``, ``lr`` at γ = 1, 2, 4, pipelined and adaptive, ``lr+sd``."""
 DEFAULT_OUT = Path("docs/benchmarks/bench-cpu")
 OWN_MODES = ("ar", "sd", "lr", "lr+sd")  # the modes the speedup model describes (peers are not our loop)
 PREDICTED_MODES = ("lr", "lr+sd")  # the modes it predicts (ar is its unit, sd's factor is measured)
@@ -470,7 +470,8 @@ def bench_command(
         Optional[str],
         typer.Option(
             help="Runs, comma-separated, as in `lookahead eval --modes` (default: ar, the hf peers, sd, "
-            "lr\\[gamma=1|2|4], lr\\[adaptive_gamma=true,gamma=4], lr+sd, the llama.cpp peers when installed)."
+            "lr\\[gamma=1|2|4], lr\\[gamma=2,pipeline=true], lr\\[adaptive_gamma=true,gamma=4], lr+sd, the llama.cpp "
+            "peers when installed)."
         ),
     ] = None,
     force_new: Annotated[

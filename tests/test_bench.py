@@ -142,7 +142,7 @@ def test_default_runs_leave_out_the_llama_cpp_peers_when_it_is_missing(tmp_path,
     assert "leaving out peer:llamacpp, peer:llamacpp-lookup" in result.output
     report = json.loads(report_paths(out)[0].read_text())
     expected = [r for r in labels(DEFAULT_RUNS) if not r.startswith("peer:llamacpp")]
-    assert [r["label"] for r in report["runs"]] == expected and len(expected) == 9
+    assert [r["label"] for r in report["runs"]] == expected and len(expected) == 10
     assert report["left_out"] == ["peer:llamacpp", "peer:llamacpp-lookup"]
     assert {r["mode"] for r in records(out)} >= {"ar", "lr", "sd", "lr+sd", "peer:hf-assisted"}
 
