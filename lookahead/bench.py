@@ -46,6 +46,7 @@ import typer
 
 from lookahead.errors import ConfigError, DataError, LookaheadError
 from lookahead.eval.report import plot_acceptance_by_depth, plot_time_split
+from lookahead.speedup import gpu_projection
 
 if TYPE_CHECKING:
     from lookahead.config import LookaheadConfig
@@ -119,7 +120,7 @@ def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float]
     (b(k) measured directly, b(1) = 1) each row also gets ``predicted_measured_b``: the
     prediction with that curve in place of the one fitted from the ``lr`` runs' target times.
     """
-    from lookahead.speedup import from_eval_records
+    from lookahead.speedup import from_eval_records, is_pipelined
 
     own = [r for r in records if r.get("mode") in OWN_MODES]
     inputs = from_eval_records(own)
@@ -136,7 +137,11 @@ def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float]
                 row["gamma_rounds"] = {str(g): n for g, n in sorted(used.items())}
                 row["predicted"] = round(_predict(inputs.for_run(row["run"]), row["mode"], used), 4)
                 row["note"] = "adaptive: predicted over the γ its rounds used (gamma_rounds)"
-        if row["mode"] not in PREDICTED_MODES:
+        if run_records and is_pipelined(run_records[0]):
+            row["predicted"] = None
+            row["note"] = ("not predicted: the model describes sequential rounds; a pipelined round overlaps "
+                           "draft, target and verifier (overlap_s) and calls the target row by row")
+        elif row["mode"] not in PREDICTED_MODES:
             row["note"] = "not a prediction: ar is the unit and sd's factor f is measured from this run"
             if row["mode"] == "sd" and (run_records[0].get("overrides") or {}):
                 row["predicted"] = None  # f is read from the plain sd run; this one has other engines
@@ -153,7 +158,7 @@ def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float]
     return {
         "inputs": fields,
         "runs": rows,
-        "max_abs_error": max((abs(r["error"]) for r in rows if "error" in r), default=None),
+        "max_abs_error": max((abs(r["error"]) for r in rows if r.get("error") is not None), default=None),
     }
 
 
@@ -277,6 +282,7 @@ def build_report(
     except DataError as exc:
         model = {"inputs": None, "runs": [], "max_abs_error": None, "reason": str(exc)}
     rows = {r["run"]: r for r in model["runs"]}
+    entries = [run_entry(run, rows) for run in summary["runs"]]
     return {
         "command": summary["command"],
         "created": summary["created"],
@@ -303,10 +309,53 @@ def build_report(
             "batch_cost.relative": "b(k): seconds of one target decode step at batch k / at batch 1",
             "model.error": "predicted / measured - 1",
         },
-        "runs": [run_entry(run, rows) for run in summary["runs"]],
+        "runs": entries,
         "batch_cost": curve,
         "speedup_model": model,
+        "targets": issue_targets(entries, model),
+        "gpu_projection": gpu_projection(),
     }
+
+
+TRANSFORMERS_PEERS = ("peer:hf-ar", "peer:hf-assisted", "peer:hf-prompt-lookup")  # the "best transformers peer"
+
+
+def _target(name: str, value: float | None, threshold: float, at_least: bool, note: str) -> dict[str, Any]:
+    met = None if value is None else (value >= threshold if at_least else value <= threshold)
+    return {"target": name, "value": None if value is None else round(value, 4), "threshold": threshold,
+            "at_least": at_least, "met": met, "note": note}  # fmt: skip
+
+
+def issue_targets(runs: Sequence[dict[str, Any]], model: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 10's targets, each with the measured value, the threshold and whether it is met
+    (None: a run it needs is missing). Speedups are vs ``ar``; tokens/s compare runs of this bench."""
+    by_label = {r["label"]: r for r in runs}
+    own = [r for r in runs if r["mode"] in OWN_MODES and r["finished_rows"]]
+    speed = {r["label"]: r["speedup"] for r in runs if r.get("speedup") is not None}
+    tok_s = {r["label"]: r["tokens_per_s"] for r in runs if r.get("tokens_per_s")}
+    lr_sd = speed.get("lr+sd")
+    peers = [tok_s[p] for p in TRANSFORMERS_PEERS if p in tok_s]
+    fixed = [speed[label] for label in ("lr[gamma=1]", "lr[gamma=2]", "lr[gamma=4]") if label in speed]
+    adaptive = next((speed[r["label"]] for r in runs if r["label"] in speed and r["mode"] == "lr"
+                     and str((r.get("overrides") or {}).get("adaptive_gamma")).lower() == "true"), None)  # fmt: skip
+    llamacpp = tok_s.get("peer:llamacpp")
+    best_own = max((tok_s[r["label"]] for r in own if r["label"] in tok_s), default=None)
+    overheads = [r["time_split_s"]["other_s"] / r["mean_wall_time_s"] for r in own if r.get("mean_wall_time_s")]
+    lr_sd_tok = tok_s.get("lr+sd")
+    return [
+        _target("lr+sd speedup over ar", lr_sd, 2.5, True, "run lr+sd"),
+        _target("lr+sd tokens/s over the best transformers peer", lr_sd_tok / max(peers) if lr_sd_tok and peers else None,
+                1.5, True, f"peers: {', '.join(p for p in TRANSFORMERS_PEERS if p in tok_s) or 'none run'}"),
+        _target("adaptive lr speedup / best fixed-γ lr speedup", adaptive / max(fixed) if adaptive and fixed else None,
+                0.95, True, "never slower than the best fixed γ by more than 5%"),
+        _target("adaptive lr speedup over ar", adaptive, 0.95, True, "never slower than ar by more than 5%"),
+        _target("best lookahead tokens/s / llama.cpp ar tokens/s", best_own / llamacpp if best_own and llamacpp else None,
+                1.0, True, "peer:llamacpp" if llamacpp else "llama.cpp not run (pip install '.[llamacpp]')"),
+        _target("orchestration overhead (other_s / wall time), worst of our runs", max(overheads) if overheads else None,
+                0.03, False, "other_s: wall time outside draft, target and verifier calls"),
+        _target("speedup model error, worst |predicted / measured - 1|", model.get("max_abs_error"), 0.10, False,
+                "over the lr and lr+sd runs it predicts"),
+    ] if by_label else []
 
 
 # -- the figure ---------------------------------------------------------------------------------
@@ -373,7 +422,8 @@ def write_figure(report: dict[str, Any], path: Path) -> None:
     ax_batch.set_title("target batch-cost curve")
 
     points = [(r["label"], r["model"]["predicted"], r["model"]["measured"]) for r in runs
-              if r["mode"] in PREDICTED_MODES and r["model"] and r["model"].get("measured")]  # fmt: skip
+              if r["mode"] in PREDICTED_MODES and r["model"] and r["model"].get("measured")
+              and r["model"].get("predicted") is not None]  # fmt: skip
     if points:
         top = max(max(p, m) for _, p, m in points) * 1.15
         ax_model.plot([0, top], [0, top], color="grey", ls="--", lw=0.8)
@@ -532,6 +582,11 @@ def bench_command(
         else f"not measured ({report['batch_cost']['reason']})"
     )
     console.print(f"target batch cost b(1..{MAX_BATCH}): {escape(curve_text)}", soft_wrap=True)
+    for t in report["targets"]:
+        mark = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]not measured[/]"}[t["met"]]
+        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        sign = "≥" if t["at_least"] else "≤"
+        console.print(f"target {escape(t['target'])}: {value} ({sign} {t['threshold']}) {mark}", soft_wrap=True)
     console.print(f"report {json_path} and {png_path}; records in {out}/", soft_wrap=True)
     if as_json:
         keys = ("label", "speedup", "tokens_per_s", "accuracy", "agreement_with_ar", "token_acceptance_length", "model")

@@ -256,3 +256,32 @@ def test_report_paths_sit_beside_the_records_folder():
         Path("docs/benchmarks/bench-cpu.json"), Path("docs/benchmarks/bench-cpu.png"))  # fmt: skip
     with pytest.raises(ConfigError, match="--out"):
         report_paths(Path("."))
+
+
+def test_issue_targets_from_measured_runs():
+    """Each of issue 10's targets is computed from the runs it names, met or missed against its
+    threshold, and None (not measured) when a run it needs is missing."""
+    from lookahead.bench import issue_targets
+
+    def run(label, mode, speedup, tok_s, other=0.01, wall=10.0, overrides=None):
+        return {"label": label, "mode": mode, "speedup": speedup, "tokens_per_s": tok_s, "finished_rows": 3,
+                "overrides": overrides or {}, "time_split_s": {"other_s": other}, "mean_wall_time_s": wall}
+
+    runs = [
+        run("ar", "ar", 1.0, 10.0),
+        run("peer:hf-prompt-lookup", "peer:hf-prompt-lookup", 1.1, 11.0),
+        run("lr[gamma=1]", "lr", 0.8, 8.0),
+        run("lr[gamma=2]", "lr", 0.7, 7.0, other=0.5),  # 5% overhead: the worst
+        run("lr[adaptive_gamma=true,gamma=4]", "lr", 0.78, 7.8, overrides={"adaptive_gamma": True}),
+        run("lr+sd", "lr+sd", 2.6, 26.0),
+    ]
+    targets = {t["target"]: t for t in issue_targets(runs, {"max_abs_error": 0.04})}
+    assert targets["lr+sd speedup over ar"]["met"] is True
+    assert targets["lr+sd tokens/s over the best transformers peer"]["value"] == pytest.approx(26.0 / 11.0, abs=1e-4)
+    assert targets["adaptive lr speedup / best fixed-γ lr speedup"]["value"] == pytest.approx(0.975)
+    assert targets["adaptive lr speedup / best fixed-γ lr speedup"]["met"] is True
+    assert targets["adaptive lr speedup over ar"]["met"] is False
+    worst = targets["orchestration overhead (other_s / wall time), worst of our runs"]
+    assert worst["value"] == pytest.approx(0.05) and worst["met"] is False and worst["at_least"] is False
+    assert targets["best lookahead tokens/s / llama.cpp ar tokens/s"]["met"] is None  # no llama.cpp run
+    assert targets["speedup model error, worst |predicted / measured - 1|"]["met"] is True

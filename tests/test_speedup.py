@@ -12,7 +12,10 @@ from lookahead.speedup import (
     batch_cost_at,
     best_gamma,
     expected_steps,
+    GPU_REFERENCE,
     from_eval_records,
+    gpu_projection,
+    is_pipelined,
     predicted_speedup,
     round_cost,
 )
@@ -102,6 +105,39 @@ def test_from_eval_records_synthetic():
     assert inputs.predict("lr", 1) == pytest.approx(1.4 / (0.2 + 1.5))
     rows = {row["run"]: row for row in inputs.compare()}
     assert rows["lr[gamma=1]"]["gamma"] == 1 and rows["ar"]["predicted"] == 1.0
+
+
+def test_pipelined_runs_stay_out_of_the_fit():
+    """A pipelined run (overlapping times, one-row target calls) changes none of the shared inputs;
+    it still gets its own α in per_run."""
+    ar = _record("ar", "ar", 0, target_s=10.0, rounds=10, tokens=100)
+    trace = [_step(r, "draft", "x") if r < 4 else _step(r, "target", "y") for r in range(10)]
+    lr = _record("lr[gamma=1]", "lr", 0, target_s=15.0, rounds=10, tokens=100, trace=trace,
+                 draft_s=2.0, drafted=10, gamma=1, wall=17.0)
+    piped = _record("lr[gamma=1,pipeline=true]", "lr", 0, target_s=40.0, rounds=10, tokens=100, draft_s=9.0,
+                    drafted=10, gamma=1, wall=30.0, trace=[_step(r, "target", "y") for r in range(10)])
+    piped["overrides"]["pipeline"] = True
+    assert is_pipelined(piped) and not is_pipelined(lr)
+    alone, both = from_eval_records([ar, lr]), from_eval_records([ar, lr, piped])
+    assert (both.alpha, both.c, both.batch_cost) == (alone.alpha, alone.c, alone.batch_cost)
+    assert both.per_run["lr[gamma=1,pipeline=true]"]["alpha"] == [0.0]
+    assert both.measured["lr[gamma=1,pipeline=true]"] == pytest.approx(10.0 / 30.0)
+
+
+def test_gpu_projection_is_labelled_and_follows_the_model():
+    projection = gpu_projection(max_gamma=3, alphas=(0.0, 0.45))
+    assert "PROJECTION" in projection["label"] and "not a measurement" in projection["label"]
+    for name, figure in projection["inputs"].items():  # every input says where it comes from
+        assert figure["source"].startswith(("published:", "assumed:")), name
+    rows = {(r["alpha"], r["gamma"]): r for r in projection["rows"]}
+    c, v = GPU_REFERENCE["c"].value, GPU_REFERENCE["verify_cost"].value
+    slope, f = GPU_REFERENCE["batch_cost_slope"].value, GPU_REFERENCE["token_speedup"].value
+    cost = 2 * c + 1 + slope * 2 + v  # γ = 2: two draft steps, three target rows, one verifier call
+    assert rows[(0.45, 2)]["lr"] == pytest.approx((1 + 0.45 + 0.45**2) / cost, abs=1e-3)
+    assert rows[(0.45, 2)]["lr+sd"] == pytest.approx((1 + 0.45 + 0.45**2) / (cost - v) * f / (1 + v * f / (cost - v)), abs=1e-3)
+    assert rows[(0.0, 1)]["lr"] < 1.0 and projection["best_gamma"]["0.0"]["lr"] == 0  # nothing accepted: ar
+    assert projection["best_gamma"]["0.45"]["lr"] >= 1
+    assert projection["published"]["lr (AIME24)"]["value"] == 1.19
 
 
 def test_from_eval_records_needs_ar():
