@@ -8,7 +8,8 @@ in one call and throughput grows with K while each problem's output stays what i
 `run_many` runs each job (question or chat messages, mode, per-request overrides) on one of K
 worker threads through the reasoner's own verbs -- ``start``, ``advance``, ``result`` -- WITHOUT
 the reasoner's generation lock. That is only safe when every engine the jobs use is thread-safe
-(``thread_safe = True``: `PoolEngine`); with in-process engines ``concurrency > 1`` raises a
+(``thread_safe = True``: `PoolEngine`, and the SGLang / OpenAI-compatible engines over a server);
+with in-process engines ``concurrency > 1`` raises a
 `ConfigError`, and ``concurrency = 1`` takes the reasoner's lock per job (a server sharing the
 reasoner stays safe). Verifiers are shared by the threads: the built-in ones (exact, normalized,
 numeric) are stateless; a verifier that keeps state must guard it itself.
@@ -164,8 +165,9 @@ class _Run:
         unsafe = [e.name for e in engines if not getattr(e, "thread_safe", False)]
         if unsafe and self.concurrency > 1:
             raise ConfigError(
-                f"concurrency {self.concurrency} > 1 needs engines in a pool, but {', '.join(unsafe)} run in this "
-                "process: --set target.replicas=N --set draft.replicas=N (Ray actors), or --set concurrency=1"
+                f"concurrency {self.concurrency} > 1 needs engines in a pool or behind a server, but {', '.join(unsafe)} "
+                "run in this process: --set target.replicas=N --set draft.replicas=N (Ray actors), a server "
+                "(backend sglang / openai with url), or --set concurrency=1"
             )
         if unsafe:
             self.serial_lock = self.reasoner._lock  # the reasoner's generation lock: one at a time

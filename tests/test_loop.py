@@ -7,6 +7,7 @@ import pytest
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.engines.fake import FakeEngine
 from lookahead.types import Verdict
+from tiny import BrokenVerifier
 
 T = ["A1.\n\n", "A2.\n\n", "A3.\n\n", "A4.\n\n", "Answer \\boxed{4}."]
 
@@ -144,16 +145,9 @@ def test_final_answer_stops_and_skips_the_bonus_row():
     assert target.calls == [2]
 
 
-class Broken:
-    name = "broken"
-
-    def verify(self, contexts, drafts, targets):
-        raise RuntimeError("judge crashed")
-
-
 def test_verifier_failure_rejects_and_is_counted():
     """A verifier that raises rejects the round's drafts; the run finishes with target steps."""
-    reasoner, _, _ = make(T, T, verifier=Broken())
+    reasoner, _, _ = make(T, T, verifier=BrokenVerifier())
     result = reasoner.generate("q")
     assert result.text == "".join(T)
     assert result.accepted_steps == 0

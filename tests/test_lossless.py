@@ -11,26 +11,12 @@ import importlib.util
 
 import pytest
 from tiny import tiny_llama, train_tokenizer
+from tiny import tiny_lr_config as tiny_config
 
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.engines.hf import HFEngine
 
 QUESTIONS = ["Step 1: add", "The quick brown fox", "A short story about a cat"]
-
-
-def tiny_config(**overrides):
-    return config_from_dict(
-        {
-            "mode": "lr",
-            "step_delimiter": "e",
-            "max_step_tokens": 12,
-            "max_total_tokens": 60,
-            "stop_at_final_answer": False,
-            "prompt_template": "{question}",
-            "temperature": 0.0,
-            **overrides,
-        }
-    )
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from lookahead.config import with_overrides
 from lookahead.engines.fake import FakeEngine
 from lookahead.engines.hf import HFEngine
 from lookahead.scheduler import run_many
+from tiny import BrokenVerifier, tiny_lr_config
 
 T = ["A1.\n\n", "A2.\n\n", "A3.\n\n", "A4.\n\n", "Answer \\boxed{4}."]
 WRONG = ["x1.\n\n", "x2.\n\n", "x3.\n\n", "x4.\n\n", "x5.\n\n", "x6.\n\n"]
@@ -88,21 +89,6 @@ def test_final_answer_draft_gets_no_bonus_row():
 # -- lossless on tiny real models ------------------------------------------------------------------
 
 
-def tiny_config(**overrides):
-    return config_from_dict(
-        {
-            "mode": "lr",
-            "step_delimiter": "e",
-            "max_step_tokens": 12,
-            "max_total_tokens": 48,
-            "stop_at_final_answer": False,
-            "prompt_template": "{question}",
-            "temperature": 0.0,
-            **overrides,
-        }
-    )
-
-
 QUESTIONS = ["Step 1: add", "The quick brown fox"]
 
 
@@ -128,7 +114,7 @@ def test_pipelined_lr_equals_sequential_and_ar_on_tiny_models(tok, model, other_
     accepted = rejected = 0
     for draft_model in (model, other_model):
         target = HFEngine(model, tok)
-        reasoner = LookaheadReasoner(tiny_config(gamma=gamma, pipeline=True), target=target, draft=HFEngine(draft_model, tok))
+        reasoner = LookaheadReasoner(tiny_lr_config(gamma=gamma, pipeline=True, max_total_tokens=48), target=target, draft=HFEngine(draft_model, tok))
         for question in QUESTIONS:
             piped = reasoner.generate(question)
             sequential = reasoner.generate(question, pipeline=False)
@@ -145,7 +131,7 @@ def test_pipelined_lr_plus_sd_equals_ar_on_tiny_models(tok, model, other_model):
     """lr+sd pipelined (token-level n-gram speculation in every call) still commits ar's text."""
     for draft_model in (model, other_model):
         target = HFEngine(model, tok)
-        reasoner = LookaheadReasoner(tiny_config(gamma=2, pipeline=True), target=target, draft=HFEngine(draft_model, tok))
+        reasoner = LookaheadReasoner(tiny_lr_config(gamma=2, pipeline=True, max_total_tokens=48), target=target, draft=HFEngine(draft_model, tok))
         for question in QUESTIONS:
             piped = reasoner.generate(question, mode="lr+sd")
             assert piped.text == reasoner.generate(question, mode="ar").text
@@ -157,7 +143,7 @@ def test_draft_equal_to_the_target_carries_drafts_ahead(tok, model):
     """The target's own weights as the draft (and a slower target): every step is accepted, steps
     drafted ahead are reused by the next round, and the text is still ar's."""
     target = Slowed(HFEngine(model, tok), delay=0.03)
-    reasoner = LookaheadReasoner(tiny_config(gamma=3, pipeline=True, max_total_tokens=60), target=target, draft=HFEngine(model, tok))
+    reasoner = LookaheadReasoner(tiny_lr_config(gamma=3, pipeline=True), target=target, draft=HFEngine(model, tok))
     carried = 0
     for question in QUESTIONS:
         piped = reasoner.generate(question)
@@ -242,16 +228,9 @@ def test_parts_overlap_and_the_time_split_adds_up():
     assert sequential["overlap_s"] == 0.0 and sequential["carried_drafts"] == 0
 
 
-class Broken:
-    name = "broken"
-
-    def verify(self, contexts, drafts, targets):
-        raise RuntimeError("judge crashed")
-
-
 def test_verifier_failure_rejects_and_is_counted():
     """A verifier that raises rejects the pair it judged; the run ends with the target's steps."""
-    reasoner, _, _ = make(T, T, verifier=Broken())
+    reasoner, _, _ = make(T, T, verifier=BrokenVerifier())
     result = reasoner.generate("q")
     assert result.text == "".join(T) and result.accepted_steps == 0
     assert result.stats["verifier_failures"] == result.rounds - 1 == 4

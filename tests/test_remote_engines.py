@@ -369,3 +369,42 @@ def test_lr_run_over_mock_servers_matches_ar(tok_dir):
     assert rejected and rejected[0].source == "target" and rejected[0].text == T[1]
     # target rows of a round travel in ONE /generate request
     assert any(len(r["body"]["text"]) > 1 for r in posts(target_srv, "/generate"))
+
+
+def _mock_pair_config(target_srv, draft_srv, tok_dir, **overrides):
+    return config_from_dict({
+        "mode": "lr", "gamma": 2, "max_step_tokens": 64, "max_total_tokens": 400, "temperature": 0.0,
+        "target": {"backend": "sglang", "model": "mock-model", "url": target_srv.url, "options": {"tokenizer": tok_dir, **FAST}},
+        "draft": {"backend": "openai", "model": "mock-model", "url": draft_srv.url, "options": {"tokenizer": tok_dir, **FAST}},
+        "verifier": {"name": "exact"},
+        **overrides,
+    })
+
+
+def test_server_engines_take_concurrent_calls(server):
+    """Over a server both engines accept overlapping calls (``thread_safe``): pipelined rounds and
+    concurrency > 1 need no Ray pool in front of SGLang or an OpenAI-compatible server."""
+    assert sglang(server).thread_safe and openai(server).thread_safe
+
+
+def test_pipelined_lr_over_mock_servers_matches_ar_with_one_request_per_row(tok_dir):
+    draft_steps = ["A1.\n\n", "B2.\n\n", "A3.\n\n", "Answer \\boxed{4}."]
+    with MockServer(T) as target_srv, MockServer(draft_steps) as draft_srv:
+        with LookaheadReasoner.from_config(_mock_pair_config(target_srv, draft_srv, tok_dir, pipeline=True)) as reasoner:
+            lr = reasoner.generate("q")
+            ar = reasoner.generate("q", mode="ar")
+            workers = reasoner._target_workers()._max_workers
+    assert lr.text == ar.text == "".join(T) and lr.accepted_steps >= 2
+    assert workers > 1  # a thread-safe target: the rows of a round run at once
+    # each target row is its own /generate request (the server batches them)
+    assert all(len(r["body"]["text"]) == 1 for r in posts(target_srv, "/generate") if isinstance(r["body"]["text"], list))
+
+
+def test_run_many_over_mock_servers_needs_no_pool(tok_dir):
+    from lookahead.scheduler import Job, run_many
+
+    with MockServer(T) as target_srv, MockServer(T) as draft_srv:
+        with LookaheadReasoner.from_config(_mock_pair_config(target_srv, draft_srv, tok_dir)) as reasoner:
+            outcomes = run_many(reasoner, [Job("q"), Job("q", mode="ar"), Job("q", overrides={"pipeline": True})], concurrency=3)
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    assert {o.result.text for o in outcomes} == {"".join(T)}

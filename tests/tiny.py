@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lookahead.config import SamplingParams
+from lookahead.config import LookaheadConfig, SamplingParams, config_from_dict
 
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. Step 1: add the numbers.\n\n"
@@ -55,3 +55,29 @@ def tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCau
 def greedy(n: int) -> SamplingParams:
     """Greedy sampling with a cap of ``n`` new tokens."""
     return SamplingParams(temperature=0.0, max_new_tokens=n)
+
+
+def tiny_lr_config(**overrides) -> LookaheadConfig:
+    """An ``lr`` config for the tiny random models: they write random text, so the step delimiter
+    is "e" (it occurs every few tokens) to get many multi-step rounds; greedy, exact verifier."""
+    return config_from_dict(
+        {
+            "mode": "lr",
+            "step_delimiter": "e",
+            "max_step_tokens": 12,
+            "max_total_tokens": 60,
+            "stop_at_final_answer": False,
+            "prompt_template": "{question}",
+            "temperature": 0.0,
+            **overrides,
+        }
+    )
+
+
+class BrokenVerifier:
+    """A verifier that always raises (the loop must reject and count, never crash)."""
+
+    name = "broken"
+
+    def verify(self, contexts, drafts, targets):
+        raise RuntimeError("judge crashed")

@@ -74,6 +74,10 @@ DEFAULT_TOP_LOGPROBS = 20
 class OpenAIEngine:
     """`Engine` over an OpenAI-compatible ``/v1/completions`` server (see the module docstring)."""
 
+    # generate() may be called from several threads at once: stateless HTTP requests, batched by
+    # the server (pipelined rounds and concurrency > 1 need no Ray pool in front of a server)
+    thread_safe = True
+
     def __init__(
         self, client: HTTPClient, model: str, tokenizer: RemoteTokenizer, context: int | None = None, top_logprobs: int = 20
     ) -> None:

@@ -150,6 +150,13 @@ class SGLangEngine:
         self.num_draft_tokens = num_draft_tokens
         self._warned_spec = False
 
+    @property
+    def thread_safe(self) -> bool:
+        """May `generate` be called from several threads at once? Over a server, yes: each call is
+        a stateless HTTP request and the server batches concurrent ones (continuous batching),
+        which is what pipelined rounds and ``concurrency > 1`` rely on. In process, no."""
+        return isinstance(self.backend, _ServerBackend)
+
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: EngineConfig) -> SGLangEngine:
