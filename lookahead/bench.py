@@ -116,15 +116,20 @@ def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float]
     ``ar`` wall time / the run's) and ``error`` = predicted / measured - 1 for ``lr`` and
     ``lr+sd`` (``ar`` is the unit and ``sd``'s factor f is read from the ``sd`` run itself: no
     prediction). An adaptive run (``adaptive_gamma``) is predicted over the depths its rounds
-    used (``gamma_rounds``: rounds per γ; ``gamma``: the one used most). With ``batch_cost``
-    (b(k) measured directly, b(1) = 1) each row also gets ``predicted_measured_b``: the
-    prediction with that curve in place of the one fitted from the ``lr`` runs' target times.
+    used (``gamma_rounds``: rounds per γ; ``gamma``: the one used most).
+
+    b(k) comes from ``batch_cost`` when given (measured directly, b(1) = 1; ``batch_cost_source``
+    "measured"): a curve taken apart from the runs it predicts, at whole row counts. Without it,
+    b(k) is fitted from the ``lr`` runs' own target times (``"fitted"``): one point per run at its
+    mean row count, joined linearly, which is circular and extrapolates badly past the last
+    point. With a measured curve each row also keeps the fitted-curve figures as
+    ``predicted_fitted_b`` / ``error_fitted_b`` (and ``max_abs_error_fitted_b``) for comparison.
     """
     from lookahead.speedup import from_eval_records, is_pipelined
 
     own = [r for r in records if r.get("mode") in OWN_MODES]
-    inputs = from_eval_records(own)
-    measured_b = dataclasses.replace(inputs, batch_cost=list(batch_cost)) if batch_cost else None
+    fitted = from_eval_records(own)
+    inputs = dataclasses.replace(fitted, batch_cost=list(batch_cost)) if batch_cost else fitted
     rows = []
     for row in inputs.compare():
         run_records = [r for r in own if r["run"] == row["run"]]
@@ -147,19 +152,28 @@ def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float]
                 row["predicted"] = None  # f is read from the plain sd run; this one has other engines
                 row["note"] = "not predicted: the model's f is the plain sd run's"
         else:
+            row["predicted"] = round(_predict(inputs.for_run(row["run"]), row["mode"], schedule), 4)
             if row["measured"]:
                 row["error"] = round(row["predicted"] / row["measured"] - 1, 4)
-            if measured_b is not None:
-                row["predicted_measured_b"] = round(_predict(measured_b.for_run(row["run"]), row["mode"], schedule), 4)
+            if inputs is not fitted:
+                row["predicted_fitted_b"] = round(_predict(fitted.for_run(row["run"]), row["mode"], schedule), 4)
+                if row["measured"]:
+                    row["error_fitted_b"] = round(row["predicted_fitted_b"] / row["measured"] - 1, 4)
         rows.append(row)
     fields = dataclasses.asdict(inputs)
     fields.pop("measured")
     fields.pop("runs")
-    return {
+    report: dict[str, Any] = {
         "inputs": fields,
+        "batch_cost_source": "fitted" if inputs is fitted else "measured",
         "runs": rows,
         "max_abs_error": max((abs(r["error"]) for r in rows if r.get("error") is not None), default=None),
     }
+    if inputs is not fitted:
+        report["fitted_batch_cost"] = fitted.batch_cost
+        report["max_abs_error_fitted_b"] = max(
+            (abs(r["error_fitted_b"]) for r in rows if r.get("error_fitted_b") is not None), default=None)
+    return report
 
 
 # -- the target's batch-cost curve --------------------------------------------------------------
@@ -411,10 +425,14 @@ def write_figure(report: dict[str, Any], path: Path) -> None:
     else:
         ax_batch.text(0.5, 0.6, "not measured:\n" + _wrap(curve.get("reason") or "", 50), ha="center",
                       va="center", transform=ax_batch.transAxes, fontsize="small")  # fmt: skip
-    inputs = (report["speedup_model"] or {}).get("inputs")
-    if inputs and inputs.get("batch_cost"):
-        fitted = inputs["batch_cost"][:MAX_BATCH]
-        ax_batch.plot(range(1, len(fitted) + 1), fitted, ls="--", marker="x", label="fitted from lr runs")
+    model = report["speedup_model"] or {}
+    fitted = model.get("fitted_batch_cost") or (
+        (model.get("inputs") or {}).get("batch_cost") if model.get("batch_cost_source") != "measured" else None)
+    if fitted:
+        fitted = fitted[:MAX_BATCH]
+        ax_batch.plot(range(1, len(fitted) + 1), fitted, ls="--", marker="x",
+                      label="fitted from lr runs (not used when measured)" if model.get("fitted_batch_cost")
+                      else "fitted from lr runs")  # fmt: skip
     ax_batch.set_xlabel("rows in one target call (k)")
     ax_batch.set_ylabel("cost relative to batch 1")
     if ax_batch.get_legend_handles_labels()[0]:
@@ -465,7 +483,8 @@ def rich_table(report: dict[str, Any]) -> Any:
     table = Table(
         title=f"bench {report['task']}: {report['problems_with_records']} problems",
         caption="speedup: summed wall time vs ar; tok len: tokens per verification pass; "
-        "predicted: the speedup model (error = predicted / measured - 1)",
+        f"predicted: the speedup model with the {(report.get('speedup_model') or {}).get('batch_cost_source') or 'fitted'} "
+        "batch-cost curve (error = predicted / measured - 1)",
     )
     header = ("run", "speedup", "tok/s", "accuracy", "agree", "step accept", "tok len", "predicted", "error", "rows")
     for i, name in enumerate(header):

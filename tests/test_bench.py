@@ -197,17 +197,30 @@ def test_adaptive_run_is_predicted_over_the_depths_its_rounds_used():
                     overrides={"adaptive_gamma": True}, gamma_rounds={"0": 2, "1": 2}),
             {**_record(p, "peer:hf-ar", "peer:hf-ar", 1.0)},
         ]  # fmt: skip
-    model = speedup_model(records, batch_cost=[1.0, 2.0])
-    rows = {r["run"]: r for r in model["runs"]}
+    fitted = speedup_model(records)
+    assert fitted["batch_cost_source"] == "fitted" and "max_abs_error_fitted_b" not in fitted
+    rows = {r["run"]: r for r in fitted["runs"]}
     assert "peer:hf-ar" not in rows
     assert rows["lr[gamma=1]"]["predicted"] == pytest.approx(0.5, abs=1e-3) and rows["lr[gamma=1]"]["measured"] == 0.5
     adaptive = rows["lr[adaptive_gamma=true]"]
     assert adaptive["gamma_rounds"] == {"0": 4, "1": 4}  # summed over both problems
     assert adaptive["predicted"] == pytest.approx(4 / 6, abs=1e-3) and adaptive["error"] == pytest.approx(0.0, abs=1e-3)
-    # b(2) = 2 measured instead of 1.6 fitted: 1 / (0.4 + 2) and 4 / (2 + 2 * 2.4)
-    assert rows["lr[gamma=1]"]["predicted_measured_b"] == pytest.approx(1 / 2.4, abs=1e-3)
-    assert adaptive["predicted_measured_b"] == pytest.approx(4 / 6.8, abs=1e-3)
-    assert model["max_abs_error"] == pytest.approx(0.0, abs=1e-3)
+    assert fitted["max_abs_error"] == pytest.approx(0.0, abs=1e-3)
+
+    # a measured b(2) = 2 replaces the fitted 1.6 in the headline prediction: 1 / (0.4 + 2) and
+    # 4 / (2 + 2 * 2.4); the fitted-curve figures stay beside it
+    measured = speedup_model(records, batch_cost=[1.0, 2.0])
+    assert measured["batch_cost_source"] == "measured" and measured["inputs"]["batch_cost"] == [1.0, 2.0]
+    rows = {r["run"]: r for r in measured["runs"]}
+    assert rows["lr[gamma=1]"]["predicted"] == pytest.approx(1 / 2.4, abs=1e-3)
+    assert rows["lr[gamma=1]"]["error"] == pytest.approx((1 / 2.4) / 0.5 - 1, abs=1e-3)
+    assert rows["lr[gamma=1]"]["predicted_fitted_b"] == pytest.approx(0.5, abs=1e-3)
+    adaptive = rows["lr[adaptive_gamma=true]"]
+    assert adaptive["predicted"] == pytest.approx(4 / 6.8, abs=1e-3)
+    assert adaptive["error_fitted_b"] == pytest.approx(0.0, abs=1e-3)
+    assert measured["max_abs_error"] == pytest.approx(1 - (1 / 2.4) / 0.5, abs=1e-3)
+    assert measured["max_abs_error_fitted_b"] == pytest.approx(0.0, abs=1e-3)
+    assert measured["fitted_batch_cost"][1] == pytest.approx(1.6, abs=1e-3)
 
 
 # -- a tiny transformers pair: the measured curve and a peer -----------------------------------------
@@ -243,7 +256,7 @@ def test_tiny_hf_pair_measures_the_batch_cost_curve_and_runs_a_peer(tmp_path):
     assert all(r["errors"] == 0 and r["finished_rows"] == 2 for r in runs.values()), result.output
     peer = runs["peer:hf-prompt-lookup"]
     assert peer["model"] is None and peer["token_acceptance_length"] >= 1 and peer["speedup"] > 0
-    assert runs["lr[gamma=1]"]["model"]["predicted_measured_b"] > 0
+    assert runs["lr[gamma=1]"]["model"]["predicted_fitted_b"] > 0
 
     stored = (out / "batch_cost.json").read_text()
     assert cli(*args).exit_code == 0  # resume: nothing to run, the stored curve is reused
