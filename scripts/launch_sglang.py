@@ -38,6 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,37 +165,22 @@ def wait_healthy(plan: ServerPlan, process: subprocess.Popen, log: Path, timeout
     raise LookaheadError(f"the {plan.role} server at {plan.url} was not healthy after {timeout_s:g} s; see {log}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="gpu-qwen3-32b", help="preset name in lookahead/configs or a YAML path")
-    parser.add_argument("--only", default="", help="comma-separated roles to start: target,draft,judge (default all)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    parser.add_argument("--detach", action="store_true", help="exit once healthy, leaving the servers running")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each server's /health")
-    parser.add_argument("--python", default=sys.executable, help="Python interpreter that has sglang installed")
-    parser.add_argument("--log-dir", default="sglang-logs", help="folder for the servers' logs")
-    args = parser.parse_args(argv)
-    only = [r.strip() for r in args.only.split(",") if r.strip()] or None
-    try:
-        for role in only or []:
-            if role not in ROLES:
-                raise ConfigError(f"--only {role!r} is unknown; choose from {', '.join(ROLES)}")
-        plans = plan_servers(args.preset, args.python, only)
-    except LookaheadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def announce(plans: list[ServerPlan], dry_run: bool) -> list[dict[str, Any]]:
+    """Print each planned command; return the summary entries (``pid`` filled in by `serve`).
+    A dry run also prints the summary JSON, its last line."""
     for plan in plans:
         print(f"# {plan.role}: {plan.model} at {plan.url}")
         print(shlex.join(plan.command))
     summary = [{"role": p.role, "url": p.url, "model": p.model, "command": shlex.join(p.command), "pid": None} for p in plans]
-    if args.dry_run:
+    if dry_run:
         print(json.dumps({"servers": summary, "dry_run": True}))
-        return 0
-    if importlib.util.find_spec("sglang") is None and args.python == sys.executable:
-        print('error: sglang is not installed in this interpreter: pip install "lookahead[sglang]" on a CUDA machine '
-              "(or pass --python with an interpreter that has it)", file=sys.stderr)
-        return 2
-    log_dir = Path(args.log_dir)
+    return summary
+
+
+def serve(plans: list[ServerPlan], summary: list[dict[str, Any]], log_dir: Path, timeout_s: float, detach: bool) -> int:
+    """Start every planned server (one after another, each until healthy; a url that already
+    answers is left alone), print the summary JSON, then keep them running until Ctrl-C or one
+    exits (``detach``: return at once and leave them running). Stops what it started on the way out."""
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
     keep_running = False  # True only when --detach and every server came up
@@ -209,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(process)
             entry["pid"] = process.pid
             print(f"{plan.role}: started pid {process.pid}, log {log}; waiting for {plan.url}/health ...")
-            wait_healthy(plan, process, log, args.timeout)
+            wait_healthy(plan, process, log, timeout_s)
             print(f"{plan.role}: ready at {plan.url}")
         print(json.dumps({"servers": summary, "dry_run": False}))
-        if args.detach:
+        if detach:
             keep_running = True
             return 0
         print("servers running; Ctrl-C stops them")
@@ -236,6 +222,59 @@ def main(argv: list[str] | None = None) -> int:
                 except subprocess.TimeoutExpired:
                     process.kill()
 
+
+def launcher_parser(doc: str, preset: str, roles: tuple[str, ...], timeout_s: float, log_dir: str) -> argparse.ArgumentParser:
+    """The options every launcher script shares (``doc``: its module docstring)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="See the module docstring (top of the script) for the preset's options.")  # fmt: skip
+    parser.add_argument("--preset", default=preset, help="preset name in lookahead/configs or a YAML path")
+    parser.add_argument("--only", default="", help=f"comma-separated roles to start: {','.join(roles)} (default all)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    parser.add_argument("--detach", action="store_true", help="exit once healthy, leaving the servers running")
+    parser.add_argument("--timeout", type=float, default=timeout_s, help="seconds to wait for each server's /health")
+    parser.add_argument("--log-dir", default=log_dir, help="folder for the servers' logs")
+    return parser
+
+
+def only_roles(only: str, roles: tuple[str, ...]) -> list[str] | None:
+    """``--only`` as a list of roles (None: all); an unknown role is a ConfigError."""
+    chosen = [r.strip() for r in only.split(",") if r.strip()] or None
+    for role in chosen or []:
+        if role not in roles:
+            raise ConfigError(f"--only {role!r} is unknown; choose from {', '.join(roles)}")
+    return chosen
+
+
+def launch(args: argparse.Namespace, plan: Callable[[], list[ServerPlan]], check: Callable[[], str | None] = lambda: None) -> int:
+    """A launcher's main after parsing: ``plan()`` the servers (a LookaheadError -> exit 2),
+    print them, then (not a dry run) ``check()`` the machine (a message -> exit 2) and `serve`."""
+    try:
+        plans = plan()
+    except LookaheadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = announce(plans, args.dry_run)
+    if args.dry_run:
+        return 0
+    problem = check()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    return serve(plans, summary, Path(args.log_dir), args.timeout, args.detach)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = launcher_parser(__doc__, "gpu-qwen3-32b", ROLES, 1800.0, "sglang-logs")
+    parser.add_argument("--python", default=sys.executable, help="Python interpreter that has sglang installed")
+    args = parser.parse_args(argv)
+
+    def no_sglang() -> str | None:
+        if importlib.util.find_spec("sglang") is None and args.python == sys.executable:
+            return ('sglang is not installed in this interpreter: pip install "lookahead[sglang]" on a CUDA machine '
+                    "(or pass --python with an interpreter that has it)")  # fmt: skip
+        return None
+
+    return launch(args, lambda: plan_servers(args.preset, args.python, only_roles(args.only, ROLES)), no_sglang)
 
 if __name__ == "__main__":
     sys.exit(main())

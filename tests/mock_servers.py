@@ -11,6 +11,11 @@
 - OpenAI-compatible: ``POST /v1/completions`` (stop string stripped from the text; ``stop_reason``
   like vLLM unless ``flavor="plain"``; ``usage``; legacy ``logprobs.top_logprobs``),
   ``GET /v1/models`` (``max_model_len``);
+- llama.cpp (``flavor="llamacpp"``): ``/v1/models`` says ``owned_by: llamacpp`` (no
+  ``max_model_len``), ``/v1/completions`` names no stop string, ``POST /completion`` (native:
+  ``content`` without the stop word, ``stop_type`` word / eos / limit, ``stopping_word``,
+  ``tokens_predicted``, ``tokens_evaluated``, ``tokens_cached``) and ``GET /props``
+  (``default_generation_settings.n_ctx``, ``total_slots``);
 - ``POST /tokenize`` in the vLLM/SGLang shape (``prompt`` -> ``tokens``, ``count``) or the
   llama.cpp shape (``content`` -> ``tokens``).
 
@@ -54,7 +59,7 @@ class MockServer:
         self.script = FakeEngine(steps)  # decides every continuation
         self.model = model  # name in /v1/models and /get_model_info
         self.context = context  # max_model_len reported (tokens)
-        self.flavor = flavor  # "vllm": stop_reason in choices; "plain": no hint (like OpenAI)
+        self.flavor = flavor  # "vllm": stop_reason in choices; "plain": no hint (like OpenAI); "llamacpp"
         self.spec_per_pass = spec_per_pass  # >0: report spec_verify_ct as if each pass committed this many tokens
         self.api_key = api_key  # demanded bearer token, None = no auth
         self.max_new_tokens_limit = max_new_tokens_limit  # larger requests get HTTP 400
@@ -117,8 +122,9 @@ class MockServer:
                                                  "is_generation": True},
             ("GET", "/get_server_info"): lambda: {"speculative_num_draft_tokens": self.spec_per_pass + 1
                                                   if self.spec_per_pass else None},
-            ("GET", "/v1/models"): lambda: {"object": "list", "data": [
-                {"id": self.model, "object": "model", "root": self.model, "max_model_len": self.context}]},
+            ("GET", "/v1/models"): lambda: {"object": "list", "data": [self._model_card()]},
+            ("GET", "/props"): lambda: self._props(),
+            ("POST", "/completion"): lambda: self._native_completion(body or {}),
             ("POST", "/tokenize"): lambda: self._tokenize(body or {}),
             ("POST", "/generate"): lambda: self._generate(body or {}),
             ("POST", "/v1/completions"): lambda: self._completions(body or {}),
@@ -128,6 +134,8 @@ class MockServer:
             return self._send(handler, 404, {"detail": "Not Found"})
         try:
             answer = route()
+        except KeyError:  # a route this flavor of server does not have
+            return self._send(handler, 404, {"detail": "Not Found"})
         except ValueError as exc:  # our own validation: a 400 with a message, like the real servers
             return self._send(handler, 400, {"error": {"message": str(exc), "type": "BadRequestError"}})
         self._send(handler, 200, answer)
@@ -233,6 +241,35 @@ class MockServer:
         return {"id": "cmpl-mock", "object": "text_completion", "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
+
+    # -- llama.cpp ---------------------------------------------------------------------------------
+    def _model_card(self) -> dict[str, Any]:
+        if self.flavor == "llamacpp":
+            return {"id": self.model, "object": "model", "owned_by": "llamacpp", "meta": {"n_ctx_train": 8192}}
+        return {"id": self.model, "object": "model", "root": self.model, "max_model_len": self.context}
+
+    def _props(self) -> Any:
+        if self.flavor != "llamacpp":
+            raise KeyError("/props")
+        return {"default_generation_settings": {"n_ctx": self.context, "params": {"top_k": 40, "min_p": 0.05}},
+                "total_slots": 4, "model_path": self.model}
+
+    def _native_completion(self, body: dict[str, Any]) -> Any:
+        if self.flavor != "llamacpp":
+            raise KeyError("/completion")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError("this mock takes one string prompt")
+        stops = body.get("stop") or []
+        n_predict = int(body.get("n_predict", -1))
+        text, kind, matched = self._continue(prompt, n_predict if n_predict >= 0 else 100_000, stops)
+        n = len(text)
+        if kind == "stop":
+            text = text[: len(text) - len(matched)]
+        return {"content": text, "stop": True, "model": self.model, "tokens_predicted": n,
+                "tokens_evaluated": len(prompt), "tokens_cached": self._cached(prompt),
+                "stop_type": {"stop": "word", "length": "limit", "eos": "eos"}[kind],
+                "stopping_word": matched if kind == "stop" else "", "truncated": False}
 
     def _tokenize(self, body: dict[str, Any]) -> Any:
         if "prompt" in body:

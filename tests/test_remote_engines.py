@@ -282,6 +282,63 @@ def test_openai_wrong_model_name_is_rejected_with_message(server):
         engine.generate([P], SamplingParams(max_new_tokens=4))
 
 
+# -- llama.cpp's server: its native /completion names the stop word ------------------------------------
+
+
+def test_llamacpp_server_is_detected_and_eos_is_not_taken_for_the_delimiter():
+    """owned_by llamacpp -> native /completion: a stop word is restored, an EOS stays an EOS (its
+    /v1/completions could not tell them apart), a cap is a length; usage from the native fields."""
+    with MockServer(T, flavor="llamacpp") as srv:
+        engine = openai(srv)
+        assert engine.api == "llamacpp" and engine.name.startswith("llamacpp:")
+        assert engine.context_length() == 4096  # /props default_generation_settings.n_ctx
+        out = engine.generate(ROWS, PARAMS, stop=["\n\n"])
+        assert [c.text for c in out] == [T[0], T[1][:3], T[3]]
+        assert [c.finish_reason for c in out] == ["stop", "length", "eos"]
+        assert [c.matched_stop for c in out] == ["\n\n", None, None]
+        assert [c.completion_tokens for c in out] == [len(T[0]), 3, len(T[3])]
+        assert [c.prompt_tokens for c in out] == [len(r) for r in ROWS]
+        requests = posts(srv, "/completion")
+        assert not posts(srv, "/v1/completions") and len(requests) == 3
+        body = requests[0]["body"]
+        # llama.cpp's own top_k 40 / min_p 0.05 are switched off; the slot's KV cache is reused
+        assert (body["top_k"], body["min_p"], body["cache_prompt"], body["stop"]) == (0, 0.0, True, ["\n\n"])
+        assert sorted(r["body"]["n_predict"] for r in requests) == [3, 64, 64]
+        again = engine.generate([ROWS[0]], PARAMS[0], stop=["\n\n"])[0]
+        assert again.cached_tokens == len(ROWS[0])  # tokens_cached
+
+
+def test_llamacpp_api_can_be_forced_and_a_bad_value_is_a_config_error():
+    with MockServer(T, flavor="llamacpp") as srv:
+        forced = create_engine(EngineConfig(backend="openai", model="mock-model", url=srv.url,
+                                            options={**FAST, "api": "openai"}))
+        assert forced.api == "openai"
+        forced.generate([P], SamplingParams(max_new_tokens=8), stop=["\n\n"])
+        assert posts(srv, "/v1/completions") and not posts(srv, "/completion")
+    with MockServer(T) as srv:  # a vLLM-like server asked for the native route: it has none
+        native = create_engine(EngineConfig(backend="openai", model="mock-model", url=srv.url,
+                                            options={**FAST, "api": "llamacpp"}))
+        with pytest.raises(RequestRejected, match="404|Not Found"):
+            native.generate([P], SamplingParams(max_new_tokens=8), stop=["\n\n"])
+    with pytest.raises(ConfigError, match="options.api 'grpc' is unknown"):
+        create_engine(EngineConfig(backend="openai", model="m", url="http://127.0.0.1:9", options={"api": "grpc"}))
+
+
+def test_lr_over_llamacpp_servers_matches_ar(tok_dir):
+    """The whole loop over two llama.cpp-flavoured servers, pipelined: text equals ar's and the
+    final EOS is an EOS (not a delimiter appended by guesswork)."""
+    draft_steps = ["A1.\n\n", "B2.\n\n", "A3.\n\n", "Answer \\boxed{4}."]
+    with MockServer(T, flavor="llamacpp") as target_srv, MockServer(draft_steps, flavor="llamacpp") as draft_srv:
+        target = {"backend": "openai", "model": "mock-model", "url": target_srv.url, "options": {"tokenizer": tok_dir, **FAST}}
+        cfg = _mock_pair_config(target_srv, draft_srv, tok_dir, pipeline=True, target=target)
+        with LookaheadReasoner.from_config(cfg) as reasoner:
+            lr = reasoner.generate("q")
+            ar = reasoner.generate("q", mode="ar")
+    assert lr.text == ar.text == "".join(T) and lr.accepted_steps >= 2
+    assert lr.finish_reason == ar.finish_reason == "eos"
+    assert posts(target_srv, "/completion") and not posts(target_srv, "/v1/completions")
+
+
 def test_openai_needs_a_url():
     with pytest.raises(ConfigError, match="needs url"):
         create_engine(EngineConfig(backend="openai", model="m"))
@@ -332,6 +389,100 @@ def test_launcher_flags_and_shared_urls(tmp_path):
     [plan] = launcher.plan_servers(str(preset), "python")
     assert plan.role == "target+draft" and "--tokenizer" not in plan.command and "--tp-size" in plan.command
     assert launcher.main(["--preset", str(tmp_path / "nope.yaml"), "--dry-run"]) == 2
+
+
+def _llamacpp_launcher():
+    _launcher()  # launch_llamacpp imports its helpers from launch_sglang
+    spec = importlib.util.spec_from_file_location("launch_llamacpp", ROOT / "scripts" / "launch_llamacpp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_llamacpp_launcher_dry_run_plans_both_servers(capsys):
+    """The shipped preset: the embedded GGUF for the target with γ + 1 slots, the draft's GGUF,
+    --alias = the preset's model name, client options (tokenizer, cache_prompt) not passed on."""
+    launcher = _llamacpp_launcher()
+    assert launcher.main(["--preset", "cpu-llamacpp", "--dry-run", "--server", "llama-server"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    by_role = {s["role"]: s["command"] for s in summary["servers"]}
+    assert by_role["target"].startswith("llama-server -m ") and "SmolLM2-135M-Instruct.Q4_1.gguf" in by_role["target"]
+    assert "--alias smollm2-135m-instruct" in by_role["target"] and "--port 8090" in by_role["target"]
+    assert "--parallel 5" in by_role["target"] and "--tokenizer" not in by_role["target"]
+    assert "smollm2-135m-gsm8k-draft-q8_0.gguf" in by_role["draft"] and "--port 8091" in by_role["draft"]
+    from lookahead.config import load_config
+
+    cfg = load_config("cpu-llamacpp")
+    assert cfg.target.backend == cfg.draft.backend == "openai" and cfg.verifier.name == "exact"
+
+
+def test_llamacpp_launcher_errors_name_the_fix(tmp_path, capsys, monkeypatch):
+    launcher = _llamacpp_launcher()
+    engine = {"backend": "openai", "model": "m", "url": "http://127.0.0.1:31000", "options": {"gguf": str(tmp_path / "x.gguf")}}
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump({"target": engine}))
+    monkeypatch.delenv("LLAMA_SERVER", raising=False)
+    assert launcher.main(["--preset", str(preset), "--server", str(tmp_path / "no-such-binary")]) == 2
+    assert "llama-server not found" in capsys.readouterr().err
+    assert launcher.main(["--preset", str(preset), "--server", sys.executable]) == 2
+    assert "x.gguf does not exist; convert the model first" in capsys.readouterr().err
+    preset.write_text(yaml.safe_dump({"target": engine, "draft": engine}))
+    with pytest.raises(ConfigError, match="share http://127.0.0.1:31000"):
+        launcher.plan_servers(str(preset), "llama-server", must_exist=False)
+
+
+def test_llamacpp_launcher_warns_when_threads_exceed_cores():
+    """Two servers whose threads (given, or llama.cpp's default of every core) exceed the cores get a
+    warning naming the per-server count; within the cores, or a single server, none."""
+    launcher = _llamacpp_launcher()
+
+    def plan(*threads):
+        flags = [[] if t is None else ["--threads", str(t)] for t in threads]
+        return [launcher.ServerPlan(f"r{i}", f"http://h:{i}", "m.gguf", ["llama-server", *f]) for i, f in enumerate(flags)]
+
+    assert "add up to 4 (2 + 2) on 2 cores" in launcher.thread_warning(plan(2, 2), 2)
+    assert "at most 1 (threads: N)" in launcher.thread_warning(plan(2, 2), 2)
+    assert "add up to 3 (1 + 2) on 2 cores" in launcher.thread_warning(plan(1, None), 2)
+    assert launcher.thread_warning(plan(1, 1), 2) is None
+    assert launcher.thread_warning(plan(None), 2) is None
+
+
+def test_llamacpp_launcher_starts_a_server_and_detaches(tmp_path, capsys):
+    """A stand-in llama-server (answers /health on --port) is started, waited for and left running."""
+    import os
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fake = tmp_path / "llama-server"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import sys, http.server\n"
+        "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()\n"
+    )
+    fake.chmod(0o755)
+    (tmp_path / "t.gguf").write_bytes(b"GGUF")
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump({"target": {"backend": "openai", "model": "m", "url": f"http://127.0.0.1:{port}",
+                                                 "options": {"gguf": str(tmp_path / "t.gguf"), "parallel": 3}}}))
+    code = _llamacpp_launcher().main(
+        ["--preset", str(preset), "--server", str(fake), "--detach", "--log-dir", str(tmp_path / "logs"), "--timeout", "60"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    [server] = summary["servers"]
+    try:
+        assert code == 0 and summary["dry_run"] is False
+        assert server["pid"] and f"--port {port}" in server["command"] and "--parallel 3" in server["command"]
+        assert (tmp_path / "logs" / "target.log").exists()
+    finally:
+        if server["pid"]:
+            os.kill(server["pid"], signal.SIGTERM)
 
 
 @pytest.mark.parametrize("preset", ["gpu-qwen3-32b", "gpu-qwen3-8b-1gpu"])

@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 API_KEY_ENV = "LOOKAHEAD_API_KEY"
 """Environment variable read for the bearer token when ``EngineConfig.api_key`` is None."""
 
-CLIENT_OPTIONS = ("tokenizer", "retry_backoff_s", "max_concurrency", "top_logprobs")
+CLIENT_OPTIONS = ("tokenizer", "retry_backoff_s", "max_concurrency", "top_logprobs", "api", "cache_prompt")
 """``EngineConfig.options`` keys read by the remote clients themselves. Every other key of a
 remote engine's ``options`` is an SGLang server argument (`ServerArgs` field name), used by the
 in-process SGLang engine and by ``scripts/launch_sglang.py``, and ignored by the HTTP clients."""
@@ -233,7 +233,8 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 
 def load_local_tokenizer(specs: Sequence[str | None]) -> tuple[Any, str] | None:
-    """The first transformers tokenizer loadable from ``specs`` (local dirs, or cached hub ids).
+    """The first transformers tokenizer loadable from ``specs`` (local dirs, models shipped in
+    ``lookahead/models/`` by name, or cached hub ids).
 
     Hub ids are only looked up in the local cache (``local_files_only``): a remote engine must not
     stall on a download at start-up. Returns ``(tokenizer, spec)`` or None.
@@ -243,8 +244,11 @@ def load_local_tokenizer(specs: Sequence[str | None]) -> tuple[Any, str] | None:
         return None
     from transformers import AutoTokenizer  # heavy; only when a tokenizer is wanted
 
+    shipped = Path(__file__).resolve().parent.parent / "models"
     for spec in candidates:
         path = Path(spec).expanduser()
+        if not path.is_dir() and (shipped / spec).is_dir():
+            path = shipped / spec
         try:
             if path.is_dir():
                 return AutoTokenizer.from_pretrained(str(path)), spec

@@ -22,6 +22,23 @@ The loop exchanges steps as text, so a plain completions endpoint is all it need
 - maps ``usage.prompt_tokens`` / ``completion_tokens`` / ``prompt_tokens_details.cached_tokens``;
   token-level speculation counts are not exposed by this API (``spec_*`` stay 0).
 
+**llama.cpp's server** (``llama-server``) answers ``/v1/completions`` without saying which stop
+string matched, so an EOS and the step delimiter would look alike there. ``options.api`` picks the
+route: ``"auto"`` (default) uses llama.cpp's native ``POST /completion`` when ``/v1/models`` says
+``owned_by: llamacpp``, else ``/v1/completions``; ``"openai"`` / ``"llamacpp"`` force one. The
+native request sends ``prompt``, ``n_predict``, ``temperature``, ``top_p``, ``top_k`` (0 = off),
+``min_p: 0`` (llama.cpp's defaults are top_k 40 and min_p 0.05; ours are off), ``stop``,
+``seed`` when set and ``cache_prompt`` (``options.cache_prompt``, default true: each row reuses
+the KV cache of its slot). llama.cpp warns that cached and freshly processed prefixes do not give
+bit-identical logits, and on this CPU they do not: greedy text then depends on what a slot held
+before, so two ``ar`` runs can differ. ``cache_prompt: false`` makes every call recompute its
+prefix and the text a function of the prefix alone (what lossless ``lr`` == ``ar`` needs), at the
+cost of processing the whole prefix per call. The
+answer's ``stop_type`` (``word`` / ``eos`` / ``limit``), ``stopping_word``, ``tokens_predicted``,
+``tokens_evaluated`` and ``tokens_cached`` map onto the `Completion`. Its context length is
+``/props`` ``default_generation_settings.n_ctx`` (per slot). Start it with ``-np N`` (N ≥ γ + 1
+slots, so a round's rows decode together) and continuous batching (on by default).
+
 `next_token_logprobs` asks for ``max_tokens: 1``, ``logprobs: options.top_logprobs`` (default 20,
 vLLM's default ``--max-logprobs``) and reads ``choices[0].logprobs.top_logprobs[0]`` (token text ->
 logprob). A candidate is matched by the text of its first token (local tokenizer), else by the
@@ -37,8 +54,9 @@ the server's ``/tokenize`` (vLLM, SGLang, llama.cpp). ``context_length``: ``/v1/
 
 Sources relied on: vLLM ``CompletionResponseChoice.stop_reason`` ("the stop string or token id
 that caused the completion to stop, None if ... EOS"), vLLM/SGLang ``ModelCard.max_model_len``,
-SGLang ``CompletionResponseChoice.matched_stop``, llama.cpp server ``stopping_word`` /
-``stop_type``, the OpenAI legacy completions ``logprobs.top_logprobs`` format.
+SGLang ``CompletionResponseChoice.matched_stop``, llama.cpp server ``tools/server/README.md``
+(``POST /completion`` options and response, ``GET /props``, ``GET /v1/models`` ``owned_by``), the
+OpenAI legacy completions ``logprobs.top_logprobs`` format.
 
 Example:
     >>> from lookahead.config import EngineConfig, SamplingParams
@@ -69,6 +87,7 @@ SERVER_HINT = (
     "or python scripts/launch_sglang.py --preset gpu-qwen3-32b) or fix the engine's url"
 )
 DEFAULT_TOP_LOGPROBS = 20
+APIS = ("auto", "openai", "llamacpp")  # options.api: which completion route generate() uses
 
 
 class OpenAIEngine:
@@ -79,14 +98,17 @@ class OpenAIEngine:
     thread_safe = True
 
     def __init__(
-        self, client: HTTPClient, model: str, tokenizer: RemoteTokenizer, context: int | None = None, top_logprobs: int = 20
+        self, client: HTTPClient, model: str, tokenizer: RemoteTokenizer, context: int | None = None, top_logprobs: int = 20,
+        api: str = "openai", cache_prompt: bool = True,
     ) -> None:
         self.client: HTTPClient | None = client
         self.model = model  # the model name sent with every request
         self.tokenizer = tokenizer
         self.context = context  # max prompt + completion tokens, None = unknown
         self.top_logprobs = top_logprobs  # logprobs asked for in next_token_logprobs (count)
-        self.name = f"openai:{model.rstrip('/').split('/')[-1]}"
+        self.api = api  # "openai": /v1/completions; "llamacpp": llama.cpp's native /completion
+        self.cache_prompt = cache_prompt  # llamacpp: let a slot reuse its KV cache (faster, not bit-exact)
+        self.name = f"{'llamacpp' if api == 'llamacpp' else 'openai'}:{model.rstrip('/').split('/')[-1]}"
         self._warned_ambiguous = False
 
     @classmethod
@@ -94,6 +116,9 @@ class OpenAIEngine:
         if not cfg.url:
             raise ConfigError("the openai backend needs url: the server's base URL, e.g. --set target.url=http://127.0.0.1:8000")
         opts = client_options(cfg.options)
+        api = str(opts.get("api", "auto")).lower()
+        if api not in APIS:
+            raise ConfigError(f"options.api {opts.get('api')!r} is unknown; choose one of {', '.join(APIS)}")
         base = cfg.url.rstrip("/")
         base = base[: -len("/v1")] if base.endswith("/v1") else base
         client = HTTPClient(
@@ -112,12 +137,29 @@ class OpenAIEngine:
             local = load_tokenizer(opts, [model, card.get("root")])
             tokenizer = RemoteTokenizer(local[0] if local else None, None if local else client, model=model,
                                         source=local[1] if local else "")
-            context = card.get("max_model_len") or (_tokenizer_context(local[0]) if local else None)
+            if api == "auto":
+                api = "llamacpp" if card.get("owned_by") == "llamacpp" else "openai"
+            context = card.get("max_model_len") or (cls._llamacpp_context(client) if api == "llamacpp" else None)
+            context = context or (_tokenizer_context(local[0]) if local else None)
         except BaseException:
             client.close()
             raise
         top = int(opts.get("top_logprobs", DEFAULT_TOP_LOGPROBS))
-        return cls(client, model, tokenizer, int(context) if context else None, top)
+        cache_prompt = opts.get("cache_prompt", True)
+        if not isinstance(cache_prompt, bool):
+            raise ConfigError(f"options.cache_prompt must be true or false, not {cache_prompt!r}")
+        return cls(client, model, tokenizer, int(context) if context else None, top, api, cache_prompt)
+
+    @staticmethod
+    def _llamacpp_context(client: HTTPClient) -> int | None:
+        """llama.cpp's context per slot (``/props`` ``default_generation_settings.n_ctx``), None if unknown."""
+        try:
+            props = client.get("/props")
+        except LookaheadError:
+            return None
+        settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+        return int(n_ctx) if isinstance(n_ctx, int) and n_ctx > 0 else None
 
     @staticmethod
     def _model_card(client: HTTPClient, model: str) -> dict[str, Any]:
@@ -174,6 +216,8 @@ class OpenAIEngine:
 
         def one(row: tuple[str, SamplingParams]) -> Completion:
             prompt, p = row
+            if self.api == "llamacpp":
+                return self._native_completion(client.post("/completion", self._native_request(prompt, p, stops)), started)
             body = client.post("/v1/completions", self._request(prompt, p, stops))
             return self._completion(body, stops, started)
 
@@ -218,6 +262,44 @@ class OpenAIEngine:
             request["top_k"] = p.top_k
         return request
 
+    def _native_request(self, prompt: str, p: SamplingParams, stops: list[str]) -> dict[str, Any]:
+        """llama.cpp ``POST /completion`` body: our sampling, with llama.cpp's extra filters off."""
+        request: dict[str, Any] = {
+            "prompt": prompt,
+            "n_predict": p.max_new_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "top_k": max(p.top_k, 0),
+            "min_p": 0.0,
+            "cache_prompt": self.cache_prompt,
+        }
+        if stops:
+            request["stop"] = stops
+        if p.seed is not None:
+            request["seed"] = p.seed
+        return request
+
+    def _native_completion(self, body: dict[str, Any], started: float) -> Completion:
+        """A llama.cpp ``/completion`` answer as a `Completion` (stop word restored)."""
+        if not isinstance(body, dict) or "content" not in body:
+            raise LookaheadError(f"{self.name}: /completion answered without content: {str(body)[:200]}")
+        text = str(body.get("content") or "")
+        kind = body.get("stop_type")
+        matched = None
+        if kind == "word":
+            matched = str(body.get("stopping_word") or "") or None
+            finish = "stop" if matched else "eos"
+        elif kind == "eos":
+            finish = "eos"
+        elif kind == "limit":
+            finish = "length"
+        else:
+            raise LookaheadError(f"{self.name}: /completion ended with stop_type {kind!r}")
+        prompt_tokens = int(body.get("tokens_evaluated") or 0)
+        # tokens_cached counts the slot's whole cache; the reused share of this prompt is at most its length
+        cached = min(int(body.get("tokens_cached") or 0), prompt_tokens)
+        return self._built(text, finish, matched, prompt_tokens, body.get("tokens_predicted"), cached, started)
+
     def _completion(self, body: dict[str, Any], stops: list[str], started: float) -> Completion:
         choices = body.get("choices") if isinstance(body, dict) else None
         if not choices:
@@ -231,21 +313,26 @@ class OpenAIEngine:
         elif reason in ("stop", "eos", None):
             matched = self._matched_stop(choice, body, stops) if reason is not None else None
             finish = "stop" if matched else "eos"
-            if matched and not text.endswith(matched):
-                text += matched
         else:
             raise LookaheadError(f"{self.name}: the server ended a completion with finish_reason {reason!r}")
         usage = body.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
-        completion_tokens = usage.get("completion_tokens")
+        return self._built(text, finish, matched, int(usage.get("prompt_tokens") or 0), usage.get("completion_tokens"),
+                           int(details.get("cached_tokens") or 0), started)  # fmt: skip
+
+    def _built(self, text: str, finish: str, matched: str | None, prompt_tokens: int, completion_tokens: Any,
+               cached: int, started: float) -> Completion:  # fmt: skip
+        """The `Completion`, with the stop string the server stripped put back at the end."""
+        if matched and not text.endswith(matched):
+            text += matched
         return Completion(
             text=text,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            prompt_tokens=prompt_tokens,
             completion_tokens=int(completion_tokens) if completion_tokens is not None else self.count_tokens(text),
             finish_reason=finish,  # type: ignore[arg-type]
             matched_stop=matched,
             latency_s=time.perf_counter() - started,
-            cached_tokens=int(details.get("cached_tokens") or 0),
+            cached_tokens=cached,
         )
 
     def _matched_stop(self, choice: dict[str, Any], body: dict[str, Any], stops: list[str]) -> str | None:
