@@ -271,7 +271,8 @@ def _depth_counts(records: Iterable[dict[str, Any]]) -> tuple[list[int], list[in
 def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
     """Estimate α per depth, c, b(k), v and the token-level factors from eval JSON records.
 
-    Needs ``ar`` records (they define the unit, a batch-1 target step). Per run, costs are per
+    Needs ``ar`` records (they define the unit, a batch-1 target step; with several ``ar`` runs,
+    the one without ``[overrides]``). Per run, costs are per
     committed token times the run's tokens per step, so runs whose steps differ in length compare.
     ``b(k)`` is read from each ``lr`` run's target seconds per round at its mean rows per call,
     1 + drafted steps per round (rounds whose draft step came out incomplete call the target with
@@ -283,7 +284,10 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
     by_run: dict[str, list[dict[str, Any]]] = {}
     for r in ok:
         by_run.setdefault(str(r["run"]), []).append(r)
-    ar = [r for r in ok if r.get("mode") == "ar"]
+    ar_runs = [rs for rs in by_run.values() if rs[0].get("mode") == "ar"]
+    # the unit is one ar run: the plain one (no [overrides]) when there is one, so an ar run over
+    # other engines or options (e.g. ar[target.options.cache_prompt=false]) is a run it measures
+    ar = next((rs for rs in ar_runs if not rs[0].get("overrides")), ar_runs[0] if ar_runs else [])
     if not ar:
         raise DataError("the records hold no finished 'ar' run: the speedup model needs it as the unit; "
                         "run the eval with --modes ar,lr,...")

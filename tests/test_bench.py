@@ -298,3 +298,12 @@ def test_issue_targets_from_measured_runs():
     assert worst["value"] == pytest.approx(0.05) and worst["met"] is False and worst["at_least"] is False
     assert targets["best lookahead tokens/s / llama.cpp ar tokens/s"]["met"] is None  # no llama.cpp run
     assert targets["speedup model error, worst |predicted / measured - 1|"]["met"] is True
+
+    # a peer run with [overrides] still counts as that peer (here llama.cpp beside lookahead over a server)
+    runs.append(run("peer:llamacpp[target.backend=hf]", "peer:llamacpp", 3.0, 20.0))
+    targets = {t["target"]: t for t in issue_targets(runs, {"max_abs_error": 0.04})}
+    assert targets["best lookahead tokens/s / llama.cpp ar tokens/s"]["value"] == pytest.approx(26.0 / 20.0)
+    # ar over a fast engine (e.g. a llama.cpp server) is that engine's speed, not ours: it does not count
+    runs.append(run("ar[target.backend=openai]", "ar", 4.0, 40.0))
+    targets = {t["target"]: t for t in issue_targets(runs, {"max_abs_error": 0.04})}
+    assert targets["best lookahead tokens/s / llama.cpp ar tokens/s"]["value"] == pytest.approx(26.0 / 20.0)

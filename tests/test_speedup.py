@@ -124,6 +124,22 @@ def test_pipelined_runs_stay_out_of_the_fit():
     assert both.measured["lr[gamma=1,pipeline=true]"] == pytest.approx(10.0 / 30.0)
 
 
+def test_the_plain_ar_run_is_the_unit():
+    """With a second ar run over other options (slower, listed after the plain one), the unit and
+    the measured speedups stay the plain ar run's; the other ar run is measured against it."""
+    ar = _record("ar", "ar", 0, target_s=10.0, rounds=10, tokens=100)
+    slow = _record("ar[target.options.cache_prompt=false]", "ar", 0, target_s=30.0, rounds=10, tokens=100)
+    slow["overrides"] = {"target.options.cache_prompt": False}
+    lr = _record("lr[gamma=1]", "lr", 0, target_s=15.0, rounds=10, tokens=100, draft_s=2.0, drafted=10,
+                 gamma=1, wall=17.0)
+    for order in ([ar, slow, lr], [slow, ar, lr]):
+        inputs = from_eval_records(order)
+        assert inputs.target_step_s == pytest.approx(1.0)
+        assert inputs.measured["ar"] == pytest.approx(1.0)
+        assert inputs.measured["ar[target.options.cache_prompt=false]"] == pytest.approx(10.0 / 30.0)
+        assert inputs.measured["lr[gamma=1]"] == pytest.approx(10.0 / 17.0)
+
+
 def test_gpu_projection_is_labelled_and_follows_the_model():
     projection = gpu_projection(max_gamma=3, alphas=(0.0, 0.45))
     assert "PROJECTION" in projection["label"] and "not a measurement" in projection["label"]
