@@ -60,6 +60,7 @@ DEFAULT_RUNS = (
 )
 """The runs of issue 10: ``ar``, the peers, ``sd``, ``lr`` at γ = 1, 2, 4, pipelined and adaptive, ``lr+sd``."""
 DEFAULT_OUT = Path("docs/benchmarks/bench-cpu")
+SERVER_BACKENDS = ("openai", "sglang")  # a target there is not a transformers model the hf peers can run
 OWN_MODES = ("ar", "sd", "lr", "lr+sd")  # the modes the speedup model describes (peers are not our loop)
 PREDICTED_MODES = ("lr", "lr+sd")  # the modes it predicts (ar is its unit, sd's factor is measured)
 MAX_BATCH = 8  # the batch-cost curve covers batch sizes 1..MAX_BATCH (rows)
@@ -67,20 +68,31 @@ BATCH_COST_FILE = "batch_cost.json"  # in the records folder: the curve, measure
 
 
 # -- runs ---------------------------------------------------------------------------------------
-def default_runs() -> tuple[str, list[str]]:
-    """`DEFAULT_RUNS` and the runs left out of it: the llama.cpp peers when ``llama_cpp`` cannot be
-    imported. (A llama.cpp peer asked for by name in ``--runs`` keeps the harness's ConfigError.)"""
+def default_runs(config: LookaheadConfig | None = None) -> tuple[str, dict[str, str]]:
+    """`DEFAULT_RUNS` without the peers that cannot run here, and why each was left out: the
+    llama.cpp peers when ``llama_cpp`` cannot be imported, the transformers peers when the
+    ``config``'s target is served by another engine (``target.backend`` in `SERVER_BACKENDS`).
+    A peer asked for by name in ``--runs`` keeps the harness's ConfigError."""
     from lookahead.eval.harness import _split_top_level
-    from lookahead.eval.peers import PEERS, import_llama_cpp, peer_name
+    from lookahead.eval.peers import LLAMACPP_HINT, PEERS, import_llama_cpp, peer_name
 
     try:
         import_llama_cpp()
-        return DEFAULT_RUNS, []
+        llama_cpp_missing = None
     except ConfigError:
-        pass
-    specs = _split_top_level(DEFAULT_RUNS, "--runs")
-    left_out = [s for s in specs if (name := peer_name(s.split("[")[0])) in PEERS and PEERS[name].llama_cpp]
-    return ",".join(s for s in specs if s not in left_out), left_out
+        llama_cpp_missing = f"llama-cpp-python is not installed ({LLAMACPP_HINT} to include it)"
+    backend = config.target.backend if config is not None else "hf"
+    left_out: dict[str, str] = {}
+    for spec in _split_top_level(DEFAULT_RUNS, "--runs"):
+        name = peer_name(spec.split("[")[0])
+        if name not in PEERS:
+            continue
+        if PEERS[name].llama_cpp and llama_cpp_missing:
+            left_out[spec] = llama_cpp_missing
+        elif not PEERS[name].llama_cpp and backend in SERVER_BACKENDS:
+            left_out[spec] = f"it runs transformers in this process and target.backend is {backend!r}"
+    kept = [s for s in _split_top_level(DEFAULT_RUNS, "--runs") if s not in left_out]
+    return ",".join(kept), left_out
 
 
 # -- the speedup model against the measurement --------------------------------------------------
@@ -561,19 +573,18 @@ def bench_command(
     from lookahead.cli import _fail, console, err_console
     from lookahead.eval import report as eval_report
     from lookahead.eval.cli import _machine, interrupted, open_records, prepare_evaluation, run_evaluation
-    from lookahead.eval.peers import LLAMACPP_HINT
+    from lookahead.config import load_config
 
     dropped: list[str] = []
     evaluation = None
     try:
         json_path, png_path = report_paths(out)
         if runs is None:
-            runs, dropped = default_runs()
-            if dropped:
-                err_console.print(
-                    f"[yellow]llama-cpp-python is not installed: leaving out {escape(', '.join(dropped))} "
-                    f"({escape(LLAMACPP_HINT)} to include them)[/]"
-                )
+            runs, left_out = default_runs(load_config(config, list(set_ or [])))
+            dropped = list(left_out)
+            for reason in dict.fromkeys(left_out.values()):  # one line per reason, its runs named
+                named = ", ".join(spec for spec, why in left_out.items() if why == reason)
+                err_console.print(f"[yellow]leaving out {escape(named)}: {escape(reason)}[/]")
         evaluation = prepare_evaluation(
             task=task, modes=runs, config=config, set_=set_, limit=limit, out=out, data_dir=data_dir
         )

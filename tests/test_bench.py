@@ -16,7 +16,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from lookahead.bench import DEFAULT_RUNS, MAX_BATCH, bench_command, report_paths, speedup_model
+from lookahead.bench import DEFAULT_RUNS, MAX_BATCH, bench_command, default_runs, report_paths, speedup_model
 from lookahead.engines.fake import FakeEngine
 from lookahead.errors import ConfigError
 from lookahead.eval import harness as h
@@ -148,6 +148,20 @@ def test_default_runs_leave_out_the_llama_cpp_peers_when_it_is_missing(tmp_path,
 
     refused = cli("--config", "tiny", "--task", f"jsonl:{task}", "--runs", "ar,peer:llamacpp", "--out", str(out) + "2")
     assert refused.exit_code == 2 and LLAMACPP_HINT in refused.output and "Traceback" not in refused.output
+
+
+def test_default_runs_leave_out_the_transformers_peers_over_a_server_target():
+    """A target behind a server (target.backend openai) leaves out the peers that run transformers
+    in-process, with the reason; our modes and the llama.cpp peers stay."""
+    from lookahead.config import load_config
+
+    runs, left_out = default_runs(load_config("cpu-llamacpp"))
+    assert set(left_out) == {"peer:hf-assisted", "peer:hf-prompt-lookup"} | (
+        {"peer:llamacpp", "peer:llamacpp-lookup"} & set(left_out))
+    assert "target.backend is 'openai'" in left_out["peer:hf-assisted"]
+    assert runs.startswith("ar,sd,lr[gamma=1]") and "peer:hf" not in runs
+    kept, none = default_runs(load_config("tiny"))
+    assert "peer:hf-assisted" in kept and not {k for k in none if k.startswith("peer:hf")}
 
 
 @pytest.mark.parametrize(

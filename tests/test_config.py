@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from lookahead import ConfigError, load_config
@@ -67,8 +70,10 @@ def test_bad_values_raise_actionable_errors(override, message):
 
 
 def test_unknown_preset_lists_presets():
-    """An unknown config name lists the presets."""
-    with pytest.raises(ConfigError, match=r"presets: default, .*tiny"):
+    """An unknown config name lists every shipped preset, sorted."""
+    shipped = sorted(p.stem for p in (Path(__file__).parents[1] / "lookahead" / "configs").glob("*.yaml"))
+    assert {"default", "tiny", "cpu-llamacpp"} <= set(shipped)
+    with pytest.raises(ConfigError, match=re.escape("presets: " + ", ".join(shipped))):
         load_config("nonexistent")
 
 

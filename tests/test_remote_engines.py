@@ -339,6 +339,24 @@ def test_lr_over_llamacpp_servers_matches_ar(tok_dir):
     assert posts(target_srv, "/completion") and not posts(target_srv, "/v1/completions")
 
 
+def test_llama_cpp_peer_prompts_through_a_server_target(tok_dir):
+    """With target.backend openai (lookahead over llama-server), a llama.cpp peer renders and counts
+    its prompt with that engine's local tokenizer (no transformers target needed)."""
+    from lookahead.eval.peers import _prepare, _prompt_engine
+
+    with MockServer(T, flavor="llamacpp") as srv:
+        cfg = config_from_dict({"max_total_tokens": 100, "target": {
+            "backend": "openai", "model": "mock-model", "url": srv.url, "options": {"tokenizer": tok_dir, **FAST}}})
+        engine = _prompt_engine(cfg.target, "llamacpp")
+        try:
+            prepared = _prepare(cfg, engine, "q")
+        finally:
+            engine.shutdown()
+    assert prepared.prompt.startswith("<user>\nq\n") and prepared.prompt.endswith("<assistant>\n")  # its template
+    assert prepared.prompt_tokens == engine.count_tokens(prepared.prompt) > 0
+    assert prepared.token_limit == 100
+
+
 def test_openai_needs_a_url():
     with pytest.raises(ConfigError, match="needs url"):
         create_engine(EngineConfig(backend="openai", model="m"))

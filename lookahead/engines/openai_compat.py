@@ -83,8 +83,9 @@ from lookahead.types import Completion
 logger = logging.getLogger(__name__)
 
 SERVER_HINT = (
-    "start an OpenAI-compatible server there (vllm serve MODEL, python -m sglang.launch_server, llama-server, "
-    "or python scripts/launch_sglang.py --preset gpu-qwen3-32b) or fix the engine's url"
+    "start an OpenAI-compatible server there (vllm serve MODEL, python -m sglang.launch_server, llama-server; "
+    "for the shipped presets: python scripts/launch_llamacpp.py --preset cpu-llamacpp, or "
+    "python scripts/launch_sglang.py --preset gpu-qwen3-32b) or fix the engine's url"
 )
 DEFAULT_TOP_LOGPROBS = 20
 APIS = ("auto", "openai", "llamacpp")  # options.api: which completion route generate() uses

@@ -72,6 +72,7 @@ from lookahead.steps import split_steps
 from lookahead.types import Result, StepRecord
 
 if TYPE_CHECKING:
+    from lookahead.engines.base import Engine
     from lookahead.engines.hf import HFEngine
 
 PEER_PREFIX = "peer:"  # run specs and record modes name a peer as "peer:NAME"
@@ -284,7 +285,7 @@ class _Prepared:
     token_limit: int  # completion budget: min(max_total_tokens, context left) (tokens)
 
 
-def _prepare(cfg: LookaheadConfig, engine: HFEngine, question: str) -> _Prepared:
+def _prepare(cfg: LookaheadConfig, engine: Engine, question: str) -> _Prepared:
     messages = build_messages(question, cfg.prompt_template, cfg.system_prompt)
     prompt = engine.format_chat(messages)
     prompt_tokens = engine.count_tokens(prompt)
@@ -314,7 +315,7 @@ def _hf_engine(cfg: EngineConfig, where: str, peer: str) -> HFEngine:
 def _result(
     name: str,
     cfg: LookaheadConfig,
-    engine: HFEngine,
+    engine: Engine,
     prepared: _Prepared,
     text: str,
     finish_reason: str,
@@ -585,12 +586,24 @@ def _gguf_path(config: LookaheadConfig, options: dict[str, Any], name: str) -> P
     )
 
 
+def _prompt_engine(cfg: EngineConfig, peer: str) -> Engine:
+    """The engine that renders a llama.cpp peer's prompt and counts its tokens: the transformers
+    target in-process, or the configured server engine (one client, no Ray pool)."""
+    if cfg.backend == "hf":
+        return _hf_engine(cfg, "target", peer)
+    from lookahead.engines import create_engine
+
+    return create_engine(dataclasses.replace(cfg, replicas=0))
+
+
 class LlamaCppPeer:
     """``llamacpp`` and ``llamacpp-lookup``: llama-cpp-python on a GGUF file, streamed.
 
-    The target's transformers tokenizer renders the prompt (same chat template) and counts the
-    completion's tokens, as for every other run; llama.cpp tokenizes the prompt with its own
-    vocabulary (no BOS added: the template carries what the model needs).
+    The target engine renders the prompt (same chat template) and counts the completion's tokens,
+    as for every other run: the in-process transformers target, or, when ``target.backend`` is a
+    server (e.g. lookahead over llama-server), that engine with its local tokenizer, which loads
+    no weights here. llama.cpp tokenizes the prompt with its own vocabulary (no BOS added: the
+    template carries what the model needs).
     """
 
     def __init__(self, name: str, config: LookaheadConfig, options: dict[str, Any]) -> None:
@@ -599,7 +612,7 @@ class LlamaCppPeer:
         self.config = config
         self.options = options
         gguf = _gguf_path(config, options, name)
-        self.target: HFEngine | None = _hf_engine(config.target, "target", name)
+        self.target: Engine | None = _prompt_engine(config.target, name)
         import torch
 
         draft = None
