@@ -137,7 +137,7 @@ def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float]
     point. With a measured curve each row also keeps the fitted-curve figures as
     ``predicted_fitted_b`` / ``error_fitted_b`` (and ``max_abs_error_fitted_b``) for comparison.
     """
-    from lookahead.speedup import from_eval_records, is_pipelined
+    from lookahead.speedup import from_eval_records, unmodelled
 
     own = [r for r in records if r.get("mode") in OWN_MODES]
     fitted = from_eval_records(own)
@@ -154,10 +154,9 @@ def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float]
                 row["gamma_rounds"] = {str(g): n for g, n in sorted(used.items())}
                 row["predicted"] = round(_predict(inputs.for_run(row["run"]), row["mode"], used), 4)
                 row["note"] = "adaptive: predicted over the γ its rounds used (gamma_rounds)"
-        if run_records and is_pipelined(run_records[0]):
+        if run_records and unmodelled(run_records[0]):
             row["predicted"] = None
-            row["note"] = ("not predicted: the model describes sequential rounds; a pipelined round overlaps "
-                           "draft, target and verifier (overlap_s) and calls the target row by row")
+            row["note"] = unmodelled(run_records[0])
         elif row["mode"] not in PREDICTED_MODES:
             row["note"] = "not a prediction: ar is the unit and sd's factor f is measured from this run"
             if row["mode"] == "sd" and (run_records[0].get("overrides") or {}):

@@ -49,6 +49,7 @@ def uses_token_speculation(mode: str) -> bool:
 
 SAMPLING_SHORTHANDS = ("temperature", "top_p", "top_k", "seed")
 PRESETS_DIR = Path(__file__).parent / "configs"
+MAX_TREE_DRAFTS = 64  # width > 1: most draft steps one tree round may draft (width + ... + width^gamma)
 
 
 @dataclass
@@ -192,6 +193,7 @@ class LookaheadConfig:
     adaptive_prior_acceptance: float = 0.5  # adaptive_gamma: prior mean of the depth-1 acceptance (probability)
     adaptive_probe_budget: float = 0.02  # adaptive_gamma: share of ar time spent probing while γ = 0 (fraction)
     pipeline: bool = False  # overlap draft, target and verifier within a round (lookahead.loop); off = one batched target call per round
+    width: int = 1  # draft steps sampled per node of the round's tree (lookahead.loop, tree rounds); 1 = a chain
 
     def validate(self) -> LookaheadConfig:
         if self.mode not in MODES:
@@ -239,6 +241,26 @@ class LookaheadConfig:
                 "pipeline and adaptive_gamma cannot be combined: adaptive γ models sequential rounds; "
                 "drop one of them: --set pipeline=false or --set adaptive_gamma=false"
             )
+        if self.width < 1:
+            raise ConfigError(f"width (draft steps per node) must be >= 1 (got {self.width}); e.g. --set width=2")
+        if self.width > 1:
+            if self.pipeline or self.adaptive_gamma:
+                raise ConfigError(
+                    "width > 1 runs sequential tree rounds; drop pipeline / adaptive_gamma "
+                    "(--set pipeline=false --set adaptive_gamma=false) or use width=1"
+                )
+            if self.draft_sampling.temperature <= 0:
+                raise ConfigError(
+                    f"width={self.width} samples several draft steps per node, but draft_sampling.temperature is "
+                    f"{self.draft_sampling.temperature}: greedy drafts are all the same step; "
+                    "e.g. --set draft_sampling.temperature=0.7"
+                )
+            nodes = sum(self.width**depth for depth in range(1, self.gamma + 1))
+            if nodes > MAX_TREE_DRAFTS:
+                raise ConfigError(
+                    f"width={self.width} and gamma={self.gamma} make a tree of {nodes} draft steps per round "
+                    f"(width + width^2 + ... + width^gamma); at most {MAX_TREE_DRAFTS}: lower width or gamma"
+                )
         self.target.validate("target")
         self.draft.validate("draft")
         self.target_sampling.validate("target_sampling")

@@ -36,6 +36,18 @@ in-process engine); a thread-safe target (``thread_safe = True``: `PoolEngine`) 
 workers, so the rows of a round, and of concurrent problems, run at once. Stats: ``overlap_s``
 (`lookahead.stats`) is the time the parts ran at once; ``carried_drafts`` the steps carried over.
 
+With ``width`` w > 1 (sequential rounds, sampled drafts) a round drafts a tree instead of a chain,
+as the reference's tree does: every node (the committed text P, then P + a drafted path) gets w
+draft steps sampled from it (repeats dropped), down to depth γ (`LookaheadReasoner.tree_round`)::
+
+    propose : w steps from P; w steps from each P + d^(j); ... (w + w^2 + ... + w^γ at most)
+    expand  : t(node) = target(node) for the root and every node, ONE batched call
+    judge   : every child step against its parent's target step, one verifier call
+    commit  : from P, follow the first accepted child while there is one; then its target step
+
+Any accepted step equals (exact verifier) the target's own step from the same prefix, so greedy
+targets still commit ``ar``'s text; a round accepts a depth when ANY of its w samples matches.
+
 With ``adaptive_gamma`` the depth of each round is chosen by the reasoner's `AdaptiveGamma`
 policy in 0..gamma (0 = an ``ar`` round: no draft call, one target row), which then learns from
 the round's acceptance and costs (`lookahead.speedup` is the model it maximises).
@@ -374,6 +386,9 @@ class LookaheadReasoner:
                 state.stats.observe_gamma(state.config.gamma)
                 in_flight = self.pipelined_round(state, state.config.gamma)
                 proposal = in_flight.proposal()
+            elif state.config.width > 1:  # validate refuses width > 1 with pipeline or adaptive_gamma
+                state.stats.observe_gamma(state.config.gamma)
+                proposal = self.tree_round(state, state.config.gamma)
             else:
                 gamma = policy.choose() if policy is not None else state.config.gamma
                 state.stats.observe_gamma(gamma)
@@ -448,6 +463,92 @@ class LookaheadReasoner:
         state.stats.target_prompt_tokens += sum(t.prompt_tokens for t in targets)
         state.stats.target_cached_tokens += sum(t.cached_tokens for t in targets)
         return targets
+
+    def tree_round(self, state: ProblemState, gamma: int) -> Proposal:
+        """One round over a tree of draft steps (``width`` > 1; see the module docstring): the
+        accepted path's draft steps, its target steps and verdicts, as a chain round's `Proposal`.
+
+        A node is a path of draft steps from P. Its w children are draft steps sampled from it
+        (repeats and incomplete steps dropped); a node past the budget, or whose last step states
+        the final answer, gets none. The proposal ends with the first child of the last node
+        reached and that child's (rejecting) verdict, so the stats count the depth that failed.
+        """
+        cfg = state.config
+        start = time.perf_counter()
+        levels: list[list[tuple[str, ...]]] = [[()]]
+        children: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+        for _ in range(gamma):
+            level: list[tuple[str, ...]] = []
+            for node in levels[-1]:
+                if node and cfg.stop_at_final_answer and state.final_answer.search(node[-1]):
+                    continue  # the problem ends at this node if its path is accepted
+                text = state.completion + "".join(node)
+                left = state.token_limit - self.target.count_tokens(text)
+                if left <= 0:
+                    continue
+                kids = children.setdefault(node, [])
+                for _ in range(cfg.width):
+                    step = self._draft_step(state, text, left)
+                    if step is not None and node + (step,) not in kids:
+                        kids.append(node + (step,))
+                level.extend(kids)
+            if not level:
+                break
+            levels.append(level)
+        state.stats.draft_s += time.perf_counter() - start
+
+        nodes = [node for level in levels for node in level]
+        rows = self._tree_rows(state, nodes)
+        pairs = [(parent, child) for parent in nodes for child in children.get(parent, []) if parent in rows]
+        context = _judge_context(state)
+        verdicts = self._verify(
+            state,
+            [context + "".join(parent) for parent, _ in pairs],
+            [child[-1] for _, child in pairs],
+            [rows[parent] for parent, _ in pairs],
+        ) if pairs else []
+        verdict_of = {child: v for (_, child), v in zip(pairs, verdicts)}
+
+        node: tuple[str, ...] = ()
+        path_targets: list[Completion] = []
+        path_verdicts: list[Verdict] = []
+        drafts: list[str] = []
+        while node in rows:
+            path_targets.append(rows[node])
+            kids = [c for c in children.get(node, []) if c in verdict_of]
+            chosen = next((c for c in kids if verdict_of[c].accepted and rows[node].finish_reason == "stop"), None)
+            if chosen is None:
+                if kids:  # the depth that failed: its first sample and the verdict rejecting it
+                    drafts.append(kids[0][-1])
+                    path_verdicts.append(verdict_of[kids[0]])
+                break
+            drafts.append(chosen[-1])
+            path_verdicts.append(verdict_of[chosen])
+            node = chosen
+        return Proposal(drafts, path_targets, path_verdicts)
+
+    def _tree_rows(self, state: ProblemState, nodes: list[tuple[str, ...]]) -> dict[tuple[str, ...], Completion]:
+        """The target's step from every node of a tree round, one batched call (expand's rules:
+        no row past the budget, none after a leaf that states the final answer)."""
+        cfg = state.config
+        inner = {node[:-1] for node in nodes if node}
+        prompts, params, keys = [], [], []
+        for node in nodes:
+            prefix = state.completion + "".join(node)
+            left = state.token_limit - (self.target.count_tokens(prefix) if node else state.tokens)
+            leaf_answers = node and node not in inner and cfg.stop_at_final_answer and state.final_answer.search(node[-1])
+            if left <= 0 or leaf_answers:
+                continue
+            prompts.append(state.target_prompt + prefix)
+            params.append(dataclasses.replace(cfg.target_sampling, max_new_tokens=min(cfg.max_step_tokens, left)))
+            keys.append(node)
+        start = time.perf_counter()
+        targets = self.target.generate(prompts, params, stop=[cfg.step_delimiter], **_speculate(state.mode)) if prompts else []
+        state.stats.target_s += time.perf_counter() - start
+        state.stats.observe_tokens("target", targets)
+        state.stats.target_prompt_tokens += sum(t.prompt_tokens for t in targets)
+        state.stats.target_cached_tokens += sum(t.cached_tokens for t in targets)
+        return dict(zip(keys, targets))
 
     def judge(self, state: ProblemState, drafts: list[str], targets: list[Completion]) -> list[Verdict]:
         """Verdicts for (d_i, t_i); a verifier failure rejects every pair and is counted."""

@@ -233,6 +233,19 @@ def is_pipelined(record: dict[str, Any]) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes", "on")
 
 
+def unmodelled(record: dict[str, Any]) -> str | None:
+    """Why this record's run is outside the model of a sequential chain round (None: it is not).
+    Such runs are neither predicted nor used to fit the shared inputs (they keep their own α)."""
+    if is_pipelined(record):
+        return ("not predicted: the model describes sequential rounds; a pipelined round overlaps "
+                "draft, target and verifier (overlap_s) and calls the target row by row")
+    width = (record.get("overrides") or {}).get("width")
+    if width is not None and int(width) > 1:
+        return (f"not predicted: width={width} drafts a tree (up to width^depth steps per depth, one "
+                "target row per node); the model describes a chain of one draft step per depth")
+    return None
+
+
 def _run_gamma(record: dict[str, Any]) -> int:
     overrides = record.get("overrides") or {}
     if "gamma" in overrides:
@@ -305,13 +318,13 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
         steps = sum(r["committed_steps"] for r in rs)
         return u_tok * sum(r["completion_tokens"] for r in rs) / steps if steps else u_tok * ar_tokens_per_step
 
-    # the shared inputs come from sequential rounds only (`is_pipelined`); pipelined runs still
-    # get their own α, p and v in per_run
-    spec_step = [r for r in ok if r.get("mode") in ("lr", "lr+sd") and not is_pipelined(r)]
+    # the shared inputs come from sequential chain rounds only (`unmodelled`); pipelined and tree
+    # runs still get their own α, p and v in per_run
+    spec_step = [r for r in ok if r.get("mode") in ("lr", "lr+sd") and not unmodelled(r)]
     trials, wins = _depth_counts(spec_step)
     alpha = [w / t if t else 0.0 for w, t in zip(wins, trials)]
 
-    lr_runs = {label: rs for label, rs in by_run.items() if rs[0].get("mode") == "lr" and not is_pipelined(rs[0])}
+    lr_runs = {label: rs for label, rs in by_run.items() if rs[0].get("mode") == "lr" and not unmodelled(rs[0])}
     points: dict[float, list[float]] = {1.0: [1.0]}
     c_num = c_den = 0.0
     v_num = v_den = 0.0
@@ -355,7 +368,7 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
     if sd and per_token(sd, "target_s") > 0:
         f = u_tok / per_token(sd, "target_s")
     fd = 1.0
-    lrsd = [r for r in ok if r.get("mode") == "lr+sd" and not is_pipelined(r)]
+    lrsd = [r for r in ok if r.get("mode") == "lr+sd" and not unmodelled(r)]
     lr_all = [r for rs in lr_runs.values() for r in rs]
     if lrsd and lr_all and c_den:
         d_lr = sum(r["draft_s"] for r in lr_all) / max(sum(r.get("drafted_steps", 0) for r in lr_all), 1)

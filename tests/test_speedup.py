@@ -18,6 +18,7 @@ from lookahead.speedup import (
     is_pipelined,
     predicted_speedup,
     round_cost,
+    unmodelled,
 )
 
 RECORDS = Path(__file__).parent.parent / "docs" / "benchmarks" / "gsm8k-cpu" / "records.jsonl"
@@ -108,8 +109,8 @@ def test_from_eval_records_synthetic():
 
 
 def test_pipelined_runs_stay_out_of_the_fit():
-    """A pipelined run (overlapping times, one-row target calls) changes none of the shared inputs;
-    it still gets its own α in per_run."""
+    """A pipelined run (overlapping times, one-row target calls) or a tree run (width > 1) changes
+    none of the shared inputs; it still gets its own α in per_run."""
     ar = _record("ar", "ar", 0, target_s=10.0, rounds=10, tokens=100)
     trace = [_step(r, "draft", "x") if r < 4 else _step(r, "target", "y") for r in range(10)]
     lr = _record("lr[gamma=1]", "lr", 0, target_s=15.0, rounds=10, tokens=100, trace=trace,
@@ -118,7 +119,11 @@ def test_pipelined_runs_stay_out_of_the_fit():
                     drafted=10, gamma=1, wall=30.0, trace=[_step(r, "target", "y") for r in range(10)])
     piped["overrides"]["pipeline"] = True
     assert is_pipelined(piped) and not is_pipelined(lr)
+    assert "pipelined" in unmodelled(piped) and unmodelled(lr) is None
     alone, both = from_eval_records([ar, lr]), from_eval_records([ar, lr, piped])
+    tree = dict(lr, run="lr[width=2]", overrides={"gamma": 1, "width": 2}, target_s=40.0, drafted_steps=30)
+    assert "width=2 drafts a tree" in unmodelled(tree)
+    assert from_eval_records([ar, lr, tree]).batch_cost == alone.batch_cost  # a tree run stays out of the fit
     assert (both.alpha, both.c, both.batch_cost) == (alone.alpha, alone.c, alone.batch_cost)
     assert both.per_run["lr[gamma=1,pipeline=true]"]["alpha"] == [0.0]
     assert both.measured["lr[gamma=1,pipeline=true]"] == pytest.approx(10.0 / 30.0)
