@@ -45,6 +45,12 @@ def _group() -> None:
     """
 
 
+def _model_reference(model: str) -> str:
+    """``model`` as a draft's shared_weights.json names it: an alias or hub id as given, a path made absolute."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
 def _quiet_libraries(cfg: Any) -> None:
     """For configs that load transformers models: our own INFO messages (e.g. the one-time model
     conversion) on stderr, the libraries' progress bars and warnings off."""
@@ -313,7 +319,9 @@ def distill(
                 def on_step(step: int, total: int, loss: float) -> None:
                     bar.update(task, completed=step, total=total, loss=loss)
 
-                model, tokenizer, report = d.train_draft(cfg, solutions, out, shape, settings, progress=on_step)
+                every_question = [q for _, q in d.read_questions(path, question_field)]  # tokens it may copy
+                model, tokenizer, report = d.train_draft(cfg, solutions, out, shape, settings, progress=on_step,
+                                                         vocab_texts=every_question)
             lines = [s.line for s in solutions]
             card = {
                 "name": f"{out.name} draft",
@@ -324,9 +332,10 @@ def distill(
                 "settings": d.asdict(settings),
                 "data": {"source": str(path.name if data is None else path), "solutions": len(solutions),
                          "first_line": min(lines), "last_line": max(lines)},
-                "train": d.asdict(report),
+                "train": {k: v for k, v in d.asdict(report).items() if k != "vocab_ids"},
             }
-            dest = d.save_draft(model, tokenizer, out / d.MODEL_DIR, card)
+            dest = d.save_draft(model, tokenizer, out / d.MODEL_DIR, card, report.vocab_ids,
+                                embeddings_from=_model_reference(cfg.target.model) if kept_layers else None)
             console.print(
                 f"draft saved to {dest} · {report.parameters / 1e6:.1f} M parameters · {report.steps} steps "
                 f"in {report.seconds:.0f} s · held-out loss {report.valid_loss} · top-1 agreement {report.valid_accuracy:.3f} "

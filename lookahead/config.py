@@ -120,6 +120,10 @@ class EngineConfig:
     num_gpus: float = 0.0  # pool: GPUs reserved per replica actor (0 on CPU)
     prefix_cache_rows: int = 64  # hf: rows whose KV cache is kept across calls for prefix reuse (rows)
     prefix_cache_tokens: int = 16384  # hf: ... holding at most this many tokens in all (SmolLM2-135M fp32: 45 KiB each)
+    # hf: when the model folder has output_vocab.json (drafts made by `lookahead distill`), score
+    # only those token ids (the rest get -inf): a narrower output layer, a cheaper draft step.
+    # false = always the full vocabulary.
+    output_vocab: bool = True
 
     def validate(self, where: str) -> None:
         from lookahead.engines import ENGINE_NAMES

@@ -398,6 +398,9 @@ class TrainReport:
     valid_loss: float = float("nan")  # held-out loss, full-vocabulary softmax
     valid_accuracy: float = float("nan")  # held-out next-token top-1 agreement with the target (teacher forced)
     valid_step_match: float = float("nan")  # held-out target steps the draft writes token for token (share)
+    output_vocab: int = 0  # token ids the draft scores (output_vocab.json; 0 = the whole vocabulary)
+    output_vocab_coverage: float = float("nan")  # share of held-out target tokens inside that list
+    vocab_ids: list[int] = field(default_factory=list, repr=False)  # that list (for save_draft; not in the card)
     parameters: int = 0  # draft parameters
     trained_parameters: int = 0  # of which trained (the rest, e.g. frozen target embeddings, kept)
     shape: dict[str, Any] = field(default_factory=dict)  # the draft's actual DraftShape (asdict)
@@ -511,9 +514,11 @@ def _step_spans(tokenizer: Any, solutions: Iterable[Solution], delimiter: str) -
 
 
 def _evaluate(
-    model: Any, examples: list[tuple[list[int], int]], pad_id: int, stepped: Sequence[tuple[list[int], int, list]] = ()
+    model: Any, examples: list[tuple[list[int], int]], pad_id: int, stepped: Sequence[tuple[list[int], int, list]] = (),
+    allowed: Any = None,
 ) -> tuple[float, float, float]:
-    """Held-out (loss, top-1 agreement, step match) with the full-vocabulary softmax.
+    """Held-out (loss, top-1 agreement, step match) with the full-vocabulary softmax, or over the
+    ``allowed`` ids only (the draft's output vocabulary, as the engine scores it) when given.
 
     Step match: the share of the target's steps (in ``stepped``) the draft would write token for
     token from the target's own prefix, i.e. its argmax agrees at every position of the step --
@@ -526,20 +531,30 @@ def _evaluate(
     model.eval()
     total_loss, total_tokens, correct = 0.0, 0, 0
     matched, steps = 0, 0
+    outside = None
+    if allowed is not None:
+        outside = torch.ones(model.config.vocab_size, dtype=torch.bool)
+        outside[allowed] = False
+
+    def scored(logits):
+        return logits if outside is None else logits.masked_fill(outside, float("-inf"))
+
     with torch.inference_mode():
         for start in range(0, len(examples), 8):
             indices = list(range(start, min(start + 8, len(examples))))
             ids, mask, labels = _collate(examples, indices, pad_id)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            logits = scored(model(input_ids=ids, attention_mask=mask).logits[:, :-1])
             targets = labels[:, 1:]
             chosen = targets != -100
-            loss = torch.nn.functional.cross_entropy(logits[chosen], targets[chosen], reduction="sum")
+            picked = logits[chosen]
+            losses = torch.nn.functional.cross_entropy(picked, targets[chosen], reduction="none")
+            loss = losses[torch.isfinite(losses)].sum()  # a token outside `allowed` counts as missed, not inf
             total_loss += float(loss)
             total_tokens += int(chosen.sum())
             correct += int((logits[chosen].argmax(-1) == targets[chosen]).sum())
         for tokens, _, spans in stepped:
             ids = torch.tensor([tokens])
-            predicted = model(input_ids=ids).logits[0, :-1].argmax(-1)  # predicted[i] is token i + 1
+            predicted = scored(model(input_ids=ids).logits[0, :-1]).argmax(-1)  # predicted[i] is token i + 1
             right = predicted == ids[0, 1:]
             for begin, end in spans:
                 steps += 1
@@ -549,6 +564,16 @@ def _evaluate(
     return total_loss / max(total_tokens, 1), correct / max(total_tokens, 1), step_match
 
 
+def output_vocab_ids(tokenizer: Any, completions: Iterable[str], texts: Iterable[str] = ()) -> list[int]:
+    """The token ids a draft should score (`lookahead.engines.hf.OUTPUT_VOCAB_FILE`): every token
+    of the target's training ``completions``, of the ``texts`` it copies from (the questions) and
+    the special tokens. On GSM8K train: ~12k of SmolLM2's 49k ids, 98.6% of test-question tokens."""
+    ids = set(tokenizer.all_special_ids)
+    for text in (*completions, *texts):
+        ids.update(tokenizer(text, add_special_tokens=False).input_ids)
+    return sorted(ids)
+
+
 def train_draft(
     config: LookaheadConfig,
     solutions: list[Solution],
@@ -556,10 +581,13 @@ def train_draft(
     shape: DraftShape = DraftShape(),
     settings: TrainSettings = TrainSettings(),
     progress: Callable[[int, int, float], None] | None = None,
+    vocab_texts: Sequence[str] = (),
 ) -> tuple[Any, Any, TrainReport]:
     """Train a draft on ``solutions``; resumes from ``out_dir/checkpoint.pt`` if present.
 
-    Returns (model, tokenizer, report). ``progress(step, total_steps, loss)`` is called per step.
+    Returns (model, tokenizer, report); ``report.vocab_ids`` is the draft's output vocabulary (the
+    training completions' tokens, the prompts' and ``vocab_texts``', see `output_vocab_ids`).
+    ``progress(step, total_steps, loss)`` is called per step.
     """
     import torch
 
@@ -584,6 +612,9 @@ def train_draft(
     examples = train + valid
     keep_ids = sorted({t for tokens, p in train for t in tokens[p:]} | {t for tokens, p in valid for t in tokens[p:]})
     keep = _Keep(ids=torch.tensor(keep_ids, dtype=torch.long), negatives=settings.negatives)
+    vocab_ids = output_vocab_ids(
+        tokenizer, [s.completion for s in train_solutions], [s.prompt for s in solutions] + list(vocab_texts)
+    )
 
     model, shape = build_draft(target, shape, settings.seed)
     del target
@@ -671,9 +702,15 @@ def train_draft(
     report.seconds = round(elapsed, 1)
     report.train_loss = round(sum(recent) / len(recent), 4) if recent else float("nan")
     stepped = _step_spans(tokenizer, valid_solutions, delimiter)
-    valid_loss, valid_accuracy, step_match = _evaluate(model, valid, pad_id, stepped)
+    allowed = torch.tensor(vocab_ids, dtype=torch.long)
+    valid_loss, valid_accuracy, step_match = _evaluate(model, valid, pad_id, stepped, allowed)
     report.valid_loss, report.valid_accuracy = round(valid_loss, 4), round(valid_accuracy, 4)
     report.valid_step_match = round(step_match, 4)
+    report.output_vocab = len(vocab_ids)
+    inside = set(vocab_ids)
+    held_out = [t for tokens, p in valid for t in tokens[p:]]
+    report.output_vocab_coverage = round(sum(t in inside for t in held_out) / max(len(held_out), 1), 4)
+    report.vocab_ids = vocab_ids
     return model, tokenizer, report
 
 
@@ -681,14 +718,37 @@ def train_draft(
 # Saving
 
 
-def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any]) -> Path:
-    """Write the draft (fp16 safetensors + tokenizer), ``distill.json`` and a ``README.md`` model card."""
+def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any], vocab_ids: Sequence[int] | None = None,
+               embeddings_from: str | None = None) -> Path:
+    """Write the draft (fp16 safetensors + tokenizer), ``distill.json``, a ``README.md`` model card
+    and, given ``vocab_ids``, its output vocabulary (``output_vocab.json``, which the engine reads).
+
+    ``embeddings_from`` (a model name as `EngineConfig.model` takes it; for drafts cut from the
+    target, whose embeddings stay frozen): leave the token embeddings out and name that model in
+    ``shared_weights.json``, so the engine takes them from it at load time."""
     import torch
 
+    from lookahead.engines.hf import OUTPUT_VOCAB_FILE, SHARED_WEIGHTS_FILE
+
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in (OUTPUT_VOCAB_FILE, SHARED_WEIGHTS_FILE):
+        (dest / stale).unlink(missing_ok=True)
+    if vocab_ids:
+        (dest / OUTPUT_VOCAB_FILE).write_text(json.dumps({
+            "ids": list(vocab_ids),
+            "about": "token ids this draft scores: its training solutions' tokens, the questions' and the special tokens",
+        }) + "\n")
     model = model.to(torch.float16)
     model.config.dtype = "float16"
-    model.save_pretrained(str(dest), safe_serialization=True)
+    if embeddings_from:
+        # the frozen tables build_draft took from the target: its input embeddings and output layer
+        tied = bool(model.config.tie_word_embeddings)  # then lm_head.weight IS the embedding table
+        shared = ["model.embed_tokens.weight"] + ([] if tied else ["lm_head.weight"])
+        state = {k: v for k, v in model.state_dict().items() if k not in shared and not (tied and k == "lm_head.weight")}
+        model.save_pretrained(str(dest), safe_serialization=True, state_dict=state)
+        (dest / SHARED_WEIGHTS_FILE).write_text(json.dumps({"from": embeddings_from, "tensors": shared}, indent=2) + "\n")
+    else:
+        model.save_pretrained(str(dest), safe_serialization=True)
     tokenizer.save_pretrained(str(dest))
     (dest / "distill.json").write_text(json.dumps(card, indent=2) + "\n")
     size_mb = sum(p.stat().st_size for p in dest.glob("*.safetensors")) / 1e6
@@ -704,7 +764,9 @@ def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any]) -> 
         "|---|---|",
         f"| architecture | {_shape_from(card['shape']).describe()} |",
         f"| parameters | {report['parameters'] / 1e6:.1f} M, {report.get('trained_parameters', report['parameters']) / 1e6:.1f} M "
-        f"of them trained ({size_mb:.1f} MB fp16 safetensors) |",
+        f"of them trained ({size_mb:.1f} MB fp16 safetensors"
+        + (f"; the token embeddings are read from `{embeddings_from}` at load time, `shared_weights.json`" if embeddings_from else "")
+        + ") |",
         f"| data | {card['data']['solutions']} target solutions of `{card['data']['source']}` "
         f"(lines {card['data']['first_line']}..{card['data']['last_line']}), {report['train_tokens']} completion tokens for training, "
         f"{report['valid_examples']} solutions held out |",
@@ -713,6 +775,8 @@ def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any]) -> 
         f"| final train loss | {report['train_loss']} (softmax over the solutions' tokens + {card['settings']['negatives']} random negatives) |",
         f"| held-out loss / top-1 agreement | {report['valid_loss']} / {report['valid_accuracy']:.3f} (full vocabulary, teacher forced) |",
         f"| held-out steps written token for token | {report.get('valid_step_match', float('nan')):.3f} (greedy, from the target's prefix) |",
+        *([f"| output vocabulary | {report['output_vocab']} token ids (`output_vocab.json`), "
+           f"{report.get('output_vocab_coverage', float('nan')):.1%} of held-out target tokens |"] if report.get("output_vocab") else []),
         "",
         "Made with:",
         "",

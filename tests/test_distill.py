@@ -108,10 +108,18 @@ def test_training_resumes_and_saves_a_loadable_draft(tiny_target, questions_file
     card = {"name": "t", "target": str(tiny_target), "command": "lookahead distill", "device": "cpu",
             "shape": d.asdict(shape), "settings": d.asdict(settings),
             "data": {"source": "train.jsonl", "solutions": 6, "first_line": 1, "last_line": 6}, "train": d.asdict(second)}
-    dest = d.save_draft(model, tokenizer, tmp_path / "model", card)
-    assert "lookahead distill" in (dest / "README.md").read_text()
+    # the output vocabulary: every token of the training completions and the prompts, and no more
+    assert second.output_vocab == len(second.vocab_ids) < tokenizer.vocab_size
+    used = {t for s in solutions for t in tokenizer(s.prompt + s.completion, add_special_tokens=False).input_ids}
+    assert used - set(second.vocab_ids) <= {t for s in solutions for t in tokenizer(s.completion, add_special_tokens=False).input_ids}
+    assert 0 < second.output_vocab_coverage <= 1
+    dest = d.save_draft(model, tokenizer, tmp_path / "model", card, second.vocab_ids)
+    assert "lookahead distill" in (dest / "README.md").read_text() and "output vocabulary" in (dest / "README.md").read_text()
     draft = HFEngine.from_config(EngineConfig(model=str(dest), pad_batches=False))
     assert draft.model.dtype == torch.float32  # fp16 on disk, loaded as the config's dtype
+    from lookahead.engines.hf import SubsetLMHead
+
+    assert isinstance(draft.model.get_output_embeddings(), SubsetLMHead)  # the engine scores only those ids
     from lookahead.config import SamplingParams
 
     assert draft.generate([solutions[0].prompt], SamplingParams(max_new_tokens=4))[0].completion_tokens == 4
@@ -228,3 +236,40 @@ def test_step_match_counts_steps_written_token_for_token():
     # position 5 predicts token 6, the first token of the second step: only that step is lost
     assert d._evaluate(Oracle(sequence, wrong=5), examples, 0, stepped)[2] == pytest.approx(2 / 3)
     assert d._evaluate(Oracle(sequence, wrong=2), examples, 0, stepped)[2] == pytest.approx(2 / 3)  # predicts token 4
+
+
+def test_a_cut_draft_ships_without_the_targets_embeddings_and_loads_them_back(tiny_target, tmp_path):
+    """Guards shared_weights.json: the saved cut draft leaves out the frozen embedding table and
+    the engine fills it from the target, giving the model that was trained; a missing donor
+    tensor is a clear ModelLoadError."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from lookahead.config import SamplingParams
+    from lookahead.engines.hf import SHARED_WEIGHTS_FILE
+    from lookahead.errors import ModelLoadError
+
+    target = AutoModelForCausalLM.from_pretrained(tiny_target).eval()
+    cut, shape = d.build_draft(target, d.DraftShape(target_layers=(1,)), seed=0)
+    with torch.no_grad():
+        cut.model.layers[0].mlp.up_proj.weight.mul_(0.5)  # "trained": differs from the target's layer
+    card = {"name": "t", "target": str(tiny_target), "command": "lookahead distill", "device": "cpu",
+            "shape": d.asdict(shape), "settings": d.asdict(d.TrainSettings()),
+            "data": {"source": "train.jsonl", "solutions": 1, "first_line": 1, "last_line": 1},
+            "train": d.asdict(d.TrainReport(parameters=1, trained_parameters=1))}
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tiny_target)
+    dest = d.save_draft(cut, tokenizer, tmp_path / "cut", card, embeddings_from=str(tiny_target))
+    with safe_open(str(dest / "model.safetensors"), framework="pt") as handle:
+        assert "model.embed_tokens.weight" not in handle.keys() and "lm_head.weight" not in handle.keys()
+    assert "read from" in (dest / "README.md").read_text()
+    engine = HFEngine.from_config(EngineConfig(model=str(dest), pad_batches=False))
+    loaded = engine.model
+    assert torch.equal(loaded.get_input_embeddings().weight, target.get_input_embeddings().weight)
+    assert torch.equal(loaded.model.layers[0].mlp.up_proj.weight, cut.model.layers[0].mlp.up_proj.weight.float())
+    if target.config.tie_word_embeddings:
+        assert loaded.get_output_embeddings().weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
+    assert engine.generate(["hello"], SamplingParams(max_new_tokens=3))[0].completion_tokens == 3
+    engine.shutdown()
+    (dest / SHARED_WEIGHTS_FILE).write_text('{"from": "%s", "tensors": ["model.nope.weight"]}' % tiny_target)
+    with pytest.raises(ModelLoadError, match="not found"):
+        HFEngine.from_config(EngineConfig(model=str(dest), pad_batches=False))

@@ -321,3 +321,57 @@ def test_filler_rows_do_not_change_outputs(model, tokenizer):
     # the remembered rows (captured from padded batches) still give exact prefix reuse
     follow = [PROMPTS[1] + " add" + got[3].text, PROMPTS[0]]
     assert [c.text for c in padded.generate(follow, greedy(8))] == [c.text for c in plain.generate(follow, greedy(8))]
+
+
+# --------------------------------------------------------------------------------------------
+# A draft's restricted output vocabulary (output_vocab.json)
+
+
+def _save_with_vocab(model, tokenizer, folder, ids):
+    import json
+
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "output_vocab.json").write_text(json.dumps({"ids": ids}))
+
+
+def test_output_vocab_keeps_greedy_tokens_inside_the_list(model, tokenizer, tmp_path):
+    """Guards the reduced output layer: argmax over the listed ids equals the full model's argmax
+    masked to them, the full model stays unrestricted, and output_vocab=false turns it off."""
+    from lookahead.engines import hf
+
+    full = HFEngine(model, tokenizer).generate(PROMPTS, greedy(12))
+    used = sorted({t for c in full for t in tokenizer(c.text, add_special_tokens=False).input_ids})
+    folder = tmp_path / "draft"
+    _save_with_vocab(model, tokenizer, folder, used + [0, 1, 2])  # the tokens it writes: same text
+    cfg = EngineConfig(model=str(folder), cache_dir=str(tmp_path / "cache"))
+    restricted = HFEngine.from_config(cfg)
+    assert isinstance(restricted.model.get_output_embeddings(), hf.SubsetLMHead)
+    assert [c.text for c in restricted.generate(PROMPTS, greedy(12))] == [c.text for c in full]
+    unrestricted = HFEngine.from_config(EngineConfig(model=str(folder), cache_dir=str(tmp_path / "cache"), output_vocab=False))
+    assert unrestricted.model is not restricted.model  # two copies: one restricted, one whole
+    assert not isinstance(unrestricted.model.get_output_embeddings(), hf.SubsetLMHead)
+    restricted.shutdown()
+    unrestricted.shutdown()
+
+    few = used[: max(1, len(used) // 3)]
+    _save_with_vocab(model, tokenizer, tmp_path / "few", few)
+    narrow = HFEngine.from_config(EngineConfig(model=str(tmp_path / "few"), cache_dir=str(tmp_path / "cache")))
+    ids = torch.tensor([tokenizer("The quick", add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        logits = narrow.model(input_ids=ids).logits[0, -1]
+        reference = model(input_ids=ids).logits[0, -1]
+    assert int(logits.argmax()) == few[int(reference[few].argmax())]
+    assert torch.isinf(logits[[i for i in range(len(logits)) if i not in set(few)]]).all()
+    narrow.shutdown()
+
+
+def test_output_vocab_file_errors(model, tokenizer, tmp_path):
+    """Guards a broken output_vocab.json: a clear ModelLoadError naming the file, not a traceback."""
+    for name, content in (("bad", '{"ids": "x"}'), ("range", '{"ids": [1, 99999]}'), ("nokey", "[1, 2]")):
+        folder = tmp_path / name
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "output_vocab.json").write_text(content)
+        with pytest.raises(ModelLoadError, match="output_vocab.json"):
+            HFEngine.from_config(EngineConfig(model=str(folder), cache_dir=str(tmp_path / "cache")))

@@ -62,6 +62,10 @@ Models named by ``EngineConfig.model``:
 - a local directory holding ``config.json``;
 - a hub id (``org/name``), if it is in the local hub cache or the machine is online.
 
+A draft folder made by ``lookahead distill`` may also hold ``output_vocab.json`` (the output
+layer scores only those token ids: `SubsetLMHead`) and ``shared_weights.json`` (tensors it takes
+from its target instead of storing them: `load_shared_weights`).
+
 Only full-attention decoder models are supported (no sliding-window or linear-attention layers):
 the padded layout and the prefix cache rely on one plain KV tensor per layer.
 
@@ -146,7 +150,7 @@ class _SharedWeights:
     users: int = 0  # engines currently holding this copy (count)
 
 
-_LOADED: dict[tuple[str, str, str], _SharedWeights] = {}  # (source, dtype, device) -> weights
+_LOADED: dict[tuple[str, ...], _SharedWeights] = {}  # (source, dtype, device[, "output-vocab"]) -> weights
 _LOAD_LOCK = threading.Lock()
 
 
@@ -265,7 +269,102 @@ def _load_pretrained(source: str, dtype: torch.dtype, **kwargs) -> tuple[PreTrai
     return model, tokenizer
 
 
-def _load_weights(resolved: ResolvedModel, dtype: torch.dtype, device: torch.device) -> _SharedWeights:
+OUTPUT_VOCAB_FILE = "output_vocab.json"
+"""File in a model folder listing the token ids a draft may propose: ``{"ids": [...], ...}``.
+
+`lookahead distill` writes it: the tokens of the target's training solutions and of the
+questions. The output layer then scores only those ids (FR-Spec's reduced draft vocabulary): for
+the shipped draft 12.6M of its 16.5M parameters are that layer. A token outside the list is never
+proposed, so the verifier rejects a step that needed one; the target's text never changes."""
+
+
+class SubsetLMHead(torch.nn.Module):
+    """An output layer that scores ``ids`` only and returns full-vocabulary logits (-inf elsewhere).
+
+    Replaces ``model.lm_head`` of a draft (`restrict_output_vocab`): the matmul runs over
+    ``len(ids)`` rows instead of the whole vocabulary; the engine's loop sees the usual
+    ``[..., vocab]`` logits, so argmax, sampling and token-level speculation work unchanged.
+    """
+
+    def __init__(self, head: torch.nn.Module, ids: torch.Tensor, vocab: int):
+        super().__init__()
+        self.register_buffer("ids", ids.to(head.weight.device), persistent=False)
+        # copies of the kept rows (not a view: a tied input embedding keeps its full table)
+        self.rows = torch.nn.Parameter(head.weight.detach()[self.ids].clone(), requires_grad=False)
+        bias = getattr(head, "bias", None)
+        self.bias_rows = None if bias is None else torch.nn.Parameter(bias.detach()[self.ids].clone(), requires_grad=False)
+        self.vocab = vocab  # logits per position the caller expects (tokens)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        scores = torch.nn.functional.linear(hidden, self.rows, self.bias_rows)
+        out = scores.new_full((*scores.shape[:-1], self.vocab), float("-inf"))
+        out[..., self.ids] = scores
+        return out
+
+
+def read_output_vocab(folder: str | Path, vocab: int) -> torch.Tensor | None:
+    """The ids of ``folder/output_vocab.json`` (sorted, unique), or None when there is no such file."""
+    path = Path(folder) / OUTPUT_VOCAB_FILE
+    if not path.is_file():
+        return None
+    try:
+        ids = sorted({int(i) for i in json.loads(path.read_text())["ids"]})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path} is not a valid output vocabulary ({{\"ids\": [token ids]}}): {exc}") from None
+    if not ids or ids[0] < 0 or ids[-1] >= vocab:
+        raise ModelLoadError(f"{path}: token ids must lie in 0..{vocab - 1} (the model's vocabulary)")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def restrict_output_vocab(model: PreTrainedModel, ids: torch.Tensor) -> None:
+    """Swap ``model``'s output layer for a `SubsetLMHead` over ``ids`` (in place)."""
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ModelLoadError("this model has no output layer to restrict; set output_vocab=false")
+    model.set_output_embeddings(SubsetLMHead(head, ids, int(head.weight.shape[0])))
+
+
+SHARED_WEIGHTS_FILE = "shared_weights.json"
+"""File in a draft's folder naming tensors it does not store but takes from another model:
+``{"from": MODEL, "tensors": ["model.embed_tokens.weight"]}`` (MODEL as `EngineConfig.model`
+names it). A draft cut from its target's layers by ``lookahead distill --target-layers`` keeps the
+target's token embeddings frozen, so it ships without them (57 MB of SmolLM2's fp16 table) and
+reads them from the target's weights when loaded, as EAGLE drafts share their target's."""
+
+
+def load_shared_weights(model: PreTrainedModel, folder: str | Path, cache_dir: str | None = None) -> None:
+    """Fill the tensors ``folder/shared_weights.json`` names from the model it names (in place)."""
+    from safetensors import safe_open
+
+    path = Path(folder) / SHARED_WEIGHTS_FILE
+    try:
+        spec = json.loads(path.read_text())
+        source, names = str(spec["from"]), [str(n) for n in spec["tensors"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path} is not valid ({{\"from\": MODEL, \"tensors\": [names]}}): {exc}") from None
+    donor = resolve_model(EngineConfig(model=source, cache_dir=cache_dir))
+    if donor.is_hub_id:
+        raise ModelLoadError(f"{path}: the model {source!r} it takes tensors from must be local (alias, folder or .gguf)")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    found: set[str] = set()
+    for file in sorted(Path(donor.source).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in names:
+                if name in handle.keys() and name not in found:
+                    tensor = handle.get_tensor(name)
+                    if name not in params or params[name].shape != tensor.shape:
+                        raise ModelLoadError(f"{path}: {name} of {source!r} does not fit this model")
+                    with torch.no_grad():
+                        params[name].copy_(tensor.to(params[name].dtype))
+                    found.add(name)
+    if set(names) - found:
+        raise ModelLoadError(f"{path}: {', '.join(sorted(set(names) - found))} not found in the weights of {source!r}")
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+
+
+def _load_weights(resolved: ResolvedModel, dtype: torch.dtype, device: torch.device,
+                  output_vocab: bool = True, cache_dir: str | None = None) -> _SharedWeights:
     if resolved.is_hub_id:
         offline_msg = (
             f"model {resolved.source!r} could not be found locally and this machine may be offline; "
@@ -285,23 +384,32 @@ def _load_weights(resolved: ResolvedModel, dtype: torch.dtype, device: torch.dev
             model, tokenizer = _load_pretrained(resolved.source, dtype)
         except Exception as exc:
             raise ModelLoadError(f"could not load the model in {resolved.source}: {exc}") from exc
+    if not resolved.is_hub_id and (Path(resolved.source) / SHARED_WEIGHTS_FILE).is_file():
+        load_shared_weights(model, resolved.source, cache_dir)
+    if output_vocab and not resolved.is_hub_id:
+        ids = read_output_vocab(resolved.source, int(model.config.vocab_size))
+        if ids is not None:
+            restrict_output_vocab(model, ids)
     model.to(device)
     model.eval()
     return _SharedWeights(model=model, tokenizer=tokenizer)
 
 
-def _acquire(resolved: ResolvedModel, dtype_name: str, device: torch.device) -> tuple[tuple[str, str, str], _SharedWeights]:
-    key = (resolved.source, dtype_name, str(device))
+def _acquire(resolved: ResolvedModel, dtype_name: str, device: torch.device,
+             output_vocab: bool = True, cache_dir: str | None = None) -> tuple[tuple[str, ...], _SharedWeights]:
+    key: tuple[str, ...] = (resolved.source, dtype_name, str(device))
+    if output_vocab and not resolved.is_hub_id and (Path(resolved.source) / OUTPUT_VOCAB_FILE).is_file():
+        key = (*key, "output-vocab")  # a restricted copy is not the full model
     with _LOAD_LOCK:
         shared = _LOADED.get(key)
         if shared is None:
-            shared = _load_weights(resolved, _DTYPES[dtype_name], device)
+            shared = _load_weights(resolved, _DTYPES[dtype_name], device, output_vocab, cache_dir)
             _LOADED[key] = shared
         shared.users += 1
     return key, shared
 
 
-def _release(key: tuple[str, str, str]) -> None:
+def _release(key: tuple[str, ...]) -> None:
     with _LOAD_LOCK:
         shared = _LOADED.get(key)
         if shared is None:
@@ -610,11 +718,11 @@ class HFEngine:
         self._seed: int | None = None  # the seed the generator was last seeded with
         # rows of earlier calls (prefix cache), least recently used first
         self._remembered: list[_RememberedRow] = []
-        self._shared_key: tuple[str, str, str] | None = None  # entry in _LOADED, if any
+        self._shared_key: tuple[str, ...] | None = None  # entry in _LOADED, if any
         self.speculation = speculation or SpeculationConfig()  # token-level SD settings
         self._spec_model: PreTrainedModel | None = None  # speculation draft model, once loaded
         self._spec_source: EngineConfig | None = None  # where from_config loads it from (lazily)
-        self._spec_shared_key: tuple[str, str, str] | None = None  # its entry in _LOADED, if any
+        self._spec_shared_key: tuple[str, ...] | None = None  # its entry in _LOADED, if any
         self._spec_warned = False  # the "draft context too short" warning was logged
         self._spec_logits_to_keep = False  # does the draft model's forward take logits_to_keep?
         if draft_model is not None:
@@ -627,11 +735,12 @@ class HFEngine:
             raise ConfigError(f"dtype must be float32, bfloat16 or float16 (got {cfg.dtype!r})")
         device = _resolve_device(cfg.device)
         resolved = resolve_model(cfg)
-        key, shared = _acquire(resolved, cfg.dtype, device)
+        key, shared = _acquire(resolved, cfg.dtype, device, cfg.output_vocab, cfg.cache_dir)
         try:
             costs = None
             if cfg.pad_batches:
-                costs = cached_batch_costs(shared.model, resolved.source, cfg.dtype, cache_root(cfg.cache_dir))
+                label = resolved.source + ("#output-vocab" if "output-vocab" in key else "")  # another cost curve
+                costs = cached_batch_costs(shared.model, label, cfg.dtype, cache_root(cfg.cache_dir))
             engine = cls(
                 shared.model,
                 shared.tokenizer,
@@ -668,7 +777,10 @@ class HFEngine:
                 "or use speculation.method=ngram"
             )
         resolved = resolve_model(self._spec_source)
-        key, shared = _acquire(resolved, self._spec_source.dtype, _resolve_device(self._spec_source.device))
+        key, shared = _acquire(
+            resolved, self._spec_source.dtype, _resolve_device(self._spec_source.device), self._spec_source.output_vocab,
+            self._spec_source.cache_dir,
+        )
         try:
             self._attach_draft(shared.model, shared.tokenizer, f"speculation.draft_model {self._spec_source.model!r}")
         except BaseException:
