@@ -191,7 +191,7 @@ class SpeedupInputs:
     draft_token_speedup: float = 1.0  # lr+sd draft seconds per step vs lr (1.0 = not measured)
     draft_complete: float = 1.0  # p: draft calls whose step ended on the delimiter / draft calls (probability)
     measured: dict[str, float] = field(default_factory=dict)  # run label -> ar wall time / run wall time
-    per_run: dict[str, dict[str, Any]] = field(default_factory=dict)  # lr / lr+sd run label -> its own alpha, draft_complete, verify_cost
+    per_run: dict[str, dict[str, Any]] = field(default_factory=dict)  # lr / lr+sd run label -> its own alpha, draft_complete, verify_cost (and c)
     runs: dict[str, tuple[str, int]] = field(default_factory=dict)  # run label -> (mode, γ)
 
     def predict(self, mode: str, gamma: int) -> float:
@@ -211,7 +211,8 @@ class SpeedupInputs:
 
     def for_run(self, label: str) -> SpeedupInputs:
         """These inputs with the run's own acceptance α, share of complete draft steps p and
-        verifier cost (they depend on its verifier and settings; c, b(k), f are shared)."""
+        verifier cost (they depend on its verifier and settings; b(k), f are shared, and c too
+        unless the run drafts with another model, `own_draft`)."""
         own = self.per_run.get(label)
         return dataclasses.replace(self, **own) if own else self
 
@@ -244,6 +245,12 @@ def unmodelled(record: dict[str, Any]) -> str | None:
         return (f"not predicted: width={width} drafts a tree (up to width^depth steps per depth, one "
                 "target row per node); the model describes a chain of one draft step per depth")
     return None
+
+
+def own_draft(record: dict[str, Any]) -> bool:
+    """Does this record's run override the draft engine (``draft=...``, ``draft.model=...``)? Its
+    draft costs what that model costs, so it gets its own c and stays out of the shared fit."""
+    return any(key == "draft" or key.startswith("draft.") for key in (record.get("overrides") or {}))
 
 
 def _run_gamma(record: dict[str, Any]) -> int:
@@ -320,7 +327,8 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
 
     # the shared inputs come from sequential chain rounds only (`unmodelled`); pipelined and tree
     # runs still get their own α, p and v in per_run
-    spec_step = [r for r in ok if r.get("mode") in ("lr", "lr+sd") and not unmodelled(r)]
+    # ... and from runs on the config's own draft: a run over another draft model has its own c
+    spec_step = [r for r in ok if r.get("mode") in ("lr", "lr+sd") and not unmodelled(r) and not own_draft(r)]
     trials, wins = _depth_counts(spec_step)
     alpha = [w / t if t else 0.0 for w, t in zip(wins, trials)]
 
@@ -337,6 +345,8 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
         rows = 1 + drafted / rounds if rounds else 1.0
         if rows > 1:
             points.setdefault(round(rows, 6), []).append(sum(r["target_s"] for r in rs) / rounds / u)
+        if own_draft(rs[0]):
+            continue  # its target rows still measure b(k); its draft is not the config's
         calls = _draft_calls(rs, drafted, rounds, gamma)
         c_num += sum(r["draft_s"] for r in rs) / u
         c_den += calls
@@ -360,6 +370,8 @@ def from_eval_records(records: Iterable[dict[str, Any]]) -> SpeedupInputs:
             "draft_complete": min(drafted / calls, 1.0) if calls else 1.0,
             "verify_cost": sum(r["verify_s"] for r in rs) / unit(rs) / judged_rounds if judged_rounds else 0.0,
         }
+        if own_draft(rs[0]) and calls:
+            per_run[label]["c"] = sum(r["draft_s"] for r in rs) / unit(rs) / calls
 
     f = 1.0
     sd = [r for r in ok if r.get("mode") == "sd"]

@@ -129,6 +129,24 @@ def test_pipelined_runs_stay_out_of_the_fit():
     assert both.measured["lr[gamma=1,pipeline=true]"] == pytest.approx(10.0 / 30.0)
 
 
+def test_a_run_over_another_draft_model_has_its_own_c_and_stays_out_of_the_shared_fit():
+    """Guards the per-run draft cost: lr[draft.model=X] (here a draft as costly as the target,
+    always accepted) gets its own c and α; the shared α and c stay the config draft's."""
+    ar = _record("ar", "ar", 0, target_s=10.0, rounds=10, tokens=100)
+    lr = _record("lr[gamma=1]", "lr", 0, target_s=15.0, rounds=10, tokens=100, draft_s=2.0, drafted=10,
+                 gamma=1, wall=17.0, trace=[_step(r, "target", "y") for r in range(10)])
+    every = [s for r in range(5) for s in (_step(r, "draft", "x"), _step(r, "target", None))]  # 2 steps a round
+    big = _record("lr[gamma=1,draft.model=t]", "lr", 0, target_s=7.5, rounds=5, tokens=100, draft_s=5.0,
+                  drafted=5, gamma=1, wall=12.5, trace=every)
+    big["overrides"]["draft.model"] = "t"
+    big["committed_steps"] = 10  # 100 tokens in 10 steps of 10 tokens, as ar's: one step costs 1 s
+    alone, both = from_eval_records([ar, lr]), from_eval_records([ar, lr, big])
+    assert (both.alpha, both.c) == (alone.alpha, alone.c) == ([0.0], pytest.approx(0.2))
+    own = both.for_run("lr[gamma=1,draft.model=t]")
+    assert own.c == pytest.approx(1.0) and own.alpha == [1.0]  # 1 s per draft call / 1 s per target step
+    assert own.predict("lr", 1) == pytest.approx(2 / (1.0 + both.batch_cost[1]))
+
+
 def test_the_plain_ar_run_is_the_unit():
     """With a second ar run over other options (slower, listed after the plain one), the unit and
     the measured speedups stay the plain ar run's; the other ar run is measured against it."""
