@@ -296,7 +296,8 @@ def distill(
         out.mkdir(parents=True, exist_ok=True)
         _quiet_libraries(cfg)
         data_file = out / d.DATA_FILE
-        questions = d.read_questions(path, question_field)[offset : offset + limit]
+        every_question = d.read_questions(path, question_field)
+        questions = every_question[offset : offset + limit]
         if not questions:
             raise _fail(f"{path} has no rows after --offset {offset}")
         if phase in ("all", "generate"):
@@ -319,9 +320,8 @@ def distill(
                 def on_step(step: int, total: int, loss: float) -> None:
                     bar.update(task, completed=step, total=total, loss=loss)
 
-                every_question = [q for _, q in d.read_questions(path, question_field)]  # tokens it may copy
                 model, tokenizer, report = d.train_draft(cfg, solutions, out, shape, settings, progress=on_step,
-                                                         vocab_texts=every_question)
+                                                         vocab_texts=[q for _, q in every_question])  # tokens it may copy
             lines = [s.line for s in solutions]
             card = {
                 "name": f"{out.name} draft",

@@ -546,12 +546,12 @@ def _evaluate(
             logits = scored(model(input_ids=ids, attention_mask=mask).logits[:, :-1])
             targets = labels[:, 1:]
             chosen = targets != -100
-            picked = logits[chosen]
-            losses = torch.nn.functional.cross_entropy(picked, targets[chosen], reduction="none")
+            picked, wanted = logits[chosen], targets[chosen]
+            losses = torch.nn.functional.cross_entropy(picked, wanted, reduction="none")
             loss = losses[torch.isfinite(losses)].sum()  # a token outside `allowed` counts as missed, not inf
             total_loss += float(loss)
             total_tokens += int(chosen.sum())
-            correct += int((logits[chosen].argmax(-1) == targets[chosen]).sum())
+            correct += int((picked.argmax(-1) == wanted).sum())
         for tokens, _, spans in stepped:
             ids = torch.tensor([tokens])
             predicted = scored(model(input_ids=ids).logits[0, :-1]).argmax(-1)  # predicted[i] is token i + 1
@@ -567,7 +567,7 @@ def _evaluate(
 def output_vocab_ids(tokenizer: Any, completions: Iterable[str], texts: Iterable[str] = ()) -> list[int]:
     """The token ids a draft should score (`lookahead.engines.hf.OUTPUT_VOCAB_FILE`): every token
     of the target's training ``completions``, of the ``texts`` it copies from (the questions) and
-    the special tokens. On GSM8K train: ~12k of SmolLM2's 49k ids, 98.6% of test-question tokens."""
+    the special tokens. On GSM8K train: ~12k of SmolLM2's 49k ids, 98.7% of test-question tokens."""
     ids = set(tokenizer.all_special_ids)
     for text in (*completions, *texts):
         ids.update(tokenizer(text, add_special_tokens=False).input_ids)

@@ -243,7 +243,7 @@ def test_a_cut_draft_ships_without_the_targets_embeddings_and_loads_them_back(ti
     the engine fills it from the target, giving the model that was trained; a missing donor
     tensor is a clear ModelLoadError."""
     from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lookahead.config import SamplingParams
     from lookahead.engines.hf import SHARED_WEIGHTS_FILE
@@ -257,7 +257,7 @@ def test_a_cut_draft_ships_without_the_targets_embeddings_and_loads_them_back(ti
             "shape": d.asdict(shape), "settings": d.asdict(d.TrainSettings()),
             "data": {"source": "train.jsonl", "solutions": 1, "first_line": 1, "last_line": 1},
             "train": d.asdict(d.TrainReport(parameters=1, trained_parameters=1))}
-    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tiny_target)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_target)
     dest = d.save_draft(cut, tokenizer, tmp_path / "cut", card, embeddings_from=str(tiny_target))
     with safe_open(str(dest / "model.safetensors"), framework="pt") as handle:
         assert "model.embed_tokens.weight" not in handle.keys() and "lm_head.weight" not in handle.keys()
@@ -272,4 +272,7 @@ def test_a_cut_draft_ships_without_the_targets_embeddings_and_loads_them_back(ti
     engine.shutdown()
     (dest / SHARED_WEIGHTS_FILE).write_text('{"from": "%s", "tensors": ["model.nope.weight"]}' % tiny_target)
     with pytest.raises(ModelLoadError, match="not found"):
+        HFEngine.from_config(EngineConfig(model=str(dest), pad_batches=False))
+    (dest / SHARED_WEIGHTS_FILE).write_text('{"from": "%s", "tensors": ["model.embed_tokens.weight"]}' % (tmp_path / "gone"))
+    with pytest.raises(ModelLoadError, match="shared_weights.json takes tensors from .*cannot be found"):
         HFEngine.from_config(EngineConfig(model=str(dest), pad_batches=False))

@@ -310,7 +310,7 @@ def read_output_vocab(folder: str | Path, vocab: int) -> torch.Tensor | None:
     try:
         ids = sorted({int(i) for i in json.loads(path.read_text())["ids"]})
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{path} is not a valid output vocabulary ({{\"ids\": [token ids]}}): {exc}") from None
+        raise ModelLoadError(f"{path} is not a valid output vocabulary (a JSON object whose \"ids\" is a list of token ids): {exc}") from None
     if not ids or ids[0] < 0 or ids[-1] >= vocab:
         raise ModelLoadError(f"{path}: token ids must lie in 0..{vocab - 1} (the model's vocabulary)")
     return torch.tensor(ids, dtype=torch.long)
@@ -341,8 +341,11 @@ def load_shared_weights(model: PreTrainedModel, folder: str | Path, cache_dir: s
         spec = json.loads(path.read_text())
         source, names = str(spec["from"]), [str(n) for n in spec["tensors"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{path} is not valid ({{\"from\": MODEL, \"tensors\": [names]}}): {exc}") from None
-    donor = resolve_model(EngineConfig(model=source, cache_dir=cache_dir))
+        raise ModelLoadError(f"{path} is not valid (a JSON object with \"from\": a model and \"tensors\": a list of names): {exc}") from None
+    try:
+        donor = resolve_model(EngineConfig(model=source, cache_dir=cache_dir))
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path} takes tensors from {source!r}, which cannot be found: {exc}") from None
     if donor.is_hub_id:
         raise ModelLoadError(f"{path}: the model {source!r} it takes tensors from must be local (alias, folder or .gguf)")
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -363,8 +366,15 @@ def load_shared_weights(model: PreTrainedModel, folder: str | Path, cache_dir: s
         model.tie_weights()
 
 
+def _restricts_output(resolved: ResolvedModel, output_vocab: bool) -> bool:
+    """Will this model load with a `SubsetLMHead` (``output_vocab`` on and the folder has the file)?"""
+    return output_vocab and not resolved.is_hub_id and (Path(resolved.source) / OUTPUT_VOCAB_FILE).is_file()
+
+
 def _load_weights(resolved: ResolvedModel, dtype: torch.dtype, device: torch.device,
-                  output_vocab: bool = True, cache_dir: str | None = None) -> _SharedWeights:
+                  restrict_output: bool = False, cache_dir: str | None = None) -> _SharedWeights:
+    """Load the model (filling `SHARED_WEIGHTS_FILE` tensors); ``restrict_output``: swap in its
+    `OUTPUT_VOCAB_FILE` head (see `_restricts_output`)."""
     if resolved.is_hub_id:
         offline_msg = (
             f"model {resolved.source!r} could not be found locally and this machine may be offline; "
@@ -386,10 +396,8 @@ def _load_weights(resolved: ResolvedModel, dtype: torch.dtype, device: torch.dev
             raise ModelLoadError(f"could not load the model in {resolved.source}: {exc}") from exc
     if not resolved.is_hub_id and (Path(resolved.source) / SHARED_WEIGHTS_FILE).is_file():
         load_shared_weights(model, resolved.source, cache_dir)
-    if output_vocab and not resolved.is_hub_id:
-        ids = read_output_vocab(resolved.source, int(model.config.vocab_size))
-        if ids is not None:
-            restrict_output_vocab(model, ids)
+    if restrict_output:
+        restrict_output_vocab(model, read_output_vocab(resolved.source, int(model.config.vocab_size)))
     model.to(device)
     model.eval()
     return _SharedWeights(model=model, tokenizer=tokenizer)
@@ -397,13 +405,14 @@ def _load_weights(resolved: ResolvedModel, dtype: torch.dtype, device: torch.dev
 
 def _acquire(resolved: ResolvedModel, dtype_name: str, device: torch.device,
              output_vocab: bool = True, cache_dir: str | None = None) -> tuple[tuple[str, ...], _SharedWeights]:
+    restrict = _restricts_output(resolved, output_vocab)
     key: tuple[str, ...] = (resolved.source, dtype_name, str(device))
-    if output_vocab and not resolved.is_hub_id and (Path(resolved.source) / OUTPUT_VOCAB_FILE).is_file():
+    if restrict:
         key = (*key, "output-vocab")  # a restricted copy is not the full model
     with _LOAD_LOCK:
         shared = _LOADED.get(key)
         if shared is None:
-            shared = _load_weights(resolved, _DTYPES[dtype_name], device, output_vocab, cache_dir)
+            shared = _load_weights(resolved, _DTYPES[dtype_name], device, restrict, cache_dir)
             _LOADED[key] = shared
         shared.users += 1
     return key, shared
