@@ -339,7 +339,8 @@ def distill(
             console.print(
                 f"draft saved to {dest} · {report.parameters / 1e6:.1f} M parameters · {report.steps} steps "
                 f"in {report.seconds:.0f} s · held-out loss {report.valid_loss} · top-1 agreement {report.valid_accuracy:.3f} "
-                f"· held-out steps written token for token {report.valid_step_match:.3f}"
+                f"· held-out steps written token for token {report.valid_step_match:.3f} "
+                f"({report.valid_step_match_copy:.3f} with --set draft.copy=true)"
             )
             console.print(f"use it: lookahead solve --example gsm8k:0 --set draft={dest}")
     except LookaheadError as exc:

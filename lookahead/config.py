@@ -36,6 +36,7 @@ SPECULATION_METHODS = ("ngram", "draft")
 """Token-level speculation: ``ngram`` copies continuations of the last n-gram from the prompt and
 the text so far (prompt lookup, model-free); ``draft`` lets a small model sharing the engine's
 tokenizer propose tokens."""
+COPY_BACKENDS = ("hf",)  # engines that can restrict their own picks (EngineConfig.copy)
 
 
 def uses_step_speculation(mode: str) -> bool:
@@ -97,6 +98,33 @@ class SpeculationConfig:
 
 
 @dataclass
+class CopyConfig:
+    """Copying from the context while decoding (hf engines; meant for a small draft model).
+
+    When the last n tokens of a row (n from ``max_ngram`` down to ``min_ngram``; the longest n
+    that matches wins) occurred earlier in its prompt or text, the model may only write one of
+    the tokens that followed those earlier occurrences: its own pick among them (greedy: the most
+    likely; sampled: sampled from its distribution over them). Where nothing matches it picks as
+    usual. A reasoning target repeats names, numbers and whole sentences of the question and of
+    its own earlier steps; a small draft copies them badly on its own. Applied to the target it
+    would change the target's output, so `LookaheadConfig.validate` allows it on the draft only.
+    ``--set draft.copy=true`` turns it on.
+    """
+
+    _primary: ClassVar[str] = "enabled"
+
+    enabled: bool = False
+    min_ngram: int = 3  # shortest suffix n-gram that counts as a match (tokens)
+    max_ngram: int = 8  # longest suffix n-gram looked up (tokens)
+
+    def validate(self, where: str) -> None:
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise ConfigError(
+                f"{where}: need 1 <= min_ngram <= max_ngram (got {self.min_ngram} and {self.max_ngram})"
+            )
+
+
+@dataclass
 class EngineConfig:
     """Which model runs where. ``--set draft=PATH`` is short for ``--set draft.model=PATH``."""
 
@@ -124,6 +152,7 @@ class EngineConfig:
     # only those token ids (the rest get -inf): a narrower output layer, a cheaper draft step.
     # false = always the full vocabulary.
     output_vocab: bool = True
+    copy: CopyConfig = field(default_factory=CopyConfig)  # hf: copy n-gram continuations from the context
 
     def validate(self, where: str) -> None:
         from lookahead.engines import ENGINE_NAMES
@@ -141,6 +170,12 @@ class EngineConfig:
         if self.max_retries < 0:
             raise ConfigError(f"{where}.max_retries must be >= 0 (got {self.max_retries})")
         self.speculation.validate(f"{where}.speculation")
+        self.copy.validate(f"{where}.copy")
+        if self.copy.enabled and self.backend not in COPY_BACKENDS:
+            raise ConfigError(
+                f"{where}.copy needs an in-process engine ({', '.join(COPY_BACKENDS)}); "
+                f"backend {self.backend!r} picks its tokens elsewhere: set {where}.copy=false"
+            )
         if self.replicas < 0:
             raise ConfigError(f"{where}.replicas must be >= 0 (got {self.replicas}); 0 runs in this process")
         if self.max_batch_rows < 1:
@@ -222,6 +257,11 @@ class LookaheadConfig:
             re.compile(self.final_answer_pattern)
         except re.error as exc:
             raise ConfigError(f"final_answer_pattern is not a valid regex: {exc}") from None
+        if self.target.copy.enabled:
+            raise ConfigError(
+                "target.copy would change the target's own output (the reference every step is checked "
+                "against); copying is for the draft: --set target.copy=false --set draft.copy=true"
+            )
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1 (got {self.concurrency})")
         if self.call_timeout_s <= 0:
@@ -327,7 +367,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, dict):
             return _from_dict(tp, value, key)
         primary = getattr(tp, "_primary", None)
-        if primary is not None and isinstance(value, str):
+        if primary is not None and isinstance(value, (str, bool, int, float)):
             return _from_dict(tp, {primary: value}, key)
         raise ConfigError(f"{key} must be a mapping (got {value!r})")
     if origin is dict or tp is dict:
@@ -385,10 +425,15 @@ def _set_dotted(cfg: Any, key: str, value: Any) -> None:
             if dataclasses.is_dataclass(current) and isinstance(value, dict):
                 for sub_key, sub_value in value.items():
                     _set_dotted(current, sub_key, sub_value)
-            elif dataclasses.is_dataclass(current) and isinstance(value, str) and getattr(current, "_primary", None):
+            elif (
+                dataclasses.is_dataclass(current)
+                and isinstance(value, (str, bool, int, float))
+                and getattr(current, "_primary", None)
+            ):
                 if isinstance(current, VerifierConfig) and value != current.name:
                     current.options = {}  # another verifier: the previous one's options do not apply
-                setattr(current, current._primary, value)
+                primary = current._primary
+                setattr(current, primary, _coerce(value, _field_types(type(current))[primary], f"{where}.{primary}"))
             else:
                 setattr(obj, part, _coerce(value, hint, where))
         else:

@@ -289,32 +289,35 @@ def _greedy_batch(model: Any, tokenizer: Any, prompts: list[str], budget: int, a
 # Training
 
 
-def _encode(
-    tokenizer: Any, solutions: Iterable[Solution], delimiter: str, rng: random.Random
-) -> list[tuple[list[int], int]]:
-    """``(token ids, number of prompt tokens)`` per solution, tokenized the way the loop shows text.
+def _loop_tokens(tokenizer: Any, solution: Solution, delimiter: str) -> tuple[list[int], int, list[tuple[int, int]]]:
+    """``(token ids, prompt tokens, [(start, end) of each step])`` of one solution, tokenized the
+    way the loop feeds text to a model.
 
-    The loop re-tokenizes the prompt plus the committed steps at every call, so the draft always
-    writes its next step right after a context that ENDS on the step delimiter; most BPE
-    tokenizers split a delimiter differently at the end of a text (``"\\n\\n"``, one token) than
-    in its middle (``"\\n"``, ``"\\n"`` before the next word). Trained on whole solutions only,
-    a draft never sees the end-of-text form and starts its steps with a stray newline. So each
-    solution is cut at a random step k: the prompt and steps 1..k are tokenized as one text (the
-    loop's context), and every later step on its own (each ending with the delimiter as the loop's
-    next context will). EOS closes solutions that ended.
+    The loop re-tokenizes the prompt plus the committed steps at every call, as a text to continue
+    (`lookahead.engines.hf.encode_continuations`): a context ending on ``"\\n\\n"`` is fed as the
+    two newline tokens a model writes there (SmolLM2: 198 198), not as the one token a text ending
+    on it gets (1116). So the context before every step is a prefix of the whole solution's
+    continuation tokens, and a draft trained on those sees at every step start exactly what the
+    loop shows it. A step whose context is not such a prefix (a tokenizer merging across the
+    boundary) gets no span.
     """
+    from lookahead.engines.hf import encode_continuations
     from lookahead.steps import split_steps
 
+    steps = split_steps(solution.completion, delimiter)
+    contexts = encode_continuations(tokenizer, [solution.prompt + "".join(steps[:k]) for k in range(len(steps) + 1)])
+    ids = contexts[-1]
+    bounds = [len(c) if c == ids[: len(c)] else None for c in contexts]
+    spans = [(a, b) for a, b in zip(bounds, bounds[1:]) if a is not None and b is not None and b > a]
+    return ids, len(contexts[0]), spans
+
+
+def _encode(tokenizer: Any, solutions: Iterable[Solution], delimiter: str) -> list[tuple[list[int], int]]:
+    """``(token ids, number of prompt tokens)`` per solution, as the loop feeds it (`_loop_tokens`);
+    EOS closes solutions that ended."""
     out = []
     for s in solutions:
-        prompt_len = len(tokenizer(s.prompt, add_special_tokens=False).input_ids)
-        steps = split_steps(s.completion, delimiter)
-        if not steps:
-            continue
-        cut = rng.randrange(len(steps))
-        ids = tokenizer(s.prompt + "".join(steps[:cut]), add_special_tokens=False).input_ids
-        for step in steps[cut:]:
-            ids = ids + tokenizer(step, add_special_tokens=False).input_ids
+        ids, prompt_len, _ = _loop_tokens(tokenizer, s, delimiter)
         if s.finish == "eos" and tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]
         if len(ids) > prompt_len:
@@ -398,6 +401,7 @@ class TrainReport:
     valid_loss: float = float("nan")  # held-out loss, full-vocabulary softmax
     valid_accuracy: float = float("nan")  # held-out next-token top-1 agreement with the target (teacher forced)
     valid_step_match: float = float("nan")  # held-out target steps the draft writes token for token (share)
+    valid_step_match_copy: float = float("nan")  # the same when the draft copies from its context (draft.copy)
     output_vocab: int = 0  # token ids the draft scores (output_vocab.json; 0 = the whole vocabulary)
     output_vocab_coverage: float = float("nan")  # share of held-out target tokens inside that list
     vocab_ids: list[int] = field(default_factory=list, repr=False)  # that list (for save_draft; not in the card)
@@ -496,18 +500,11 @@ def _lr_at(step: int, total: int, settings: TrainSettings) -> float:
 
 
 def _step_spans(tokenizer: Any, solutions: Iterable[Solution], delimiter: str) -> list[tuple[list[int], int, list[tuple[int, int]]]]:
-    """``(token ids, prompt tokens, [(start, end) of each step])`` with every step tokenized on its
-    own after the prompt, as the loop shows it (see `_encode`); for the step-level measure."""
-    from lookahead.steps import split_steps
-
+    """``(token ids, prompt tokens, [(start, end) of each step])`` per solution, tokenized as the
+    loop feeds it (`_loop_tokens`); for the step-level measure."""
     out = []
     for s in solutions:
-        ids = tokenizer(s.prompt, add_special_tokens=False).input_ids
-        prompt_len, spans = len(ids), []
-        for step in split_steps(s.completion, delimiter):
-            step_ids = tokenizer(step, add_special_tokens=False).input_ids
-            spans.append((len(ids), len(ids) + len(step_ids)))
-            ids = ids + step_ids
+        ids, prompt_len, spans = _loop_tokens(tokenizer, s, delimiter)
         if spans:
             out.append((ids, prompt_len, spans))
     return out
@@ -516,21 +513,27 @@ def _step_spans(tokenizer: Any, solutions: Iterable[Solution], delimiter: str) -
 def _evaluate(
     model: Any, examples: list[tuple[list[int], int]], pad_id: int, stepped: Sequence[tuple[list[int], int, list]] = (),
     allowed: Any = None,
-) -> tuple[float, float, float]:
-    """Held-out (loss, top-1 agreement, step match) with the full-vocabulary softmax, or over the
-    ``allowed`` ids only (the draft's output vocabulary, as the engine scores it) when given.
+) -> tuple[float, float, float, float]:
+    """Held-out (loss, top-1 agreement, step match, step match when copying) with the
+    full-vocabulary softmax, or over the ``allowed`` ids only (the draft's output vocabulary, as
+    the engine scores it) when given.
 
     Step match: the share of the target's steps (in ``stepped``) the draft would write token for
     token from the target's own prefix, i.e. its argmax agrees at every position of the step --
-    what greedy drafting with the exact verifier accepts at depth 1.
+    what greedy drafting with the exact verifier accepts at depth 1. The last figure is the same
+    with the draft copying from its context (``draft.copy=true``, `CopyConfig` defaults).
     """
     import torch
 
+    from lookahead.config import CopyConfig
+    from lookahead.engines.hf import restrict_to_copies
+
     if not examples:
-        return float("nan"), float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan"), float("nan")
     model.eval()
     total_loss, total_tokens, correct = 0.0, 0, 0
-    matched, steps = 0, 0
+    matched, copied, steps = 0, 0, 0
+    copy = CopyConfig(enabled=True)
     outside = None
     if allowed is not None:
         outside = torch.ones(model.config.vocab_size, dtype=torch.bool)
@@ -554,14 +557,21 @@ def _evaluate(
             correct += int((picked.argmax(-1) == wanted).sum())
         for tokens, _, spans in stepped:
             ids = torch.tensor([tokens])
-            predicted = scored(model(input_ids=ids).logits[0, :-1]).argmax(-1)  # predicted[i] is token i + 1
-            right = predicted == ids[0, 1:]
+            logits = scored(model(input_ids=ids).logits[0, :-1])  # logits[i] predicts token i + 1
+            right = logits.argmax(-1) == ids[0, 1:]
             for begin, end in spans:
                 steps += 1
                 matched += int(bool(right[begin - 1 : end - 1].all()))
+                copied += int(
+                    all(
+                        int(restrict_to_copies(logits[i - 1], tokens[:i], copy).argmax()) == tokens[i]
+                        for i in range(begin, end)
+                    )
+                )
     model.train()
     step_match = matched / steps if steps else float("nan")
-    return total_loss / max(total_tokens, 1), correct / max(total_tokens, 1), step_match
+    copy_match = copied / steps if steps else float("nan")
+    return total_loss / max(total_tokens, 1), correct / max(total_tokens, 1), step_match, copy_match
 
 
 def output_vocab_ids(tokenizer: Any, completions: Iterable[str], texts: Iterable[str] = ()) -> list[int]:
@@ -607,8 +617,8 @@ def train_draft(
     train_solutions = [solutions[i] for i in order[n_valid:]]
     if not train_solutions:
         raise DataError("too few solutions to train on (need at least 2)")
-    valid = _encode(tokenizer, valid_solutions, delimiter, random.Random(settings.seed))
-    train = _encode(tokenizer, train_solutions, delimiter, random.Random(settings.seed))
+    valid = _encode(tokenizer, valid_solutions, delimiter)
+    train = _encode(tokenizer, train_solutions, delimiter)
     examples = train + valid
     keep_ids = sorted({t for tokens, p in train for t in tokens[p:]} | {t for tokens, p in valid for t in tokens[p:]})
     keep = _Keep(ids=torch.tensor(keep_ids, dtype=torch.long), negatives=settings.negatives)
@@ -671,8 +681,6 @@ def train_draft(
     recent: list[float] = []
     epoch = step // max(steps_per_epoch, 1)
     while step < total_steps:
-        # every epoch cuts each solution at other steps (see `_encode`)
-        train = _encode(tokenizer, train_solutions, delimiter, random.Random(settings.seed * 1000 + epoch))
         batches = _batches(train, settings.batch_tokens, random.Random(settings.seed * 1000 + epoch))
         skip = step - epoch * steps_per_epoch
         for indices in batches[skip:]:
@@ -703,9 +711,9 @@ def train_draft(
     report.train_loss = round(sum(recent) / len(recent), 4) if recent else float("nan")
     stepped = _step_spans(tokenizer, valid_solutions, delimiter)
     allowed = torch.tensor(vocab_ids, dtype=torch.long)
-    valid_loss, valid_accuracy, step_match = _evaluate(model, valid, pad_id, stepped, allowed)
+    valid_loss, valid_accuracy, step_match, copy_match = _evaluate(model, valid, pad_id, stepped, allowed)
     report.valid_loss, report.valid_accuracy = round(valid_loss, 4), round(valid_accuracy, 4)
-    report.valid_step_match = round(step_match, 4)
+    report.valid_step_match, report.valid_step_match_copy = round(step_match, 4), round(copy_match, 4)
     report.output_vocab = len(vocab_ids)
     inside = set(vocab_ids)
     held_out = [t for tokens, p in valid for t in tokens[p:]]
@@ -774,7 +782,9 @@ def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any], voc
         f"{card['settings']['batch_tokens']} tokens/step, {report['seconds']:.0f} s on {card['device']} |",
         f"| final train loss | {report['train_loss']} (softmax over the solutions' tokens + {card['settings']['negatives']} random negatives) |",
         f"| held-out loss / top-1 agreement | {report['valid_loss']} / {report['valid_accuracy']:.3f} (full vocabulary, teacher forced) |",
-        f"| held-out steps written token for token | {report.get('valid_step_match', float('nan')):.3f} (greedy, from the target's prefix) |",
+        f"| held-out steps written token for token | {report.get('valid_step_match', float('nan')):.3f} (greedy, from the target's prefix)"
+        + (f"; {report['valid_step_match_copy']:.3f} copying from the context (`draft.copy=true`)" if "valid_step_match_copy" in report else "")
+        + " |",
         *([f"| output vocabulary | {report['output_vocab']} token ids (`output_vocab.json`), "
            f"{report.get('output_vocab_coverage', float('nan')):.1%} of held-out target tokens |"] if report.get("output_vocab") else []),
         "",

@@ -145,33 +145,38 @@ def test_cli_refuses_a_test_split_and_missing_data(tmp_path):
     assert result.exit_code == 2 and "is a file" in result.output
 
 
-def test_encode_ends_the_context_on_the_delimiter_as_the_loop_does():
-    """The cut prefix is tokenized as one text (the loop's context), later steps one by one."""
-    import random
-
+def test_encode_feeds_every_step_the_context_the_loop_feeds():
+    """Training tokens = the loop's: every step's context (prompt + earlier steps, tokenized as a
+    text to continue) is a prefix of the solution's ids, so the draft never trains on the
+    end-of-text form of the delimiter that the loop never shows it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from lookahead.engines.hf import encode_continuations
 
     # a BPE that, like SmolLM2's, has a "\n\n" token used only where a text ends on it
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(["Step 1: add.\n\n", "Step 2: multiply.\n\n"] * 50, trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    corpus = ["Step 1: add.\n\n", "Step 2: multiply.\n\n", "The final answer is 12.\n\n", "user: q\nassistant: A"]
+    # (every character of the solution below, and "A": the probe of encode_continuations)
+    raw.train_from_iterator(corpus * 50, trainers.BpeTrainer(vocab_size=300, show_progress=False))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw)
-    split = tokenizer("add.\n\nStep", add_special_tokens=False).input_ids
-    joined = tokenizer("add.\n\n", add_special_tokens=False).input_ids + tokenizer("Step", add_special_tokens=False).input_ids
-    assert split != joined  # the effect the draft must be trained for
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    assert encode("add.\n\nStep") != encode("add.\n\n") + encode("Step")  # the two forms differ
     solution = d.Solution(1, "q", "user: q\nassistant: ", "Step 1: add.\n\nStep 2: multiply.\n\nThe final answer is 12.\n\n", "answer")
     steps = ["Step 1: add.\n\n", "Step 2: multiply.\n\n", "The final answer is 12.\n\n"]
-    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
-    seen = set()
-    for seed in range(12):
-        [(ids, prompt_len)] = d._encode(tokenizer, [solution], "\n\n", random.Random(seed))
-        assert prompt_len == len(encode(solution.prompt))
-        cuts = [k for k in range(3) if ids == encode(solution.prompt + "".join(steps[:k])) + sum((encode(s) for s in steps[k:]), [])]
-        assert cuts, "no cut reproduces the token ids"
-        seen.update(cuts)
-    assert len(seen) > 1  # the cut moves between solutions / epochs
+    [(ids, prompt_len)] = d._encode(tokenizer, [solution], "\n\n")
+    assert prompt_len == len(encode(solution.prompt))
+    assert ids == encode_continuations(tokenizer, [solution.prompt + "".join(steps)])[0]
+    bounds = []
+    for k in range(4):
+        context = encode_continuations(tokenizer, [solution.prompt + "".join(steps[:k])])[0]
+        assert ids[: len(context)] == context, k
+        bounds.append(len(context))
+    assert ids[bounds[1] - 1] != encode("add.\n\n")[-1]  # not the end-of-text "\n\n" token
+    [(same, _, spans)] = d._step_spans(tokenizer, [solution], "\n\n")
+    assert same == ids and spans == list(zip(bounds, bounds[1:]))
 
 
 def test_the_shipped_draft_loads_by_name():
@@ -236,6 +241,12 @@ def test_step_match_counts_steps_written_token_for_token():
     # position 5 predicts token 6, the first token of the second step: only that step is lost
     assert d._evaluate(Oracle(sequence, wrong=5), examples, 0, stepped)[2] == pytest.approx(2 / 3)
     assert d._evaluate(Oracle(sequence, wrong=2), examples, 0, stepped)[2] == pytest.approx(2 / 3)  # predicts token 4
+    assert d._evaluate(Oracle(sequence, wrong=5), examples, 0, stepped)[3] == pytest.approx(2 / 3)  # nothing to copy
+
+    # the step repeats the prompt: copying (3-gram 1, 2, 3 -> 4) fixes the draft's one wrong token
+    repeated = [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6]
+    result = d._evaluate(Oracle(repeated, wrong=8), [(repeated, 6)], 0, [(repeated, 6, [(6, 12)])])
+    assert result[2] == 0.0 and result[3] == 1.0
 
 
 def test_a_cut_draft_ships_without_the_targets_embeddings_and_loads_them_back(tiny_target, tmp_path):

