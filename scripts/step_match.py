@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lookahead import distill as d
-from lookahead.config import EngineConfig, load_config
+from lookahead.config import load_config
 from lookahead.engines.hf import HFEngine
 from lookahead.errors import LookaheadError
 from lookahead.prompts import build_messages
@@ -43,6 +44,8 @@ def ar_solutions(folder: Path, cfg, target: HFEngine) -> list[d.Solution]:
             continue  # a line cut by an interrupted run
         if record.get("run") != "ar" or record.get("status") != "ok":
             continue
+        if not isinstance(record.get("question"), str) or not isinstance(record.get("completion"), str):
+            raise LookaheadError(f"{path}, line {number}: an ar record without its question or completion text")
         prompt = target.format_chat(build_messages(record["question"], cfg.prompt_template, cfg.system_prompt))
         out.append(d.Solution(number, record["question"], prompt, record["completion"], record.get("finish_reason", "")))
     if not out:
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "drafts": {},
         }
         for name in args.draft or [cfg.draft.model]:
-            engine = HFEngine.from_config(EngineConfig(**{**vars(cfg.draft), "model": name}))
+            engine = HFEngine.from_config(dataclasses.replace(cfg.draft, model=name))
             _, agreement, plain, copying = d._evaluate(engine.model, examples, pad, stepped)
             report["drafts"][name] = {
                 "next_token_agreement": round(agreement, 4),

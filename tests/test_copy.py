@@ -159,6 +159,9 @@ def test_shipped_pair_with_a_copying_draft_is_lossless_and_step_match_sees_it(tm
     itself = report["drafts"]["smollm2-135m-instruct"]["step_match"]
     assert itself >= 0.8 and itself > report["drafts"]["smollm2-135m-gsm8k-draft"]["step_match"]
     assert json.loads((tmp_path / "step_match.json").read_text()) == report
+    (tmp_path / "records.jsonl").write_text(json.dumps({"run": "ar", "status": "ok", "question": "q"}) + "\n")
+    with pytest.raises(SystemExit, match="line 1: an ar record without its question or completion"):
+        module.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="no finished `ar` records"):
         (tmp_path / "records.jsonl").write_text(json.dumps({"run": "lr", "status": "ok"}) + "\n")
         module.main([str(tmp_path)])

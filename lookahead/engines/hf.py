@@ -606,6 +606,23 @@ def _sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return int(torch.multinomial(sampling_probs(logits, params), 1, generator=generator).item())
 
 
+def _suffix_match_ends(tokens: Sequence[int], max_ngram: int, min_ngram: int) -> list[int]:
+    """Where the longest suffix n-gram of ``tokens`` (n = ``max_ngram`` down to ``min_ngram``)
+    occurred before: the index of each earlier occurrence's last token, most recent first; ``[]``
+    when no n in that range has an earlier occurrence."""
+    length = len(tokens)
+    if length < 2:
+        return []
+    last = tokens[-1]
+    ends = [e for e in range(length - 2, -1, -1) if tokens[e] == last]  # most recent first
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
+        suffix = list(tokens[length - n :])
+        found = [e for e in ends if e >= n - 1 and list(tokens[e - n + 1 : e + 1]) == suffix]
+        if found:
+            return found
+    return []
+
+
 def ngram_propose(tokens: Sequence[int], num_tokens: int, max_ngram: int, min_ngram: int) -> list[int]:
     """Prompt-lookup proposal: what followed the most recent earlier occurrence of the last n tokens.
 
@@ -616,17 +633,10 @@ def ngram_propose(tokens: Sequence[int], num_tokens: int, max_ngram: int, min_ng
         >>> ngram_propose([5, 6, 7, 1, 5, 6], num_tokens=2, max_ngram=2, min_ngram=1)
         [7, 1]
     """
-    length = len(tokens)
     if num_tokens < 1:
         return []
-    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
-        suffix = list(tokens[length - n :])
-        last = suffix[-1]
-        # earlier matches, most recent first; `end` is the index of the match's last token
-        for end in range(length - 2, n - 2, -1):
-            if tokens[end] == last and list(tokens[end - n + 1 : end + 1]) == suffix:
-                return list(tokens[end + 1 : end + 1 + num_tokens])
-    return []
+    ends = _suffix_match_ends(tokens, max_ngram, min_ngram)
+    return list(tokens[ends[0] + 1 : ends[0] + 1 + num_tokens]) if ends else []
 
 
 def copy_candidates(tokens: Sequence[int], max_ngram: int, min_ngram: int) -> list[int]:
@@ -642,17 +652,7 @@ def copy_candidates(tokens: Sequence[int], max_ngram: int, min_ngram: int) -> li
         >>> copy_candidates([5, 6, 7, 5, 6, 8, 5, 6], max_ngram=3, min_ngram=3)
         []
     """
-    length = len(tokens)
-    if length < 2:
-        return []
-    last = tokens[-1]
-    ends = [e for e in range(length - 2, -1, -1) if tokens[e] == last]  # most recent first
-    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
-        suffix = list(tokens[length - n :])
-        found = [tokens[e + 1] for e in ends if e >= n - 1 and list(tokens[e - n + 1 : e + 1]) == suffix]
-        if found:
-            return list(dict.fromkeys(found))
-    return []
+    return list(dict.fromkeys(tokens[e + 1] for e in _suffix_match_ends(tokens, max_ngram, min_ngram)))
 
 
 def restrict_to_copies(logits: torch.Tensor, tokens: Sequence[int], copy: CopyConfig) -> torch.Tensor:
@@ -1084,7 +1084,9 @@ class HFEngine:
 
     def _pick_tokens(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         if self.copy is not None:
-            logits = torch.stack([self._copied(logits[j], row.prompt_ids + row.generated) for j, row in enumerate(rows)])
+            logits = torch.stack(
+                [restrict_to_copies(logits[j], row.prompt_ids + row.generated, self.copy) for j, row in enumerate(rows)]
+            )
         greedy = logits.argmax(dim=-1).tolist()
         picked = []
         for j, row in enumerate(rows):
@@ -1093,10 +1095,6 @@ class HFEngine:
             else:
                 picked.append(_sample_row(logits[j], row.params, self._generator))
         return picked
-
-    def _copied(self, logits: torch.Tensor, tokens: list[int]) -> torch.Tensor:
-        """One ``[vocab]`` logits row as this engine picks from it after ``tokens`` (copying)."""
-        return logits if self.copy is None else restrict_to_copies(logits, tokens, self.copy)
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, **_DECODE_KW)
@@ -1423,7 +1421,7 @@ class HFEngine:
             for j in live:
                 context = slots[j].prompt_ids + slots[j].generated  # ends with next_token[j]
                 for i in range(len(proposals[j]) + 1):
-                    logits[j, i] = self._copied(logits[j, i], context + proposals[j][:i])
+                    logits[j, i] = restrict_to_copies(logits[j, i], context + proposals[j][:i], self.copy)
         emitted: list[list[int]] = [[] for _ in slots]
         accepted = [0] * n_slots
         advance = [1] * n_slots
