@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -313,7 +314,42 @@ class LookaheadConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain data, secrets included: for building engines, never for output."""
         return dataclasses.asdict(self)
+
+    def public_dict(self) -> dict[str, Any]:
+        """`to_dict` with secrets replaced by ``REDACTED``: what any file, log or printout shows."""
+        return redacted(self.to_dict())
+
+
+REDACTED = "***"  # what a secret reads as in every file, log and printout
+# A key whose name says it holds a credential (api_key, token, secret, password, ...).
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|authorization|bearer)", re.I)
+_NOT_SECRET = ("max_tokens", "num_tokens", "max_step_tokens", "max_total_tokens", "tokenizer")
+
+
+def is_secret_key(key: str) -> bool:
+    """True for a config or options key that names a credential (``api_key``, ``hf_token``, ...)."""
+    name = str(key)
+    if any(part in name.lower() for part in _NOT_SECRET):
+        return False
+    return bool(_SECRET_KEY.search(name))
+
+
+def redacted(data: Any) -> Any:
+    """A copy of ``data`` (dicts, lists, scalars) with every secret value set to `REDACTED`.
+
+    A value is secret when its key names a credential (`is_secret_key`); ``None`` and empty
+    values stay as they are, so a reader still sees that no key was set.
+    """
+    if isinstance(data, dict):
+        return {
+            k: (REDACTED if is_secret_key(k) and v not in (None, "") and not isinstance(v, (dict, list)) else redacted(v))
+            for k, v in data.items()
+        }
+    if isinstance(data, (list, tuple)):
+        return [redacted(v) for v in data]
+    return data
 
 
 # --------------------------------------------------------------------------------------------
