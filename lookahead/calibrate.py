@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -35,13 +36,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lookahead.errors import ConfigError, DataError, LookaheadError
+from lookahead.eval.cli import TRAIN_DATA_HELP
 
 PAIRS_FILE = "pairs.jsonl"
 REPORT_FILE = "calibration.json"
@@ -217,7 +220,7 @@ def roc_curve(scores: Sequence[float], labels: Sequence[bool]) -> tuple[list[dic
         fp += not label
         if k + 1 == len(order) or order[k + 1][0] != score:
             points.append({"threshold": score, "tpr": tp / positives, "fpr": fp / negatives})
-    auc = sum((b["fpr"] - a["fpr"]) * (a["tpr"] + b["tpr"]) / 2 for a, b in zip(points, points[1:]))
+    auc = sum((b["fpr"] - a["fpr"]) * (a["tpr"] + b["tpr"]) / 2 for a, b in itertools.pairwise(points))
     if len(points) > ROC_POINTS:  # keep the ends and an even spread
         step = (len(points) - 1) / (ROC_POINTS - 1)
         points = [points[round(i * step)] for i in range(ROC_POINTS)]
@@ -291,7 +294,11 @@ def plot_roc(reports: Sequence[VerifierReport], path: Path) -> bool:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    """One line ``error: MESSAGE`` on stderr (plain text, control characters escaped); the exit to raise."""
+    from lookahead.cli import terminal_safe
+
+    line = " ".join(str(message).splitlines())
+    err_console.print(Text.assemble(("error:", "bold red"), " ", terminal_safe(line)))
     return typer.Exit(code)
 
 
@@ -319,8 +326,8 @@ def calibrate_command(
         "runs/calibrate"
     ),
     data: Annotated[
-        Optional[Path],
-        typer.Option(help="JSONL file of questions (default: GSM8K train from the data folder). Never a test split."),
+        Path | None,
+        typer.Option(help=TRAIN_DATA_HELP),
     ] = None,
     question_field: Annotated[str, typer.Option(help="Field of each JSONL row holding the question.")] = "question",
     limit: Annotated[int, typer.Option(help="Questions to run lr on (from --offset).")] = 50,
@@ -328,7 +335,7 @@ def calibrate_command(
     verifiers: Annotated[str, typer.Option(help="Comma-separated verifiers to rate.")] = DEFAULT_VERIFIERS,
     oracle: Annotated[str, typer.Option(help="Who labels the pairs: numeric+normalized (model-free) or llm_judge.")] = ORACLES[0],
     oracle_model: Annotated[
-        Optional[str], typer.Option(help="llm_judge oracle: an HF model path to judge with (default: the config's target).")
+        str | None, typer.Option(help="llm_judge oracle: an HF model path to judge with (default: the config's target).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per verify call.")] = 64,
     allow_test_split: Annotated[
@@ -336,15 +343,15 @@ def calibrate_command(
     ] = False,
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
     set_: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", "-s", help="Override a config key, e.g. --set gamma=3 --set draft=PATH."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the report.")] = False,
 ) -> None:
     """Rate verifiers against an oracle on (draft step, target step) pairs from lr runs on train questions."""
-    from lookahead.config import VerifierConfig, load_config
-    from lookahead.distill import read_questions
-    from lookahead.eval.tasks import default_data_dir
+    from lookahead.config import VerifierConfig, load_config, redact_text, redacted
+    from lookahead.distill import default_questions_file, read_questions
+    from lookahead.eval.harness import output_folder
     from lookahead.loop import LookaheadReasoner
     from lookahead.verifiers import VERIFIER_NAMES, create_verifier
     from lookahead.verifiers.llm_judge import LLMJudgeVerifier
@@ -360,17 +367,19 @@ def calibrate_command(
     reasoner = None
     try:
         cfg = load_config(config, [*(set_ or []), "mode=lr"])
-        path = data or default_data_dir() / "gsm8k" / "train.jsonl"
+        path = data or default_questions_file()
         if "test" in path.name.lower() and not allow_test_split:
             raise _fail(f"{path} looks like a test split; calibrate on training data (or pass --allow-test-split)")
         questions = read_questions(path, question_field)[offset : offset + limit]
         if not questions:
             raise _fail(f"{path} has no rows after --offset {offset}")
-        from transformers.utils import logging as hf_logging  # quiet model loading (also the embedding model)
+        from transformers.utils import (
+            logging as hf_logging,  # quiet model loading (also the embedding model)
+        )
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-        out.mkdir(parents=True, exist_ok=True)
+        output_folder(out, "pairs.jsonl, calibration.json and calibration.png")
         reasoner = LookaheadReasoner(cfg)
         pairs_path = out / PAIRS_FILE
         done, _ = read_pairs(pairs_path)
@@ -413,7 +422,7 @@ def calibrate_command(
     aligned = sum(labels)
     plotted = plot_roc(reports, out / PLOT_FILE)
     payload = {
-        "command": " ".join(["lookahead", "calibrate", *sys.argv[2:]]) if len(sys.argv) > 1 else "lookahead calibrate",
+        "command": redact_text(" ".join(["lookahead", "calibrate", *sys.argv[2:]]) if len(sys.argv) > 1 else "lookahead calibrate"),
         "data": str(path),
         "questions": len(questions),
         "pairs": len(pairs),
@@ -421,14 +430,16 @@ def calibrate_command(
         "oracle": oracle if not oracle_model else f"{oracle}:{oracle_model}",
         "pairs_file": str(pairs_path),
         "plot": str(out / PLOT_FILE) if plotted else None,
-        "verifiers": {r.name: asdict(r) for r in reports},
-        "config": cfg.to_dict(),
+        "verifiers": {r.name: redacted(asdict(r)) for r in reports},  # options: secrets as ***
+        "config": cfg.public_dict(),  # secrets as ***
     }
     (out / REPORT_FILE).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     console.print(_table(reports, aligned, len(pairs), payload["oracle"]))
     for r in reports:
         if r.error:
-            console.print(f"[red]{r.name}: {r.error}[/]")
+            console.print(Text(f"{r.name}: {r.error}", style="red"))
     console.print(f"report: {out / REPORT_FILE}" + (f" · plot: {out / PLOT_FILE}" if plotted else " · (no plot: pip install matplotlib)"))
     if as_json:
-        sys.stdout.write(json.dumps({k: v for k, v in payload.items() if k != "config"}, ensure_ascii=False) + "\n")
+        from lookahead.cli import json_line
+
+        sys.stdout.write(json_line({k: v for k, v in payload.items() if k != "config"}))

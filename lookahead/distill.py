@@ -110,9 +110,21 @@ class Solution:
 # Data
 
 
+def default_questions_file() -> Path:
+    """GSM8K *train*, the default questions of distill and calibrate (not shipped with the
+    package): ``$LOOKAHEAD_DATA_DIR``, a ``shared/data`` folder beside the cwd or the repo, or the
+    hub when ``datasets`` is installed and online; else a `DataError` naming the ways to get it
+    (see `lookahead.eval.tasks.split_file`)."""
+    from lookahead.eval.tasks import split_file
+
+    return split_file("gsm8k", "train", own_file="--data FILE", dir_option=None)
+
+
 def read_questions(path: str | Path, field_name: str = "question") -> list[tuple[int, str]]:
     """``(line number, question)`` for every row of a JSONL file; bad rows raise naming file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a JSONL file; give --data the file inside it")
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist; give --data PATH (a JSONL file with a {field_name!r} field)")
     rows: list[tuple[int, str]] = []
