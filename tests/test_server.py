@@ -428,6 +428,7 @@ def test_serve_with_a_bad_override_exits_2_with_one_line():
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert len(proc.stderr.strip().splitlines()) == 1 and "unknown config key 'gama'" in proc.stderr
