@@ -40,19 +40,21 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from lookahead.config import redacted
 from lookahead.errors import ConfigError, DataError, LookaheadError
+from lookahead.eval.cli import DATA_DIR_HELP
 from lookahead.eval.report import plot_acceptance_by_depth, plot_time_split
 from lookahead.speedup import gpu_projection
 
 if TYPE_CHECKING:
     from lookahead.config import LookaheadConfig
-    from lookahead.speedup import SpeedupInputs
     from lookahead.eval.cli import Evaluation
     from lookahead.loop import LookaheadReasoner
+    from lookahead.speedup import SpeedupInputs
 
 DEFAULT_RUNS = (
     "ar,peer:hf-assisted,peer:hf-prompt-lookup,sd,lr[gamma=1],lr[gamma=2],lr[gamma=4],"
@@ -227,7 +229,7 @@ class BatchCostCurve:
 
     def __init__(self, folder: Path, config: LookaheadConfig, machine: str) -> None:
         self.path = folder / BATCH_COST_FILE  # where the measurement is kept
-        self.identity = {"machine": machine, "target": dataclasses.asdict(config.target)}  # where it holds
+        self.identity = {"machine": machine, "target": redacted(dataclasses.asdict(config.target))}  # where it holds (secrets as ***)
         self.reason = batch_cost_unmeasurable(config)  # None: measurable
         self.value: dict[str, Any] | None = self._stored()  # the curve, once known
 
@@ -497,6 +499,8 @@ def rich_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from lookahead.cli import terminal_safe
+
     table = Table(
         title=f"bench {report['task']}: {report['problems_with_records']} problems",
         caption="speedup: summed wall time vs ar; tok len: tokens per verification pass; "
@@ -510,7 +514,7 @@ def rich_table(report: dict[str, Any]) -> Any:
         model = r["model"] or {}
         predicted = model.get("predicted") if r["mode"] in PREDICTED_MODES else None
         table.add_row(
-            Text(r["label"]),
+            Text(terminal_safe(r["label"])),
             _fmt(r["speedup"], ".2f", "x"),
             _fmt(r["tokens_per_s"], ".1f"),
             _fmt(r["accuracy"], ".1%"),
@@ -536,14 +540,14 @@ def bench_command(
     task: Annotated[
         str, typer.Option(help="gsm8k, aime24, math500, jsonl:PATH (any JSONL file) or hf:NAME[:CONFIG] (online).")
     ] = "gsm8k",
-    limit: Annotated[Optional[int], typer.Option(help="Problems to run (the first ones of the test split).")] = 30,
+    limit: Annotated[int | None, typer.Option(help="Problems to run (the first ones of the test split).")] = 30,
     data_dir: Annotated[
-        Optional[Path],
-        typer.Option(help="Folder with gsm8k/, aime24/, math500/ (default: $LOOKAHEAD_DATA_DIR or ../shared/data)."),
+        Path | None,
+        typer.Option(help=DATA_DIR_HELP),
     ] = None,
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
     set_: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", "-s", help="Override a config key for every run, e.g. --set max_total_tokens=256."),
     ] = None,
     out: Annotated[
@@ -553,7 +557,7 @@ def bench_command(
         ),
     ] = DEFAULT_OUT,
     runs: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="Runs, comma-separated, as in `lookahead eval --modes` (default: ar, the hf peers, sd, "
             "lr\\[gamma=1|2|4], lr\\[gamma=2,pipeline=true], lr\\[adaptive_gamma=true,gamma=4], lr+sd, the llama.cpp "
@@ -569,45 +573,57 @@ def bench_command(
     from rich.console import Console
     from rich.markup import escape
 
-    from lookahead.cli import _fail, console, err_console
-    from lookahead.eval import report as eval_report
-    from lookahead.eval.cli import _machine, interrupted, open_records, prepare_evaluation, run_evaluation
+    from lookahead.cli import _fail, console, err_console, json_line
     from lookahead.config import load_config
+    from lookahead.eval import report as eval_report
+    from lookahead.eval.cli import (
+        _machine,
+        interrupted,
+        open_records,
+        prepare_evaluation,
+        run_evaluation,
+    )
 
     dropped: list[str] = []
-    evaluation = None
+    evaluation = store = None
     try:
-        json_path, png_path = report_paths(out)
-        if runs is None:
-            runs, left_out = default_runs(load_config(config, list(set_ or [])))
-            dropped = list(left_out)
-            for reason in dict.fromkeys(left_out.values()):  # one line per reason, its runs named
-                named = ", ".join(spec for spec, why in left_out.items() if why == reason)
-                err_console.print(f"[yellow]leaving out {escape(named)}: {escape(reason)}[/]")
-        evaluation = prepare_evaluation(
-            task=task, modes=runs, config=config, set_=set_, limit=limit, out=out, data_dir=data_dir
-        )
-        store = open_records(evaluation, force_new)
-        curve = BatchCostCurve(out, evaluation.config, _machine())
-        run_evaluation(evaluation, store, on_loaded=curve.measure)
-        if curve.needed:  # nothing was left to run, but the curve is not in the folder yet
-            from lookahead.loop import LookaheadReasoner
+        try:
+            json_path, png_path = report_paths(out)
+            if runs is None:
+                runs, left_out = default_runs(load_config(config, list(set_ or [])))
+                dropped = list(left_out)
+                for reason in dict.fromkeys(left_out.values()):  # one line per reason, its runs named
+                    named = ", ".join(spec for spec, why in left_out.items() if why == reason)
+                    err_console.print(f"[yellow]leaving out {escape(named)}: {escape(reason)}[/]")
+            evaluation = prepare_evaluation(
+                task=task, modes=runs, config=config, set_=set_, limit=limit, out=out, data_dir=data_dir
+            )
+            store = open_records(evaluation, force_new)
+            curve = BatchCostCurve(out, evaluation.config, _machine())
+            run_evaluation(evaluation, store, on_loaded=curve.measure)
+            if curve.needed:  # nothing was left to run, but the curve is not in the folder yet
+                from lookahead.config import configured
+                from lookahead.loop import LookaheadReasoner
 
-            from lookahead.config import configured
+                with LookaheadReasoner(configured(evaluation.config, {"mode": "ar"})) as reasoner:
+                    curve.measure(reasoner)
+        except LookaheadError as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise interrupted(evaluation.out if evaluation is not None else out) from None
 
-            with LookaheadReasoner(configured(evaluation.config, {"mode": "ar"})) as reasoner:
-                curve.measure(reasoner)
-    except LookaheadError as exc:
-        raise _fail(escape(str(exc))) from None
-    except KeyboardInterrupt:
-        raise interrupted(evaluation.out if evaluation is not None else out) from None
-
-    records = evaluation.records(store)
-    summary = eval_report.summarize(records, evaluation.runs, evaluation.meta())
-    eval_report.write_reports(out, summary, plots=False)  # the folder stays a complete eval folder
-    report = build_report(evaluation, summary, records, curve.report(), dropped, png_path)
-    write_figure(report, png_path)
-    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        records = evaluation.records(store)
+        summary = eval_report.summarize(records, evaluation.runs, evaluation.meta())
+        eval_report.write_reports(out, summary, plots=False)  # the folder stays a complete eval folder
+        report = build_report(evaluation, summary, records, curve.report(), dropped, png_path)
+        try:
+            write_figure(report, png_path)
+            json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"--out {out}: cannot write the report beside it ({exc.strerror or exc}); give a folder you can write to") from None
+    finally:
+        if store is not None:
+            store.close()  # the folder's lock: the next invocation may write there
 
     table = rich_table(report)
     Console(highlight=False, width=max(console.width, 140)).print(table)
@@ -622,7 +638,7 @@ def bench_command(
         value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
         sign = "≥" if t["at_least"] else "≤"
         console.print(f"target {escape(t['target'])}: {value} ({sign} {t['threshold']}) {mark}", soft_wrap=True)
-    console.print(f"report {json_path} and {png_path}; records in {out}/", soft_wrap=True)
+    console.print(f"report {escape(str(json_path))} and {escape(str(png_path))}; records in {escape(str(out))}/", soft_wrap=True)
     if as_json:
         keys = ("label", "speedup", "tokens_per_s", "accuracy", "agreement_with_ar", "token_acceptance_length", "model")
         payload = {
@@ -632,4 +648,4 @@ def bench_command(
             "baseline": report["baseline"],
             "runs": [{k: r[k] for k in keys} for r in report["runs"]],
         }
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_line(payload))

@@ -13,17 +13,21 @@ naming the fix and exits with code 2.
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lookahead.config import uses_step_speculation, uses_token_speculation
+from lookahead.config import redact_text, uses_step_speculation, uses_token_speculation
 from lookahead.errors import LookaheadError
+from lookahead.eval.cli import DATA_DIR_HELP, TRAIN_DATA_HELP
 
 app = typer.Typer(
     name="lookahead",
@@ -73,9 +77,41 @@ def _quiet_libraries(cfg: Any) -> None:
     hf_logging.set_verbosity_error()
 
 
+# Control characters a terminal would act on (escape sequences, bell, carriage return, C1 codes)
+# and the bidirectional overrides that reorder what is shown; newline and tab stay as they are.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character but newline and tab written as an escape (``\\x1b``).
+
+    For everything printed to the terminal that came from a user, a data file or a model (the
+    question, the steps, answers, error messages): none of it can move the cursor, retitle the
+    window or hide text.
+    """
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def json_line(payload: Any) -> str:
+    """One JSON line: ``json.dumps`` (non-ASCII kept), with the control characters JSON leaves raw
+    (DEL, C1, line separators, bidi overrides) written as ``\\uXXXX`` too. Parses to the same value."""
+    text = json.dumps(payload, ensure_ascii=False)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    """Print ``error: MESSAGE`` (plain text, never markup; control characters escaped) and return the exit."""
+    line = " ".join(str(message).splitlines())  # one line, whatever the exception said
+    err_console.print(Text.assemble(("error:", "bold red"), " ", terminal_safe(line)))
     return typer.Exit(code)
+
+
+def finite_options(**options: float | None) -> None:
+    """Refuse NaN and infinity in float options (typer accepts ``inf`` and ``nan``), naming the option."""
+    for name, value in options.items():
+        if value is not None and not math.isfinite(value):
+            flag = "--" + name.replace("_", "-")
+            raise _fail(f"{flag} must be a finite number (got {value}); NaN and infinity are not allowed")
 
 
 def _step_text(record: Any, gamma: int) -> Text:
@@ -89,25 +125,87 @@ def _step_text(record: Any, gamma: int) -> Text:
     else:
         label, style = "target", "cyan"
     text = Text(f"[{label}] ", style=f"bold {style}")
-    text.append(record.text.rstrip("\n"), style=style)
+    text.append(terminal_safe(record.text.rstrip("\n")), style=style)
     return text
 
 
-def _summary_table(result: Any, reference: str | None) -> Table:
+@dataclass
+class RoundSplit:
+    """How a solve's rounds divide into speculating rounds and plain ar rounds, and why."""
+
+    speculated: int  # rounds that drafted at least one step (γ >= 1) (rounds)
+    ar: int  # rounds of the target alone, no draft step (γ = 0, or a mode without step speculation) (rounds)
+    reason: str | None  # why there were ar rounds (None: there were none)
+
+
+def _break_even(policy: dict[str, Any]) -> float | None:
+    """Depth-1 acceptance above which a γ = 1 round beats an ar round: c + b(2) - 1 + v (`lookahead.speedup`)."""
+    c, v, costs = policy.get("c"), policy.get("verify_cost"), policy.get("batch_cost") or {}
+    if c is None or v is None:
+        return None
+    b2 = costs.get(2, costs.get("2"))
+    if b2 is None:  # no 2-row target call measured: cost proportional to rows (the policy's own guess)
+        b2 = 2.0
+    return float(c) + float(b2) - 1.0 + float(v)
+
+
+def _adaptive_reason(policy: dict[str, Any] | None) -> str:
+    """Why the adaptive-γ policy (its `AdaptiveGamma.snapshot`) ran ar rounds."""
+    if policy:
+        alpha = (policy.get("alpha") or [None])[0]
+        even = _break_even(policy)
+        predicted = policy.get("predicted_speedup") or []
+        if alpha is not None and even is not None and alpha < even:
+            return f"adaptive γ: depth-1 acceptance estimate {alpha:.2f} < break-even {even:.2f}"
+        if len(predicted) > 1 and max(predicted[1:]) <= predicted[0]:
+            return f"adaptive γ: predicted speedup of γ≥1 at most {max(predicted[1:]):.2f} <= 1"
+    return "adaptive γ: warm-up (a 1-row target call measures the cost unit)"
+
+
+def round_split(result: Any, adaptive: bool, policy: dict[str, Any] | None = None) -> RoundSplit:
+    """Speculated vs plain ar rounds of ``result``, and why there were ar rounds.
+
+    A round speculated when it judged at least one draft step (its trace has a ``draft_text``).
+    The others ran the target alone: γ = 0 chosen by adaptive γ (``stats["gamma_rounds"]["0"]``;
+    ``policy``, the policy's `AdaptiveGamma.snapshot`, says why), or the first draft step came
+    out incomplete (no step delimiter before EOS, the step cap or the budget: never acceptable).
+    """
+    if not uses_step_speculation(result.mode):
+        return RoundSplit(0, result.rounds, f"mode {result.mode}: the target alone, no step speculation")
+    speculated = len({step.round for step in result.steps if step.draft_text is not None})
+    ar = max(result.rounds - speculated, 0)
+    if not ar:
+        return RoundSplit(speculated, 0, None)
+    chosen = min(int((result.stats.get("gamma_rounds") or {}).get("0", 0)), ar) if adaptive else 0
+    incomplete = ar - chosen
+    reasons = []
+    if chosen:
+        reasons.append(_adaptive_reason(policy) if not incomplete else f"{chosen} by {_adaptive_reason(policy)}")
+    if incomplete:
+        why = "the first draft step was incomplete: no step delimiter before EOS, the step cap or the budget"
+        reasons.append(why if not chosen else f"{incomplete}: {why}")
+    return RoundSplit(speculated, ar, "; ".join(reasons))
+
+
+def _summary_table(result: Any, reference: str | None, split: RoundSplit | None = None) -> Table:
     stats = result.stats
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("mode", result.mode)
     table.add_row("finish", result.finish_reason)
-    table.add_row("answer", str(result.answer))
+    table.add_row("answer", Text(terminal_safe(str(result.answer))))
     if reference is not None:
-        table.add_row("reference", f"{reference} ({'correct' if _same_answer(result.answer, reference) else 'wrong'})")
+        verdict = "correct" if _same_answer(result.answer, reference) else "wrong"
+        table.add_row("reference", Text(f"{terminal_safe(reference)} ({verdict})"))
     table.add_row("tokens", f"{result.completion_tokens} completion + {result.prompt_tokens} prompt")
     rate = result.completion_tokens / result.wall_time_s if result.wall_time_s else 0.0
     table.add_row("time", f"{result.wall_time_s:.2f} s ({rate:.1f} tokens/s)")
     table.add_row("rounds", f"{result.rounds} ({stats['steps_per_round']:.2f} steps committed per round)")
     step_spec = uses_step_speculation(result.mode)
+    if step_spec and split is not None:
+        line = f"{split.speculated} speculated (γ≥1), {split.ar} plain ar rounds"
+        table.add_row("speculation", line + (f" ({split.reason})" if split.ar and split.reason else ""))
     if step_spec:
         by_depth = ", ".join(f"d{i + 1}={a:.0%}" for i, a in enumerate(stats["acceptance_by_depth"]))
         table.add_row(
@@ -150,21 +248,21 @@ def _same_answer(answer: str | None, reference: str) -> bool:
 
 @app.command()
 def solve(
-    question: Annotated[Optional[str], typer.Argument(help="The problem to solve (or use --example).")] = None,
+    question: Annotated[str | None, typer.Argument(help="The problem to solve (or use --example).")] = None,
     example: Annotated[
-        Optional[str], typer.Option("--example", "-e", help="TASK:N = 0-based row N of gsm8k, aime24 or math500.")
+        str | None, typer.Option("--example", "-e", help="TASK:N = 0-based row N of gsm8k, aime24 or math500.")
     ] = None,
     data_dir: Annotated[
-        Optional[Path],
-        typer.Option(help="Folder with gsm8k/, aime24/, math500/ (default: $LOOKAHEAD_DATA_DIR or ../shared/data)."),
+        Path | None,
+        typer.Option(help=DATA_DIR_HELP),
     ] = None,
     mode: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="ar (target alone), lr (Lookahead Reasoning), sd (token-level speculation) or lr+sd (both)."),
     ] = None,
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
     set_: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", "-s", help="Override a config key, e.g. --set gamma=3 --set temperature=0."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the result.")] = False,
@@ -193,13 +291,15 @@ def solve(
         _quiet_libraries(cfg)
         with console.status("loading models..."):
             reasoner = LookaheadReasoner.from_config(cfg)
-        console.print(Text(f"question: {question.strip()}", style="bold"))
+        console.print(Text(f"question: {terminal_safe(question.strip())}", style="bold"))
         console.print(
-            f"[dim]mode {cfg.mode} · target {reasoner.target.name}"
-            + (f" · draft {reasoner.draft.name} · γ={cfg.gamma} · verifier {cfg.verifier.name}"
-               if uses_step_speculation(cfg.mode) else "")
-            + (f" · token SD {cfg.target.speculation.method}" if uses_token_speculation(cfg.mode) else "")
-            + "[/]"
+            Text(
+                f"mode {cfg.mode} · target {terminal_safe(reasoner.target.name)}"
+                + (f" · draft {terminal_safe(reasoner.draft.name)} · γ={cfg.gamma} · verifier {cfg.verifier.name}"
+                   if uses_step_speculation(cfg.mode) else "")
+                + (f" · token SD {cfg.target.speculation.method}" if uses_token_speculation(cfg.mode) else ""),
+                style="dim",
+            )
         )
         if same_model:
             console.print(
@@ -215,15 +315,24 @@ def solve(
             err_console.print("[yellow]interrupted: showing the steps committed so far[/]")
         result = stream.result
         assert result is not None
+        adaptive = cfg.adaptive_gamma and uses_step_speculation(result.mode)
+        policy = result.stats.get("adaptive") or (reasoner.policy_for(cfg, result.mode).snapshot() if adaptive else None)
+        split = round_split(result, adaptive, policy)
         reasoner.close()
     except LookaheadError as exc:
         raise _fail(str(exc)) from None
     console.print()
-    console.print(_summary_table(result, reference))
+    console.print(_summary_table(result, reference, split))
     if as_json:
         payload = result.to_dict()  # text, answer, mode, tokens, wall_time_s, stats, the step trace
-        payload.update(reference=reference, config=cfg.to_dict())
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        payload.update(
+            reference=reference,
+            speculated_rounds=split.speculated,  # rounds with γ >= 1
+            ar_rounds=split.ar,  # rounds of the target alone
+            fallback_reason=split.reason,  # why there were ar rounds (None: none)
+            config=cfg.public_dict(),  # secrets read as ***
+        )
+        sys.stdout.write(json_line(payload))
     if result.finish_reason == "cancelled":
         raise typer.Exit(130)
 
@@ -234,8 +343,8 @@ def distill(
         "runs/distill"
     ),
     data: Annotated[
-        Optional[Path],
-        typer.Option(help="JSONL file of questions (default: GSM8K train from the data folder). Never a test split."),
+        Path | None,
+        typer.Option(help=TRAIN_DATA_HELP),
     ] = None,
     question_field: Annotated[str, typer.Option(help="Field of each JSONL row holding the question.")] = "question",
     limit: Annotated[int, typer.Option(help="Questions to solve with the target (from --offset).")] = 1000,
@@ -248,7 +357,7 @@ def distill(
     hidden_size: Annotated[int, typer.Option(help="Draft width.")] = 256,
     layers: Annotated[int, typer.Option(help="Draft decoder layers.")] = 4,
     target_layers: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Cut the draft from the target instead: these of its decoder layers, e.g. 0,1,29 "
                           "(its weights as the start, its embeddings frozen; --hidden-size/--layers ignored)."),
     ] = None,
@@ -257,7 +366,7 @@ def distill(
         bool, typer.Option(help="Allow a file whose name says 'test' (you will not be able to evaluate on it).")
     ] = False,
     config: Annotated[str, typer.Option("--config", "-c", help="Preset whose target and prompt are distilled.")] = "default",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key.")] = None,
 ) -> None:
     """Distil a small draft for the config's target from the target's own solutions.
 
@@ -266,12 +375,19 @@ def distill(
     them (resumable from checkpoint.pt). The draft lands in OUT/model with a model card; use it
     with --set draft=OUT/model.
     """
+    finite_options(epochs=epochs, lr=lr)
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from lookahead import distill as d
     from lookahead.config import load_config
-    from lookahead.eval.tasks import default_data_dir
+    from lookahead.eval.harness import output_folder
 
     if phase not in ("all", "generate", "train"):
         raise _fail(f"--phase must be all, generate or train (got {phase!r})")
@@ -279,8 +395,6 @@ def distill(
         raise _fail("--limit and --batch-size must be >= 1 and --offset >= 0")
     if epochs <= 0 or lr <= 0 or batch_tokens < 1 or hidden_size < 1 or layers < 1:
         raise _fail("--epochs and --lr must be > 0; --batch-tokens, --hidden-size and --layers >= 1")
-    if out.exists() and not out.is_dir():
-        raise _fail(f"--out {out} is a file; give a folder for data.jsonl, checkpoint.pt and model/")
     try:
         kept_layers = tuple(int(x) for x in target_layers.split(",")) if target_layers else ()
     except ValueError:
@@ -290,10 +404,10 @@ def distill(
         cfg = load_config(config, list(set_ or []))
         if cfg.target.backend != "hf":
             raise _fail("distill runs the target in process: target.backend must be hf")
-        path = data or default_data_dir() / "gsm8k" / "train.jsonl"
+        path = data or d.default_questions_file()
         if "test" in path.name.lower() and not allow_test_split:
             raise _fail(f"{path} looks like a test split; distil on training data (or pass --allow-test-split)")
-        out.mkdir(parents=True, exist_ok=True)
+        output_folder(out, "data.jsonl, checkpoint.pt and model/")
         _quiet_libraries(cfg)
         data_file = out / d.DATA_FILE
         every_question = d.read_questions(path, question_field)
@@ -326,7 +440,7 @@ def distill(
             card = {
                 "name": f"{out.name} draft",
                 "target": cfg.target.model,
-                "command": d.command_line(),
+                "command": redact_text(d.command_line()),
                 "device": "cpu",
                 "shape": report.shape,
                 "settings": d.asdict(settings),
@@ -354,13 +468,13 @@ def distill(
 def serve(
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
     set_: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", "-s", help="Override a config key, e.g. --set gamma=3 --set temperature=0."),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; the default only accepts local clients.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     api_key: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(envvar="LOOKAHEAD_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' (not on /health)."),
     ] = None,
     max_concurrency: Annotated[
@@ -369,11 +483,12 @@ def serve(
     timeout: Annotated[float, typer.Option(help="Seconds per request before it is cancelled with 504.")] = 300.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes; larger gets 413.")] = 1_048_576,
     model_name: Annotated[
-        Optional[str], typer.Option(help="Name clients pass as `model` (default: the config's target.model).")
+        str | None, typer.Option(help="Name clients pass as `model` (default: the config's target.model).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
 ) -> None:
     """Serve the reasoner over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+    finite_options(timeout=timeout)
     from lookahead.config import load_config
     from lookahead.loop import LookaheadReasoner
     from lookahead.server import ServerSettings, create_app, default_model_name
@@ -394,7 +509,7 @@ def serve(
         _quiet_libraries(cfg)
         with console.status("loading models..."):
             reasoner = LookaheadReasoner.from_config(cfg)
-    except LookaheadError as exc:
+    except (LookaheadError, ValueError) as exc:  # ValueError: a ServerSettings check outside ConfigError
         raise _fail(str(exc)) from None
     import uvicorn
 
@@ -419,9 +534,9 @@ def serve(
         reasoner.close()
 
 
-from lookahead.bench import bench_command  # noqa: E402
-from lookahead.calibrate import calibrate_command  # noqa: E402  (after app, _fail and the consoles exist)
-from lookahead.eval.cli import eval_command  # noqa: E402
+from lookahead.bench import bench_command
+from lookahead.calibrate import calibrate_command
+from lookahead.eval.cli import eval_command
 
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -324,7 +325,8 @@ class LookaheadConfig:
 
 REDACTED = "***"  # what a secret reads as in every file, log and printout
 # A key whose name says it holds a credential (api_key, token, secret, password, ...).
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|authorization|bearer)", re.I)
+# "tokens" (a count: max_new_tokens, prefix_cache_tokens) and "tokenizer" are not credentials.
+_SECRET_KEY = re.compile(r"(api[_-]?key|token(?!s|iz)|secret|password|passwd|credential|authorization|bearer)", re.IGNORECASE)
 _NOT_SECRET = ("max_tokens", "num_tokens", "max_step_tokens", "max_total_tokens", "tokenizer")
 
 
@@ -334,6 +336,38 @@ def is_secret_key(key: str) -> bool:
     if any(part in name.lower() for part in _NOT_SECRET):
         return False
     return bool(_SECRET_KEY.search(name))
+
+
+def shown(key: str, value: Any) -> Any:
+    """``value`` as an error message may show it: `REDACTED` when ``key`` names a credential."""
+    return REDACTED if is_secret_key(str(key).rsplit(".", 1)[-1]) and value not in (None, "") else value
+
+
+# ``key=`` / ``key:`` inside a command line, a run label (``lr[target.api_key=...]``) or a YAML
+# flow mapping (``{hf_token: ...}``); the value after it runs to a space, comma, ] or } (or a quote).
+_ASSIGNMENT = re.compile(r"([A-Za-z_][\w.-]*)(\s*[=:]\s*)")
+_VALUE = re.compile(r""""[^"]*"|'[^']*'|[^\s,\]}'"]*""")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a command line, a run label) with the value of every secret ``key=value`` set to `REDACTED`.
+
+    Example:
+        >>> redact_text("lookahead eval --modes 'lr[target.api_key=sk-1,gamma=2]'")
+        "lookahead eval --modes 'lr[target.api_key=***,gamma=2]'"
+    """
+    out, pos = [], 0
+    for match in _ASSIGNMENT.finditer(text):
+        if match.start() < pos or not is_secret_key(match.group(1).rsplit(".", 1)[-1]):
+            continue
+        value = _VALUE.match(text, match.end())
+        end = value.end() if value else match.end()
+        if end == match.end():
+            continue  # nothing after the separator: no secret to hide
+        out += [text[pos : match.end()], REDACTED]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def redacted(data: Any) -> Any:
@@ -373,10 +407,33 @@ def _read_yaml(source: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_problem(path, exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return data
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """One line ``FILE:LINE:COL: problem`` (1-based) for a YAML syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    if mark is None:
+        return f"{path}: not valid YAML: {problem}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: {problem} (not valid YAML)"
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """Refuse NaN and infinities (YAML ``.nan``, ``.inf``) anywhere in ``value``, naming the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number (got {value}); NaN and infinity are not allowed")
+    if isinstance(value, dict):
+        for sub_key, sub_value in value.items():
+            _check_finite(sub_value, f"{key}.{sub_key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{key}[{i}]")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -409,6 +466,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping (got {value!r})")
+        _check_finite(value, key)
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -418,17 +476,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{key} must be an integer (got {value!r})")
+            raise ConfigError(f"{key} must be an integer (got {shown(key, value)!r})")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number (got {value!r})")
+            raise ConfigError(f"{key} must be a number (got {shown(key, value)!r})")
+        _check_finite(float(value), key)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return str(value)
-            raise ConfigError(f"{key} must be a string (got {value!r})")
+            raise ConfigError(f"{key} must be a string (got {shown(key, value)!r})")
         return value
     return value
 
@@ -441,11 +500,13 @@ def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
         full = f"{where}.{key}" if where else key
         if key not in names:
             raise ConfigError(f"unknown config key {full!r}; known keys here: {', '.join(names)}")
+        _check_finite(value, full)
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 
 
 def _set_dotted(cfg: Any, key: str, value: Any) -> None:
+    _check_finite(value, key)
     obj = cfg
     parts = key.split(".")
     for i, part in enumerate(parts):
@@ -499,6 +560,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    _check_finite(value, key)
     return key, value
 
 

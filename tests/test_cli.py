@@ -11,7 +11,7 @@ import pytest
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "lookahead.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lookahead.cli", *args], capture_output=True, text=True, timeout=120, check=False
     )
 
 

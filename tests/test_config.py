@@ -82,3 +82,47 @@ def test_parse_override_types():
     assert parse_override("gamma=3") == ("gamma", 3)
     assert parse_override("stop_at_final_answer=false") == ("stop_at_final_answer", False)
     assert parse_override("target.model=a/b") == ("target.model", "a/b")
+
+
+def test_non_finite_numbers_are_refused_on_every_path():
+    """NaN / infinity passed every range check (nan < 0 is False): --set, a per-request override
+    (JSON allows NaN) and a plain dict are refused naming the key, options dicts included."""
+    from lookahead.config import config_from_dict, with_overrides
+
+    cfg = load_config("tiny")
+    for call in (
+        lambda: load_config("tiny", ["top_k=.inf"]),
+        lambda: with_overrides(cfg, {"temperature": float("nan")}),
+        lambda: with_overrides(cfg, {"verifier.options.threshold": float("inf")}),
+        lambda: config_from_dict({"target": {"backend": "fake", "options": {"x": [1.0, float("nan")]}}}),
+    ):
+        with pytest.raises(ConfigError, match="must be a finite number"):
+            call()
+
+
+def test_counts_named_tokens_are_not_secrets_and_credentials_are():
+    """public_dict showed max_new_tokens and prefix_cache_tokens as *** ('token' matched 'tokens')."""
+    from lookahead.config import is_secret_key
+
+    public = load_config("tiny", ["target.api_key=sk-1"]).public_dict()
+    assert public["target_sampling"]["max_new_tokens"] == 256 and public["target"]["prefix_cache_tokens"] == 16384
+    assert public["target"]["api_key"] == "***"
+    assert [k for k in ("hf_token", "access_token", "api-key", "tokenizer", "num_tokens") if is_secret_key(k)] == [
+        "hf_token", "access_token", "api-key"]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("lookahead eval --modes 'ar,lr[target.api_key=sk-1,gamma=2]'", "lookahead eval --modes 'ar,lr[target.api_key=***,gamma=2]'"),
+        ("--set=target.api_key=a=b --set gamma=2", "--set=target.api_key=*** --set gamma=2"),
+        ("--set 'draft.options={hf_token: hf-x, max_tokens: 3}'", "--set 'draft.options={hf_token: ***, max_tokens: 3}'"),
+        ('--set password="two words"', "--set password=***"),
+        ("--set max_new_tokens=3", "--set max_new_tokens=3"),
+    ],
+)
+def test_redact_text_hides_secret_values_in_command_lines_and_labels(text, shown):
+    """Command lines and run labels are written to run.json and the reports: secret values as ***."""
+    from lookahead.config import redact_text
+
+    assert redact_text(text) == shown

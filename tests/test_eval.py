@@ -369,3 +369,16 @@ def test_run_that_changes_an_engine_gets_its_own_reasoner(tmp_path):
     assert [x["completion"] for x in by_run["ar"]] == [x["completion"] for x in other]  # exact verifier: lossless
     assert [x["run"] for x in store.records[:3]] == [r.label for r in runs]  # rotation: problem 0 starts with ar
     assert store.records[3]["run"] == "lr"  # problem 1 starts with the second run
+
+
+def test_folder_written_with_a_secret_in_clear_resumes_and_loses_it(tmp_path):
+    """Folders from before secrets were hidden hold api_key in clear in run.json: resuming one is
+    not refused as "other settings" (a key is not part of what is evaluated) and rewrites it hidden."""
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"task": "t", "config": {"target": {"api_key": "sk-OLD"}},
+           "invocations": [{"time": "x", "command": "lookahead eval --set target.api_key=sk-OLD"}]}  # fmt: skip
+    (out / h.RUN_FILE).write_text(json.dumps(old), encoding="utf-8")
+    new = {"task": "t", "config": {"target": {"api_key": "***"}}, "command": "lookahead eval --set target.api_key=***"}
+    h.open_output(out, new).close()
+    assert "sk-OLD" not in (out / h.RUN_FILE).read_text(encoding="utf-8")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections.abc import Sequence
+from typing import ClassVar
 
 import pytest
 import typer
@@ -57,7 +59,7 @@ class Recording:
     """Stub stage: accepts pairs whose draft contains "ok" and records every batch it is given."""
 
     name = "recording"
-    batches: list[list[str]] = []
+    batches: ClassVar[list[list[str]]] = []
 
     def __init__(self, **options):
         self.batches = []
@@ -125,6 +127,27 @@ def test_registry_lists_every_verifier_and_rejects_unknown_names():
 def test_bad_options_raise_config_errors(name, options):
     """A typo in verifier.options is the user's mistake: a ConfigError, not a traceback or a silent default."""
     with pytest.raises(ConfigError):
+        create_verifier(VerifierConfig(name=name, options=options), {"target": lambda: None})
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("numeric", {"threshold": "abc"}, "options.threshold must be a number"),
+        ("embedding", {"threshold": "high"}, "options.threshold must be a number"),
+        ("embedding", {"batch_size": "64x"}, "options.batch_size must be an integer"),
+        ("embedding", {"model": 5}, "options.model must be a string"),
+        ("llm_judge", {"threshold": [0.5]}, "options.threshold must be a number"),
+        ("llm_judge", {"max_batch": "many"}, "options.max_batch must be an integer"),
+        ("score", {"threshold": "7"}, "options.threshold must be a number"),
+        ("numeric", {"threshold": float("nan")}, "options.threshold must be a finite number"),
+        ("cascade", {"stages": [{"name": "exact", "accept_at": float("inf")}]}, "accept_at must be a finite number"),
+        ("embedding", {"timeout_s": float("inf")}, "timeout_s must be a number of seconds"),
+    ],
+)
+def test_option_of_the_wrong_type_names_the_option_and_the_type(name, options, message):
+    """threshold=abc gave "'<' not supported between 'float' and 'str'": now the option and its type."""
+    with pytest.raises(ConfigError, match=f"verifier '{name}': .*{re.escape(message)}"):
         create_verifier(VerifierConfig(name=name, options=options), {"target": lambda: None})
 
 

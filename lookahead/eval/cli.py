@@ -12,13 +12,13 @@ Example:
 
 Writes ``<out>/records.jsonl`` (one line per problem x run x sample), ``run.json`` (the settings),
 ``summary.json``, ``summary.md`` and three PNG plots; prints the table and, with ``--json``, ends
-with one JSON line.
+with one JSON line. ``<out>/.lock`` keeps a second invocation out of the folder while one runs;
+secrets (``--set target.api_key=...``) are written as ``***`` everywhere.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 import re
 import shlex
@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -37,6 +37,20 @@ if TYPE_CHECKING:
     from lookahead.eval.harness import RecordStore, RunSpec
     from lookahead.eval.tasks import Problem, TaskSource
     from lookahead.loop import LookaheadReasoner
+
+
+DATA_DIR_HELP = (
+    "Folder with gsm8k/, aime24/, math500/ (<task>/<split>.jsonl); overrides every other source, as does "
+    "$LOOKAHEAD_DATA_DIR. Default: the test splits shipped inside the package (lookahead/data/); other splits "
+    "(gsm8k train) from a shared/data folder beside the working directory or the repository, else the hub when online."
+)
+"""--data-dir of the commands that read benchmark problems (solve, eval, bench)."""
+TRAIN_DATA_HELP = (
+    "JSONL file of questions. Default: GSM8K train (not shipped in the package): gsm8k/train.jsonl in "
+    "$LOOKAHEAD_DATA_DIR, else in a shared/data folder beside the working directory or the repository, "
+    "else the hub when online. Never a test split."
+)
+"""--data of the commands that read GSM8K *train* questions (distill, calibrate)."""
 
 
 def _slug(task: str) -> str:
@@ -55,8 +69,10 @@ def _machine() -> str:
 
 
 def command_line() -> str:
-    """The command as typed, for run.json and the reports (``lookahead ...``)."""
-    return shlex.join(["lookahead", *sys.argv[1:]])
+    """The command as typed, for run.json and the reports (``lookahead ...``), secret values as ***."""
+    from lookahead.config import redact_text
+
+    return redact_text(shlex.join(["lookahead", *sys.argv[1:]]))
 
 
 @dataclass
@@ -85,7 +101,7 @@ class Evaluation:
             "split": self.source.split,
             "question_field": self.source.question_field,
             "answer_field": self.source.answer_field,
-            "config": self.config.to_dict(),
+            "config": self.config.public_dict(),  # secrets as ***
             "equal_hardware": self.equal_hardware,
             "concurrency": self.config.concurrency,
             "modes": [r.label for r in self.runs],
@@ -121,7 +137,7 @@ class Evaluation:
             "equal_hardware": {
                 "requested": self.equal_hardware, "applied": self.equal_hardware_applied, "note": eh_note
             },
-            "config": self.config.to_dict(),
+            "config": self.config.public_dict(),  # secrets as ***
             "created": _now(),
         }
 
@@ -204,6 +220,11 @@ def open_records(evaluation: Evaluation, force_new: bool) -> RecordStore:
         err_console.print(
             f"[yellow]dropped a torn last line ({store.repaired} bytes) of {escape(str(store.path))}; it is rerun[/]"
         )
+    if store.duplicates:
+        err_console.print(
+            f"[yellow]dropped {store.duplicates} duplicate records (same problem, run and sample) from "
+            f"{escape(str(store.path))}; the first of each is kept[/]"
+        )
     return store
 
 
@@ -220,9 +241,15 @@ def run_evaluation(
     closed on return, Ctrl-C included.
     """
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    from lookahead.cli import _quiet_libraries, console, err_console
+    from lookahead.cli import _quiet_libraries, console, err_console, terminal_safe
     from lookahead.eval import harness as h
     from lookahead.loop import LookaheadReasoner
 
@@ -249,7 +276,7 @@ def run_evaluation(
 
             def on_record(record: dict[str, Any]) -> None:
                 mark = "error" if record["status"] == "error" else ("✓" if record["correct"] else "✗")
-                label = escape(f"{record['run']} {mark}")
+                label = escape(terminal_safe(f"{record['run']} {mark}"))
                 bar.update(progress, advance=1, description=f"eval {escape(ev.source.name)} · {label}")
 
             h.run_all(reasoner, jobs, store, run_jobs, on_record, ar_reasoner=ar_factory, warmup=warmup)
@@ -282,7 +309,7 @@ def eval_command(
         str, typer.Option(help="gsm8k, aime24, math500, jsonl:PATH (any JSONL file) or hf:NAME[:CONFIG] (online).")
     ] = "gsm8k",
     split: Annotated[str, typer.Option(help="Split: the file <data-dir>/<task>/<split>.jsonl, or the hub split.")] = "test",
-    limit: Annotated[Optional[int], typer.Option(help="Problems to evaluate (from --offset); default: all.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Problems to evaluate (from --offset); default: all.")] = None,
     offset: Annotated[int, typer.Option(help="Skip this many problems first.")] = 0,
     modes: Annotated[
         str,
@@ -296,17 +323,17 @@ def eval_command(
     ] = "ar,lr",
     samples: Annotated[int, typer.Option(help="Samples per problem and run (seed + sample when temperature > 0).")] = 1,
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Output folder (default runs/eval-<task>-<time>); rerun to resume.")
+        Path | None, typer.Option("--out", "-o", help="Output folder (default runs/eval-<task>-<time>); rerun to resume.")
     ] = None,
     data_dir: Annotated[
-        Optional[Path],
-        typer.Option(help="Folder with gsm8k/, aime24/, math500/ (default: $LOOKAHEAD_DATA_DIR or ../shared/data)."),
+        Path | None,
+        typer.Option(help=DATA_DIR_HELP),
     ] = None,
-    question_field: Annotated[Optional[str], typer.Option(help="Field holding the question (jsonl default: problem).")] = None,
-    answer_field: Annotated[Optional[str], typer.Option(help="Field holding the reference answer (default: answer).")] = None,
+    question_field: Annotated[str | None, typer.Option(help="Field holding the question (jsonl default: problem).")] = None,
+    answer_field: Annotated[str | None, typer.Option(help="Field holding the reference answer (default: answer).")] = None,
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
     set_: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", "-s", help="Override a config key for every run, e.g. --set max_total_tokens=1024."),
     ] = None,
     equal_hardware: Annotated[
@@ -324,33 +351,39 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the summary.")] = False,
 ) -> None:
     """Evaluate several runs (modes, overrides) on the same problems: accuracy, speedup vs ar, acceptance."""
-    from rich.markup import escape
+    from rich.text import Text
 
-    from lookahead.cli import _fail, console
+    from lookahead.cli import _fail, console, json_line
     from lookahead.eval import report
 
-    evaluation = None
+    evaluation = store = None
     try:
-        evaluation = prepare_evaluation(
-            task=task, modes=modes, config=config, set_=set_, split=split, limit=limit, offset=offset,
-            samples=samples, out=out, data_dir=data_dir, question_field=question_field,
-            answer_field=answer_field, equal_hardware=equal_hardware, concurrency=concurrency,
-        )  # fmt: skip
-        store = open_records(evaluation, force_new)
-        run_evaluation(evaluation, store, warmup=warmup)
-    except LookaheadError as exc:
-        raise _fail(escape(str(exc))) from None  # escaped: run labels like lr[gamma=4] are not markup
-    except KeyboardInterrupt:
-        raise interrupted(evaluation.out if evaluation is not None else out) from None
+        try:
+            evaluation = prepare_evaluation(
+                task=task, modes=modes, config=config, set_=set_, split=split, limit=limit, offset=offset,
+                samples=samples, out=out, data_dir=data_dir, question_field=question_field,
+                answer_field=answer_field, equal_hardware=equal_hardware, concurrency=concurrency,
+            )  # fmt: skip
+            store = open_records(evaluation, force_new)
+            run_evaluation(evaluation, store, warmup=warmup)
+        except LookaheadError as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise interrupted(evaluation.out if evaluation is not None else out) from None
 
-    out = evaluation.out
-    summary = report.summarize(evaluation.records(store), evaluation.runs, evaluation.meta())
-    paths = report.write_reports(out, summary, plots=plots)
+        out = evaluation.out
+        summary = report.summarize(evaluation.records(store), evaluation.runs, evaluation.meta())
+        paths = report.write_reports(out, summary, plots=plots)
+    finally:
+        if store is not None:
+            store.close()  # the folder's lock: the next invocation may write there
     from rich.console import Console
 
     wide = Console(highlight=False, width=max(console.width, report.table_width(summary)))  # never cut a run label
     wide.print(report.rich_table(summary))
-    console.print(f"records, summary and plots in {out}/ ({', '.join(p.name for p in paths)})", soft_wrap=True)
+    console.print(
+        Text(f"records, summary and plots in {out}/ ({', '.join(p.name for p in paths)})"), soft_wrap=True
+    )
     if as_json:
         keys = ("label", "accuracy", "accuracy_stderr", "speedup", "speedup_median", "tokens_per_s",
                 "step_acceptance", "agreement_with_ar", "unparseable", "errors", "finished_rows", "rows")  # fmt: skip
@@ -360,4 +393,4 @@ def eval_command(
             "baseline": summary["baseline"],
             "runs": [{k: run[k] for k in keys} for run in summary["runs"]],
         }
-        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_line(payload))

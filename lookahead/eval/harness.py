@@ -28,8 +28,16 @@ reasoner built once the first one has been closed (with in-process engines, ``re
 ``ar`` already has the whole device to itself and nothing changes).
 
 Resumability: records are appended one line at a time (flush + fsync); `RecordStore` skips keys
-already recorded, drops a torn last line left by a kill, and refuses to resume an output folder
-made with other settings (``run.json``).
+already recorded, drops a torn last line left by a kill and any later duplicate of a key (the file
+is rewritten with the first record of each key), and refuses to resume an output folder made with
+other settings (``run.json``). One invocation at a time writes to a folder: `open_output` takes an
+exclusive lock on ``<out>/.lock`` (``fcntl.flock``, held until the store is closed or the process
+ends, crash included) and a second invocation on the same folder is refused.
+
+Secrets (``api_key``, ``hf_token``, ...; `lookahead.config.is_secret_key`) never reach the folder:
+``run.json`` and the summaries hold `LookaheadConfig.public_dict`, a run's label hides the value
+of a secret override (``lr[target.api_key=***]``) and a record's ``overrides`` are `redacted`;
+the engines still get the real value (`RunSpec.overrides`).
 
 Executing jobs is pluggable: `run_sequential` is the default ``run_jobs(reasoner, jobs,
 on_record)``; a concurrent scheduler (the Ray pool) can take its place as long as it calls
@@ -47,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import errno
 import json
 import os
 import shutil
@@ -65,14 +74,26 @@ from lookahead.config import (
     SAMPLING_SHORTHANDS,
     LookaheadConfig,
     configured,
+    is_secret_key,
     parse_override,
+    redact_text,
+    redacted,
 )
 from lookahead.errors import ConfigError, DataError, LookaheadError
 from lookahead.eval.answers import answers_match, extract_answer
-from lookahead.eval.peers import PEER_PREFIX, PeerSet, check_peer_run, peer_name, peer_names, split_overrides
+from lookahead.eval.peers import (
+    PEER_PREFIX,
+    PeerSet,
+    check_peer_run,
+    peer_name,
+    peer_names,
+    split_overrides,
+)
 from lookahead.eval.tasks import Problem, TaskSource
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from lookahead.loop import LookaheadReasoner
     from lookahead.types import Result
 
@@ -93,7 +114,7 @@ FAIRNESS_KEYS = ("max_total_tokens", "max_step_tokens", *SAMPLING_SHORTHANDS)
 class RunSpec:
     """One run of the comparison: a mode plus per-run config overrides."""
 
-    label: str  # the spec string as written, e.g. "lr[gamma=4]"; names the run everywhere
+    label: str  # the spec string as written, e.g. "lr[gamma=4]" (secret values as ***); names the run everywhere
     mode: str  # one of lookahead.config.MODES, or "peer:NAME" (lookahead.eval.peers)
     overrides: dict[str, Any] = field(default_factory=dict)  # config keys for generate(**overrides); peers: + options
 
@@ -133,14 +154,14 @@ def _split_top_level(text: str, where: str) -> list[str]:
         elif char == "]":
             depth -= 1
             if depth < 0:
-                raise ConfigError(f"{where}: unbalanced ']' in {text!r}")
+                raise ConfigError(f"{where}: unbalanced ']' in {redact_text(text)!r}")
         if char == "," and depth == 0:
             parts.append(current)
             current = ""
         else:
             current += char
     if depth != 0:
-        raise ConfigError(f"{where}: unbalanced '[' in {text!r}; write e.g. lr[gamma=4]")
+        raise ConfigError(f"{where}: unbalanced '[' in {redact_text(text)!r}; write e.g. lr[gamma=4]")
     parts.append(current)
     return [p.strip() for p in parts]
 
@@ -149,10 +170,11 @@ def parse_run_specs(text: str, config: LookaheadConfig) -> list[RunSpec]:
     """``"ar,lr[gamma=1],lr[gamma=4,verifier=numeric],peer:hf-assisted"`` -> runs; every override
     (and every peer option) is validated now."""
     runs: list[RunSpec] = []
-    for spec in _split_top_level(text or "", "--modes"):
-        if not spec:
-            raise ConfigError(f"--modes {text!r} has an empty run; write e.g. --modes ar,lr")
-        mode, bracket, rest = spec.partition("[")
+    for written in _split_top_level(text or "", "--modes"):
+        if not written:
+            raise ConfigError(f"--modes {redact_text(text)!r} has an empty run; write e.g. --modes ar,lr")
+        spec = redact_text(written)  # the label: what every file and message shows
+        mode, bracket, rest = written.partition("[")
         mode = mode.strip()
         peer = peer_name(mode)
         if mode not in MODES and peer is None:
@@ -277,7 +299,7 @@ def _base_record(job: Job) -> dict[str, Any]:
         "run": job.run.label,
         "sample": job.sample,
         "mode": job.run.mode,
-        "overrides": job.run.overrides,
+        "overrides": redacted(job.run.overrides),  # secrets as ***
         "seed": job.seed,
         "task": job.task,
         "source_id": p.source_id,  # the set's own id (aime24 id, math500 unique_id)
@@ -452,15 +474,19 @@ class RecordStore:
     """``records.jsonl``: append-only, one fsync'ed line per record, keyed by (problem, run, sample).
 
     Opening it drops a torn last line (a kill in the middle of a write) so the next append starts
-    on a clean line; a record whose key is already stored is never written twice.
+    on a clean line, and rewrites the file without duplicate keys (two invocations that once wrote
+    the same folder at the same time; the first record of each key is kept); a record whose key is
+    already stored is never written twice. `close` releases the folder's lock (`open_output`).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lock: Any = None) -> None:
         self.path = path  # the JSONL file
-        self.records: list[dict[str, Any]] = []  # every record in the file, in file order
+        self.records: list[dict[str, Any]] = []  # every record in the file, in file order, one per key
         self.keys: set[Key] = set()  # their keys
         self.repaired = 0  # bytes of a torn last line dropped when opening
+        self.duplicates = 0  # lines dropped when opening because their key came earlier in the file
         self._lock = threading.Lock()  # appends may come from a pool's threads
+        self._folder_lock = lock  # the open <out>/.lock holding the folder's flock (None: not locked)
         self._load()
 
     def _load(self) -> None:
@@ -470,10 +496,7 @@ class RecordStore:
         end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
         if end < len(data):
             self.repaired = len(data) - end
-            with open(self.path, "r+b") as handle:
-                handle.truncate(end)
-                handle.flush()
-                os.fsync(handle.fileno())
+        kept: list[str] = []
         for number, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
@@ -485,9 +508,29 @@ class RecordStore:
                     f"{self.path}:{number}: not a valid record (edited by hand?); remove the line, "
                     "or start over with --force-new"
                 ) from None
-            if key not in self.keys:
-                self.keys.add(key)
-                self.records.append(record)
+            if key in self.keys:
+                self.duplicates += 1
+                continue
+            self.keys.add(key)
+            self.records.append(record)
+            kept.append(line)
+        if self.duplicates:
+            self._rewrite(kept)
+        elif self.repaired:
+            with open(self.path, "r+b") as handle:
+                handle.truncate(end)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def _rewrite(self, lines: list[str]) -> None:
+        """Replace the file by ``lines`` at once (a temporary file renamed over it)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with _interrupts_deferred():
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.writelines(line + "\n" for line in lines)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
 
     def append(self, record: dict[str, Any]) -> bool:
         """Write one record (flush + fsync); False if its key was already stored."""
@@ -504,6 +547,68 @@ class RecordStore:
                 self.keys.add(key)
                 self.records.append(record)
         return True
+
+    def close(self) -> None:
+        """Release the output folder's lock (also released when the process ends)."""
+        if self._folder_lock is not None:
+            self._folder_lock.close()
+            self._folder_lock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+LOCK_FILE = ".lock"  # in the output folder: flock'ed by the invocation writing there
+
+
+def output_folder(out: Path, holds: str = "the records and reports") -> Path:
+    """Create ``out`` (and its parents) as a writable folder, or raise a one-line `ConfigError`:
+    ``out`` is a file, a parent is a file, or it cannot be created or written (permissions, ...)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (it will hold {holds})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            why = "a part of the path is a file"
+        raise ConfigError(f"--out {out} cannot be created ({why}); give a folder you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} is not writable (permission denied); give a folder you can write to")
+    return out
+
+
+def lock_folder(out: Path) -> Any:
+    """Take ``out/.lock`` exclusively (non-blocking flock) and return its open file, or raise a
+    `ConfigError` when another invocation holds it. Closing the file (or the process ending, a
+    crash included) releases it. Without ``fcntl`` (Windows) nothing is locked (None)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = out / LOCK_FILE
+    try:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 -- held open: the lock lives as long as the file
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot open its lock file {path} ({exc.strerror}); give a folder you can write to") from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise ConfigError(
+            f"another lookahead invocation{who} is writing to {out}; wait for it to finish or give another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -525,8 +630,17 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     flat_new = _flatten({k: new.get(k) for k in RESUME_IDENTITY})
     flat_old.pop("config.mode", None)  # the runs name their modes; the config's own mode is unused
     flat_new.pop("config.mode", None)
-    keys = sorted(set(flat_old) | set(flat_new))
+    # secrets are stored as *** (older folders: in clear); a changed key is not another evaluation
+    keys = sorted(k for k in set(flat_old) | set(flat_new) if not is_secret_key(k.rsplit(".", 1)[-1]))
     return [f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys if flat_old.get(k) != flat_new.get(k)]
+
+
+def _hidden_command(invocation: Any) -> Any:
+    """An earlier ``invocations`` entry of run.json with any secret in its command line as ***
+    (folders written before secrets were hidden held them in clear)."""
+    if isinstance(invocation, dict) and isinstance(invocation.get("command"), str):
+        return {**invocation, "command": redact_text(invocation["command"])}
+    return invocation
 
 
 def open_output(out: Path, settings: dict[str, Any], force_new: bool = False) -> RecordStore:
@@ -534,15 +648,26 @@ def open_output(out: Path, settings: dict[str, Any], force_new: bool = False) ->
 
     A fresh folder gets ``run.json``; a folder from an earlier invocation is resumed when its
     settings match, refused otherwise (`ConfigError`); ``force_new`` moves its files into
-    ``out/previous-<time>/`` and starts over.
+    ``out/previous-<time>/`` and starts over. The folder's lock (`lock_folder`) is taken first
+    and held by the returned store: a second invocation on the same folder gets a `ConfigError`.
     """
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
+    lock = lock_folder(out)  # before anything is read or moved: one invocation per folder
+    try:
+        return _open_locked(out, settings, force_new, lock)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+
+
+def _open_locked(out: Path, settings: dict[str, Any], force_new: bool, lock: Any) -> RecordStore:
     run_file, records_file = out / RUN_FILE, out / RECORDS_FILE
     if force_new and (run_file.exists() or records_file.exists()):
         backup = out / f"previous-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         backup.mkdir()
         for item in out.iterdir():
-            if item.is_file():
+            if item.is_file() and item.name != LOCK_FILE:
                 shutil.move(str(item), backup / item.name)
     if run_file.exists():
         try:
@@ -556,7 +681,7 @@ def open_output(out: Path, settings: dict[str, Any], force_new: bool = False) ->
                 f"{out} holds an evaluation with other settings ({shown}); resuming would mix them. "
                 "Use a new --out, or --force-new to move the old files aside and start over"
             )
-        history = old.get("invocations", [])
+        history = [_hidden_command(item) for item in old.get("invocations", [])]
     elif records_file.exists() and records_file.stat().st_size > 0:
         raise ConfigError(
             f"{records_file} exists but {run_file} does not, so its settings are unknown; "
@@ -567,9 +692,12 @@ def open_output(out: Path, settings: dict[str, Any], force_new: bool = False) ->
     stored = dict(settings)
     stored["invocations"] = [*history, {"time": _now(), "command": settings.get("command")}]
     tmp = run_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(stored, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, run_file)
-    return RecordStore(records_file)
+    try:
+        tmp.write_text(json.dumps(stored, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, run_file)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write {run_file.name} ({exc.strerror or exc}); give a folder you can write to") from None
+    return RecordStore(records_file, lock)
 
 
 def selected_records(
@@ -677,7 +805,7 @@ class _EngineVariants:
             self._built[key] = LookaheadReasoner.from_config(config)
         return self._built[key]
 
-    def __enter__(self) -> _EngineVariants:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lookahead.config import redacted
 from lookahead.eval.answers import same_answer
 from lookahead.eval.harness import RunSpec, baseline_label
 
@@ -87,7 +88,7 @@ def _run_summary(run: RunSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "label": run.label,
         "mode": run.mode,
-        "overrides": run.overrides,
+        "overrides": redacted(run.overrides),  # secrets as ***
         "rows": len(rows),  # records (problem x sample) of this run
         "finished_rows": len(ok),
         "problems": len({r["problem"] for r in rows}),
@@ -225,8 +226,10 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         f"`{summary.get('command', '')}`",
         "",
-        f"- problems: {summary['problems_with_records']} with records (of {summary.get('problems')} selected), "
-        f"samples per problem: {summary.get('samples')}, baseline: {summary['baseline'] or 'none'}",
+        (
+            f"- problems: {summary['problems_with_records']} with records (of {summary.get('problems')} selected), "
+            f"samples per problem: {summary.get('samples')}, baseline: {summary['baseline'] or 'none'}"
+        ),
         f"- machine: {summary.get('machine', '')}",
         "",
         "| " + " | ".join(header) + " |",
@@ -258,6 +261,8 @@ def rich_table(summary: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from lookahead.cli import terminal_safe
+
     header, rows = table_rows(summary, short=True)
     table = Table(
         title=f"{summary.get('task')}: {summary['problems_with_records']} problems × {summary.get('samples')} samples",
@@ -267,7 +272,7 @@ def rich_table(summary: dict[str, Any]) -> Any:
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
-        table.add_row(*(Text(cell) for cell in row))  # plain text: "lr[gamma=4]" is not markup
+        table.add_row(*(Text(terminal_safe(cell)) for cell in row))  # plain text: "lr[gamma=4]" is not markup
     return table
 
 

@@ -19,9 +19,10 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import threading
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from lookahead.errors import LookaheadError
 from lookahead.types import Verdict
@@ -76,11 +77,47 @@ def trivial_verdict(draft: str, target: str, verifier: str, top: float = 1.0) ->
     return None
 
 
+# Option checks: a verifier's options come from YAML or --set, so any type can arrive. Each check
+# raises a TypeError (ValueError for NaN / infinity) naming the option and the type it wants
+# (create_verifier turns it into a ConfigError with the verifier's name), instead of the bare
+# TypeError of the first comparison that trips over it.
+
+
+def number_option(value: Any, name: str, example: str = "0.9") -> float:
+    """``options.<name>`` as a finite float; TypeError / ValueError naming the option and the type."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"options.{name} must be a number, e.g. {example} (got {value!r})")
+    if not math.isfinite(value):
+        raise ValueError(f"options.{name} must be a finite number (got {value!r})")
+    return float(value)
+
+
+def int_option(value: Any, name: str, example: str = "16") -> int:
+    """``options.<name>`` as an int (a whole float such as 16.0 passes), or TypeError."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"options.{name} must be an integer, e.g. {example} (got {value!r})")
+    return value
+
+
+def str_option(value: Any, name: str, example: str) -> str:
+    """``options.<name>`` as a string, or TypeError naming the option and the type."""
+    if not isinstance(value, str):
+        raise TypeError(f"options.{name} must be a string, e.g. {example} (got {value!r})")
+    return value
+
+
 def check_timeout(timeout_s: float | None) -> float | None:
-    """Validate a ``timeout_s`` option: None (no limit) or a positive number of seconds."""
+    """Validate a ``timeout_s`` option: None (no limit) or a positive, finite number of seconds."""
     if timeout_s is None:
         return None
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, (int, float))
+        or not math.isfinite(timeout_s)
+        or timeout_s <= 0
+    ):
         raise ValueError(f"timeout_s must be a number of seconds > 0 or null (got {timeout_s!r})")
     return float(timeout_s)
 

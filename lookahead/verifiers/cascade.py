@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,13 @@ from typing import Any
 
 from lookahead.errors import LookaheadError
 from lookahead.types import Verdict
-from lookahead.verifiers.base import GuardedVerifier, Verifier, check_timeout, is_failure, rejections
+from lookahead.verifiers.base import (
+    GuardedVerifier,
+    Verifier,
+    check_timeout,
+    is_failure,
+    rejections,
+)
 
 DEFAULT_STAGES: list[dict[str, Any]] = [
     {"name": "exact", "accept_at": 1.0, "reject_at": None},
@@ -131,13 +138,15 @@ class CascadeVerifier:
             raise ValueError(f"stages[{i}]: a cascade cannot contain a cascade")
         options = spec.get("options") or {}
         if not isinstance(options, Mapping):
-            raise ValueError(f"stages[{i}].options must be a mapping (got {options!r})")
+            raise TypeError(f"stages[{i}].options must be a mapping (got {options!r})")
         accept_at, reject_at = _DEFAULT_BOUNDS.get(name, (None, None))
         accept_at = spec.get("accept_at", accept_at)
         reject_at = spec.get("reject_at", reject_at)
         for key, value in (("accept_at", accept_at), ("reject_at", reject_at)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"stages[{i}].{key} must be a number or null (got {value!r})")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            ):
+                raise ValueError(f"stages[{i}].{key} must be a finite number or null (got {value!r})")
         if accept_at is not None and reject_at is not None and reject_at >= accept_at:
             raise ValueError(f"stages[{i}] ({name}): reject_at ({reject_at}) must be below accept_at ({accept_at})")
         timeout_s = check_timeout(spec.get("timeout_s"))

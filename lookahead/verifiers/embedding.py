@@ -38,7 +38,14 @@ from typing import Any
 
 from lookahead.errors import ModelLoadError
 from lookahead.types import Verdict
-from lookahead.verifiers.base import GuardedVerifier, step_body, trivial_verdict
+from lookahead.verifiers.base import (
+    GuardedVerifier,
+    int_option,
+    number_option,
+    step_body,
+    str_option,
+    trivial_verdict,
+)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _EMBEDDED_NAMES = (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
@@ -109,6 +116,12 @@ class EmbeddingVerifier(GuardedVerifier):
                 f"unknown options {sorted(options)}; the embedding verifier takes threshold, model, device, "
                 "batch_size, cache_size, delimiter, timeout_s"
             )
+        threshold = number_option(threshold, "threshold", "0.95")
+        model = str_option(model, "model", DEFAULT_MODEL)
+        device = str_option(device, "device", "cpu")
+        batch_size = int_option(batch_size, "batch_size", "64")
+        cache_size = int_option(cache_size, "cache_size", "4096")
+        delimiter = str_option(delimiter, "delimiter", repr("\n\n"))
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a cosine similarity in [-1, 1] (got {threshold})")
         if batch_size < 1 or cache_size < 0:

@@ -40,7 +40,14 @@ from typing import Any
 
 from lookahead.errors import ConfigError
 from lookahead.types import Verdict
-from lookahead.verifiers.base import GuardedVerifier, step_body, trivial_verdict
+from lookahead.verifiers.base import (
+    GuardedVerifier,
+    int_option,
+    number_option,
+    step_body,
+    str_option,
+    trivial_verdict,
+)
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 VARIANTS = ("auto", "generic", "chat", "qwen3")
@@ -111,6 +118,10 @@ class LogitJudge(GuardedVerifier):
         delimiter: str = "\n\n",
         timeout_s: float | None = None,
     ) -> None:
+        max_context_chars = int_option(max_context_chars, "max_context_chars", "4000")
+        max_batch = int_option(max_batch, "max_batch", "16")
+        delimiter = str_option(delimiter, "delimiter", repr("\n\n"))
+        template = str_option(template, "template", "auto")
         super().__init__(timeout_s)
         where = f"verifier.options.engine of {self.name}"
         self._get_engine = resolve_engine(engine, engines or {}, where)
@@ -221,9 +232,11 @@ class LLMJudgeVerifier(LogitJudge):
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown options {unknown}; the llm_judge verifier takes threshold, {', '.join(sorted(known - {'engines'}))}")
+        threshold = number_option(threshold, "threshold", "0.5")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1] (got {threshold})")
-        if options.get("labels") is not None and len(options["labels"]) != 2:
+        labels = options.get("labels")
+        if labels is not None and (isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) != 2):
             raise ValueError(f"labels must be two strings, [aligned, unaligned] (got {options['labels']!r})")
         super().__init__(**options)
         self.threshold = float(threshold)  # minimum P(aligned) among the two labels

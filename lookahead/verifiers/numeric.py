@@ -23,6 +23,7 @@ from fractions import Fraction
 from typing import Any
 
 from lookahead.types import Verdict
+from lookahead.verifiers.base import number_option
 from lookahead.verifiers.exact import normalize_step
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?%?")
@@ -58,6 +59,7 @@ class NumericVerifier:
     def __init__(self, threshold: float = 1.0, **options: Any) -> None:
         if options:
             raise ValueError(f"unknown options {sorted(options)}; the numeric verifier takes 'threshold'")
+        threshold = number_option(threshold, "threshold", "1.0")
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1] (got {threshold})")
         self.threshold = threshold  # minimum Jaccard similarity of the two number sets

@@ -29,6 +29,7 @@ import math
 from typing import Any
 
 from lookahead.types import Verdict
+from lookahead.verifiers.base import number_option
 from lookahead.verifiers.llm_judge import LogitJudge
 
 DIGITS = [str(d) for d in range(10)]
@@ -48,7 +49,8 @@ class ScoreVerifier(LogitJudge):
             raise ValueError(
                 f"unknown options {unknown}; the score verifier takes threshold, rule, {', '.join(sorted(known - {'engines'}))}"
             )
-        if rule not in RULES:
+        threshold = number_option(threshold, "threshold", "7")
+        if not isinstance(rule, str) or rule not in RULES:
             raise ValueError(f"rule must be one of {', '.join(RULES)} (got {rule!r})")
         if not 0.0 <= threshold <= 9.0:
             raise ValueError(f"threshold must be a rating in [0, 9] (got {threshold})")
