@@ -809,6 +809,9 @@ class LookaheadReasoner:
         # (pipelined rounds: the busy time is draft + target + verify less the time they overlapped)
         busy = state.stats.draft_s + state.stats.target_s + state.stats.verify_s - state.stats.overlap_s
         stats["other_s"] = round(max(wall_time_s - busy, 0.0), 4)
+        if state.config.adaptive_gamma and uses_step_speculation(state.mode):
+            # the adaptive policy's estimates when the problem ended: why its rounds were ar rounds
+            stats["adaptive"] = self.policy_for(state.config, state.mode).snapshot()
         return Result(
             text=state.completion,
             mode=state.mode,

@@ -37,9 +37,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,7 @@ class _Run:
         self.feed_at = 0  # next job index a worker takes
         self.stop_feeding = threading.Event()  # first Ctrl-C: start no new job
         self.cancel = threading.Event()  # second Ctrl-C: end the jobs in flight at their next step
+        self.interrupts = 0  # Ctrl-C presses seen during the run
         self.serial_lock: Any = contextlib.nullcontext()  # the reasoner's lock with unsafe engines
 
     # ---- setup in the calling thread --------------------------------------------------------
@@ -182,40 +184,61 @@ class _Run:
             threading.Thread(target=self.work, name=f"run_many-{n}", daemon=True)
             for n in range(min(self.concurrency, len(self.jobs)))
         ]
-        for w in workers:
-            w.start()
-        interrupts = 0
         callback_error: BaseException | None = None
-        while True:
-            try:
-                if self.done.empty() and not any(w.is_alive() for w in workers):
-                    break
+        with self.ctrl_c_handler():  # before the workers start: a Ctrl-C can come at once
+            for w in workers:
+                w.start()
+            while True:
                 try:
-                    outcome = self.done.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                self.receive(outcome)
-            except KeyboardInterrupt:
-                interrupts += 1
-                self.stop_feeding.set()
-                if interrupts == 1:
-                    logger.warning("interrupted: starting no new job; Ctrl-C again to cancel the jobs in flight")
-                else:
+                    if self.done.empty() and not any(w.is_alive() for w in workers):
+                        break
+                    try:
+                        outcome = self.done.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    self.receive(outcome)
+                except KeyboardInterrupt:  # off the main thread no handler is installed
+                    self.interrupted()
+                except Exception as exc:  # the caller's on_result raised: stop, then re-raise it
+                    callback_error = callback_error or exc
+                    self.stop_feeding.set()
                     self.cancel.set()
-                    logger.warning("cancelling the jobs in flight at their next step")
-            except Exception as exc:  # the caller's on_result raised: stop, then re-raise it
-                callback_error = callback_error or exc
-                self.stop_feeding.set()
-                self.cancel.set()
-        for w in workers:
-            w.join()
+            for w in workers:
+                w.join()
         if callback_error is not None:
             raise callback_error
         for index in sorted(self.buffer):  # after a stop: deliver what finished behind a gap
             self.deliver(self.buffer.pop(index))
-        if interrupts:
+        if self.interrupts:
             raise KeyboardInterrupt
         return [o for o in self.outcomes if o is not None]
+
+    @contextlib.contextmanager
+    def ctrl_c_handler(self) -> Iterator[None]:
+        """Count Ctrl-C as `interrupted` calls instead of KeyboardInterrupt while the run lasts.
+
+        A KeyboardInterrupt can land anywhere, also inside the handling of the first one, and
+        then escapes before the finished jobs are delivered; a signal handler cannot be cut short
+        that way. Only the main thread can install one: elsewhere the KeyboardInterrupt path stays.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: self.interrupted())
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def interrupted(self) -> None:
+        """One Ctrl-C: the first starts no new job, the second cancels the jobs in flight."""
+        self.interrupts += 1
+        self.stop_feeding.set()
+        if self.interrupts == 1:
+            logger.warning("interrupted: starting no new job; Ctrl-C again to cancel the jobs in flight")
+        else:
+            self.cancel.set()
+            logger.warning("cancelling the jobs in flight at their next step")
 
     def receive(self, outcome: JobOutcome) -> None:
         if not self.ordered:

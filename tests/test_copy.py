@@ -137,7 +137,8 @@ def test_shipped_pair_with_a_copying_draft_is_lossless_and_step_match_sees_it(tm
     from pathlib import Path
 
     overrides = {"max_step_tokens": 48, "max_total_tokens": 96}
-    cfg = load_config("default", [f"{k}={v}" for k, v in overrides.items()] + ["draft.copy=true"])
+    fixed_gamma = ["draft.copy=true", "adaptive_gamma=false"]  # every round drafts (the preset adapts γ)
+    cfg = load_config("default", [f"{k}={v}" for k, v in overrides.items()] + fixed_gamma)
     records = []
     with LookaheadReasoner.from_config(cfg) as reasoner:
         for question in GSM8K_LIKE:

@@ -230,11 +230,17 @@ def test_from_config_local_dir_shares_weights(model, tokenizer, tmp_path):
     cfg = EngineConfig(model=str(tmp_path / "tiny"), cache_dir=str(tmp_path / "cache"))
     a, b = HFEngine.from_config(cfg), HFEngine.from_config(cfg)
     assert a.model is b.model and a.name == "hf:tiny"
-    # the batch-cost curve was measured once and stored in the given cache, not the user's
+    # the batch-cost curve is measured on the first decode of >= 3 rows, not at load (first-run cost)
+    assert a.batch_costs is None and not (tmp_path / "cache" / "batch-costs.json").exists()
+    want = HFEngine(model, tokenizer).generate(PROMPTS, greedy(8))
+    assert len(PROMPTS) >= hf.MIN_PADDED_ROWS
+    assert [c.text for c in a.generate(PROMPTS, greedy(8))] == [c.text for c in want]
+    # ... then stored in the given cache, not the user's, and known to the next engine at load
     assert a.batch_costs is not None and len(a.batch_costs) == hf.MAX_PLANNED_BATCH + 1
     assert (tmp_path / "cache" / "batch-costs.json").is_file()
-    want = HFEngine(model, tokenizer).generate(PROMPTS, greedy(8))
-    assert [c.text for c in a.generate(PROMPTS, greedy(8))] == [c.text for c in want]
+    c = HFEngine.from_config(cfg)
+    assert c.batch_costs == pytest.approx(a.batch_costs, abs=1e-6)
+    c.shutdown()
     a.shutdown()
     assert b.generate(PROMPTS[:1], greedy(8))[0].text == want[0].text
     b.shutdown()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import logging
 import threading
 import time
 
@@ -274,47 +275,110 @@ def test_concurrency_needs_pooled_engines():
     assert [o.ok for o in outcomes] == [True, True]
 
 
-def test_ctrl_c_keeps_finished_results():
-    """Guards Ctrl-C: no new job starts, finished jobs are all delivered once, then KeyboardInterrupt."""
+class _LogEvent(logging.Handler):
+    """Sets an event when the scheduler logs a message containing ``needle``."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__(logging.WARNING)
+        self.needle, self.seen = needle, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.seen.set()
+
+
+@pytest.fixture
+def scheduler_log():
+    """``scheduler_log(needle)`` -> an event set once the scheduler logs ``needle`` (handlers removed after)."""
+    sched_logger = logging.getLogger("lookahead.scheduler")
+    handlers = []
+
+    def watch(needle: str) -> threading.Event:
+        handler = _LogEvent(needle)
+        sched_logger.addHandler(handler)
+        handlers.append(handler)
+        return handler.seen
+
+    yield watch
+    for handler in handlers:
+        sched_logger.removeHandler(handler)
+
+
+class _GatedEngine(FakeEngine):
+    """The scripted fake; a hook runs before each call whose prompt contains ``marker`` (event-driven tests)."""
+
+    marker = ""
+    hook = staticmethod(lambda calls: None)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.marked_calls = 0
+
+    def generate(self, prompts, params, stop=(), speculate=False):
+        if any(self.marker and self.marker in p for p in prompts):
+            self.marked_calls += 1
+            self.hook(self.marked_calls)
+        return super().generate(prompts, params, stop, speculate)
+
+
+def _gated_reasoner(marker: str, hook) -> LookaheadReasoner:
     cfg = load_config("tiny")
-    target, draft = FakeEngine.from_config(cfg.target), FakeEngine.from_config(cfg.draft)
-    target.delay_per_token = draft.delay_per_token = 0.001
-    reasoner = LookaheadReasoner(cfg, target=target, draft=draft)
+    target = _GatedEngine.from_config(cfg.target)
+    target.marker, target.hook = marker, hook
+    return LookaheadReasoner(cfg, target=target, draft=FakeEngine.from_config(cfg.draft))
+
+
+def test_ctrl_c_keeps_finished_results(scheduler_log):
+    """Guards Ctrl-C: no new job starts, finished jobs are all delivered once, then KeyboardInterrupt.
+
+    Event-driven (no timers): job 1 holds its first target call until the scheduler has logged
+    that it took the Ctrl-C, which is sent while job 0 is being delivered.
+    """
+    job1_started, interrupted = threading.Event(), scheduler_log("interrupted: starting no new job")
+
+    def hold_job1(calls: int) -> None:
+        if calls == 1:
+            job1_started.set()
+            assert interrupted.wait(10), "the scheduler never took the Ctrl-C"
+
+    reasoner = _gated_reasoner(QUESTIONS[1], hold_job1)
     delivered = []
 
     def on_result(outcome):
         delivered.append(outcome)
-        if len(delivered) == 1:
+        if outcome.index == 0:
+            assert job1_started.wait(10), "job 1 never started"
             _thread.interrupt_main()  # Ctrl-C while job 1 is in flight
 
     with pytest.raises(KeyboardInterrupt):
         run_many(reasoner, QUESTIONS, concurrency=1, on_result=on_result)
-    assert 2 <= len(delivered) < len(QUESTIONS)  # the job in flight finished; the rest never started
-    assert [o.index for o in delivered] == list(range(len(delivered)))
+    assert [o.index for o in delivered] == [0, 1]  # the job in flight finished; the rest never started
     assert all(o.ok and o.result.text.endswith("\\boxed{72}.") for o in delivered)
 
 
-def test_second_ctrl_c_cancels_jobs_in_flight():
-    """Guards cancellation: a second Ctrl-C ends the job in flight at its next step, with its steps so far."""
-    cfg = load_config("tiny")
-    target, draft = FakeEngine.from_config(cfg.target), FakeEngine.from_config(cfg.draft)
-    target.delay_per_token = draft.delay_per_token = 0.004
-    reasoner = LookaheadReasoner(cfg, target=target, draft=draft)
+def test_second_ctrl_c_cancels_jobs_in_flight(scheduler_log):
+    """Guards cancellation: a second Ctrl-C ends the job in flight at its next step, with its steps so far.
+
+    Event-driven: job 0's second target call sends Ctrl-C, waits until the scheduler logged it,
+    sends the second one and waits until the scheduler logged the cancellation.
+    """
+    first, second = scheduler_log("interrupted: starting no new job"), scheduler_log("cancelling the jobs in flight")
+
+    def interrupt_twice(calls: int) -> None:
+        if calls == 2:
+            _thread.interrupt_main()
+            assert first.wait(10), "the scheduler never took the first Ctrl-C"
+            _thread.interrupt_main()
+            assert second.wait(10), "the scheduler never took the second Ctrl-C"
+
+    reasoner = _gated_reasoner(QUESTIONS[0], interrupt_twice)
     delivered = []
-
-    def interrupt_twice() -> None:
-        time.sleep(0.15)
-        _thread.interrupt_main()
-        time.sleep(0.1)
-        _thread.interrupt_main()
-
-    threading.Thread(target=interrupt_twice, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         run_many(reasoner, [Job(q, mode="ar") for q in QUESTIONS], concurrency=1, on_result=delivered.append)
-    assert delivered and len(delivered) < len(QUESTIONS)
+    assert [o.index for o in delivered] == [0]
     last = delivered[-1]
     assert isinstance(last.error, JobCancelled) and last.result.finish_reason == "cancelled"
-    assert 0 < len(last.result.steps) < 4
+    assert len(last.result.steps) == 2  # the step in flight when the second Ctrl-C came, and the one before
 
 
 def test_bench_concurrency_smoke(tmp_path):

@@ -469,31 +469,68 @@ def measure_batch_costs(model: PreTrainedModel, max_batch: int = MAX_PLANNED_BAT
     return best
 
 
+MIN_PADDED_ROWS = 3  # fewest live rows whose decode consults the cost curve (rows); see `BatchCostCurve`
+
+
+def _costs_key(model: PreTrainedModel, source: str, dtype: str) -> str:
+    device = next(model.parameters()).device
+    return "|".join([source, dtype, str(device), torch.__version__, str(os.cpu_count()), str(torch.get_num_threads())])
+
+
+class BatchCostCurve:
+    """`measure_batch_costs` of one model, remembered in ``<root>/batch-costs.json`` per model and
+    machine, and measured only when first needed.
+
+    Why lazy: a first run used to pay the measurement of both models (seconds idle, minutes on a
+    loaded machine) before its first token, though a γ = 1 round decodes at most 2 rows and
+    padding only pays from 3 live rows (1 and 2 rows are the cheapest sizes on every curve we
+    measured: batch 3 = 1.96x batch 1, batch 4 = 1.48x on SmolLM2-135M fp32). So `known` gives a
+    stored curve or None, and `needed` measures (and stores) on the first decode of
+    `MIN_PADDED_ROWS` or more rows.
+    """
+
+    def __init__(self, model: PreTrainedModel, source: str, dtype: str, root: Path) -> None:
+        self.model, self.source, self.path = model, source, root / "batch-costs.json"
+        self.key = _costs_key(model, source, dtype)
+        self.known: list[float] | None = self._stored()  # seconds by batch size, or None until measured
+        self._lock = threading.Lock()
+
+    def _stored(self) -> list[float] | None:
+        try:
+            costs = json.loads(self.path.read_text()).get(self.key)
+        except (OSError, ValueError, AttributeError):
+            return None
+        if isinstance(costs, list) and len(costs) == MAX_PLANNED_BATCH + 1:
+            return [float("inf") if c is None else float(c) for c in costs]
+        return None
+
+    def needed(self) -> list[float]:
+        """The curve, measured now (once, also across threads) if no stored one exists."""
+        with self._lock:
+            if self.known is None:
+                logger.info("measuring decode cost by batch size for %s (one time, a few seconds)", Path(self.source).name)
+                self.known = measure_batch_costs(self.model)
+                self._store(self.known)
+            return self.known
+
+    def _store(self, costs: list[float]) -> None:
+        try:
+            table = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            table = {}
+        table[self.key] = [None if c == float("inf") else round(c, 6) for c in costs]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(table, indent=1))
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only cache only costs the measurement next time
+            logger.warning("could not save %s: %s", self.path, exc)
+
+
 def cached_batch_costs(model: PreTrainedModel, source: str, dtype: str, root: Path) -> list[float]:
     """`measure_batch_costs`, remembered in ``<root>/batch-costs.json`` per model and machine."""
-    device = next(model.parameters()).device
-    key = "|".join(
-        [source, dtype, str(device), torch.__version__, str(os.cpu_count()), str(torch.get_num_threads())]
-    )
-    path = root / "batch-costs.json"
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
-    costs = table.get(key)
-    if isinstance(costs, list) and len(costs) == MAX_PLANNED_BATCH + 1:
-        return [float("inf") if c is None else float(c) for c in costs]
-    logger.info("measuring decode cost by batch size for %s (one time, a few seconds)", Path(source).name)
-    costs = measure_batch_costs(model)
-    table[key] = [None if c == float("inf") else round(c, 6) for c in costs]
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(table, indent=1))
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only costs the measurement next time
-        logger.warning("could not save %s: %s", path, exc)
-    return costs
+    return BatchCostCurve(model, source, dtype, root).needed()
 
 
 # --------------------------------------------------------------------------------------------
@@ -733,7 +770,7 @@ class HFEngine:
         tokenizer,
         name: str | None = None,
         prefix_cache: bool = True,
-        batch_costs: Sequence[float] | None = None,
+        batch_costs: Sequence[float] | BatchCostCurve | None = None,
         speculation: SpeculationConfig | None = None,
         draft_model: PreTrainedModel | None = None,
         draft_tokenizer=None,
@@ -759,9 +796,11 @@ class HFEngine:
         self.prefix_cache = prefix_cache
         self.prefix_cache_rows = prefix_cache_rows  # at most this many remembered rows (rows)
         self.prefix_cache_tokens = prefix_cache_tokens  # ... holding at most this many tokens in all (tokens)
-        # batch_costs[k]: relative seconds of one decode step at batch size k (index 0 unused);
-        # None = always decode exactly the live rows. See `measure_batch_costs`.
-        self.batch_costs: list[float] | None = list(batch_costs) if batch_costs is not None else None
+        # the decode-step cost curve: a list (seconds at batch size k, index 0 unused), a
+        # `BatchCostCurve` measured when first needed, or None = always decode exactly the live rows
+        self._costs: list[float] | BatchCostCurve | None = (
+            batch_costs if isinstance(batch_costs, BatchCostCurve) or batch_costs is None else list(batch_costs)
+        )
         self.device = next(model.parameters()).device
         self._eos_ids = self._collect_eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
@@ -785,6 +824,12 @@ class HFEngine:
         if draft_model is not None:
             self._attach_draft(draft_model, draft_tokenizer or tokenizer, "the given draft model")
 
+    @property
+    def batch_costs(self) -> list[float] | None:
+        """Seconds of one decode step by batch size (index 0 unused) where known; None when there
+        is no curve or it is not measured yet (`BatchCostCurve`: measured on first need)."""
+        return self._costs.known if isinstance(self._costs, BatchCostCurve) else self._costs
+
     @classmethod
     def from_config(cls, cfg: EngineConfig) -> HFEngine:
         """Load (or reuse the already loaded copy of) ``cfg.model`` and wrap it in an engine."""
@@ -797,7 +842,7 @@ class HFEngine:
             costs = None
             if cfg.pad_batches:
                 label = resolved.source + ("#output-vocab" if "output-vocab" in key else "")  # another cost curve
-                costs = cached_batch_costs(shared.model, label, cfg.dtype, cache_root(cfg.cache_dir))
+                costs = BatchCostCurve(shared.model, label, cfg.dtype, cache_root(cfg.cache_dir))
             engine = cls(
                 shared.model,
                 shared.tokenizer,
@@ -1510,7 +1555,9 @@ class HFEngine:
         fillers are finished positions first, then copies of live ones.
         """
         n = len(live)
-        costs = self.batch_costs
+        costs = self._costs
+        if isinstance(costs, BatchCostCurve):
+            costs = costs.needed() if n >= MIN_PADDED_ROWS else costs.known
         size = n
         if costs is not None and n < len(costs):
             for k in range(n + 1, len(costs)):
