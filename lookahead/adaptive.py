@@ -108,6 +108,12 @@ class AdaptiveGamma:
         return alpha
 
     def _batch_cost(self, rows: int) -> float:
+        """b(rows): a target call of ``rows`` rows in batch-1 calls. Never below 1 for rows >= 1:
+        more rows cannot cost less than one, but on a loaded machine a slow batch-1 call can make
+        a 2-row call look cheaper, and a b(2) < 1 would make every draft look free."""
+        return max(self._raw_batch_cost(rows), 1.0)
+
+    def _raw_batch_cost(self, rows: int) -> float:
         unit = self._call_tok_s[1]
         if rows in self._call_tok_s:
             return self._call_tok_s[rows] / unit
