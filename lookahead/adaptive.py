@@ -37,8 +37,8 @@ resets it.
 Example:
     >>> policy = AdaptiveGamma(max_gamma=4)
     >>> gamma = policy.choose()            # 1 during warm-up
-    >>> policy.observe(gamma, accepted_run=0, verdicts=[False], draft_s=0.02, target_s=0.15,
-    ...                target_rows=2, verify_s=0.0)
+    >>> policy.learn(RoundOutcome(gamma, accepted_run=0, verdicts=[False], draft_s=0.02, target_s=0.15,
+    ...                           target_rows=2, verify_s=0.0))
     >>> policy.snapshot()["rounds_by_gamma"]
     {1: 1}
 """
@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lookahead.speedup import batch_cost_at, predicted_speedup
@@ -57,6 +58,24 @@ HORIZON = 200.0  # trials per depth after which old rounds fade (rounds)
 EMA = 0.1  # weight of a new measurement in the cost averages
 MIN_PROBE_INTERVAL = 8  # fewest ar rounds between two probes (rounds)
 MAX_PROBE_INTERVAL = 1024  # most ar rounds between two probes, after backoff (rounds)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What one finished round accepted and cost: what `AdaptiveGamma.learn` learns from.
+
+    Without ``draft_tokens`` / ``target_tokens`` the costs are per call instead of per token.
+    """
+
+    gamma: int  # the lookahead depth the round used (0 = an ar round) (steps)
+    accepted_run: int  # draft steps committed: the accepted run from depth 1 (steps)
+    verdicts: Sequence[Any]  # one per judged draft step, in depth order (`Verdict` or bool)
+    draft_s: float  # seconds of the round's draft calls (s)
+    target_s: float  # seconds of the round's target call (s)
+    target_rows: int  # rows in that target call (rows)
+    verify_s: float  # seconds of the round's verifier call (s)
+    draft_tokens: int | None = None  # tokens the draft generated in the round (tokens)
+    target_tokens: int | None = None  # completion tokens over the target call's rows (tokens)
 
 
 class AdaptiveGamma:
@@ -195,35 +214,42 @@ class AdaptiveGamma:
         draft_tokens: int | None = None,
         target_tokens: int | None = None,
     ) -> None:
-        """Learn from one finished round.
+        """Learn from one finished round, given field by field (`RoundOutcome` says what each is)."""
+        self.learn(
+            RoundOutcome(
+                gamma, accepted_run, verdicts, draft_s, target_s, target_rows, verify_s, draft_tokens, target_tokens
+            )
+        )
 
-        ``verdicts``: the round's verdicts (``Verdict`` or bool), one per judged draft step;
-        ``accepted_run``: the draft steps committed; seconds of the round's draft calls, its
-        target call (``target_rows`` rows) and its verifier call. ``draft_tokens`` (tokens the
-        draft generated this round) and ``target_tokens`` (completion tokens over the target
-        call's rows) normalise the costs per token; without them costs are per call.
-        """
-        judged = len(verdicts)
+    def learn(self, outcome: RoundOutcome) -> None:
+        """Learn from one finished round: its acceptance per depth, then its costs."""
+        judged = len(outcome.verdicts)
+        run = outcome.accepted_run
         with self._lock:
-            self._rounds[gamma] = self._rounds.get(gamma, 0) + 1
+            self._rounds[outcome.gamma] = self._rounds.get(outcome.gamma, 0) + 1
             # acceptance: depths 1..run accepted, depth run+1 judged and rejected
-            for depth in range(1, min(judged, accepted_run + 1) + 1):
-                self._count(depth, depth <= accepted_run)
-            if gamma > 0 and self._probes_pending > 0:
+            for depth in range(1, min(judged, run + 1) + 1):
+                self._count(depth, depth <= run)
+            if outcome.gamma > 0 and self._probes_pending > 0:
                 self._probes_pending -= 1
-                self._probe_failures = self._probe_failures + 1 if accepted_run == 0 else 0
-            # costs
-            if gamma > 0 and draft_s > 0:
-                tokens = draft_tokens if draft_tokens is not None else max(judged, 1)
-                if tokens > 0:
-                    self._draft_tok_s = _ema(self._draft_tok_s, draft_s / tokens)
-            if target_rows > 0 and target_s > 0:
-                row_tokens = (target_tokens / target_rows) if target_tokens is not None else 1.0
-                if row_tokens > 0:
-                    self._call_tok_s[target_rows] = _ema(self._call_tok_s.get(target_rows), target_s / row_tokens)
-                    self._step_tokens = _ema(self._step_tokens, row_tokens)
-            if judged > 0:
-                self._verify_s = _ema(self._verify_s, verify_s)
+                self._probe_failures = self._probe_failures + 1 if run == 0 else 0
+            self._learn_costs(outcome)
+
+    def _learn_costs(self, outcome: RoundOutcome) -> None:
+        """Update the cost averages from one round (call with the lock held)."""
+        judged = len(outcome.verdicts)
+        if outcome.gamma > 0 and outcome.draft_s > 0:
+            tokens = outcome.draft_tokens if outcome.draft_tokens is not None else max(judged, 1)
+            if tokens > 0:
+                self._draft_tok_s = _ema(self._draft_tok_s, outcome.draft_s / tokens)
+        rows = outcome.target_rows
+        if rows > 0 and outcome.target_s > 0:
+            row_tokens = (outcome.target_tokens / rows) if outcome.target_tokens is not None else 1.0
+            if row_tokens > 0:
+                self._call_tok_s[rows] = _ema(self._call_tok_s.get(rows), outcome.target_s / row_tokens)
+                self._step_tokens = _ema(self._step_tokens, row_tokens)
+        if judged > 0:
+            self._verify_s = _ema(self._verify_s, outcome.verify_s)
 
     def _count(self, depth: int, accepted: bool) -> None:
         while len(self._trials) < depth:

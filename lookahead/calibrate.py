@@ -1,4 +1,4 @@
-"""``lookahead calibrate``: how well does each verifier agree with an oracle on real step pairs?
+"""How well does each verifier agree with an oracle on real step pairs? (``lookahead calibrate``)
 
 A verifier trades speed for accuracy: accepting more draft steps commits more of them, accepting
 a wrong one changes the answer. This command measures that trade on the pairs the loop really
@@ -36,15 +36,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import Any
 
 from lookahead.errors import ConfigError, DataError, LookaheadError
-from lookahead.eval.cli import TRAIN_DATA_HELP
 
 PAIRS_FILE = "pairs.jsonl"
 REPORT_FILE = "calibration.json"
@@ -53,8 +47,6 @@ DEFAULT_VERIFIERS = "exact,numeric,embedding,llm_judge,score,cascade"
 ORACLES = ("numeric+normalized", "llm_judge")
 ROC_POINTS = 101  # most points of a stored threshold sweep
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 _FINAL_ANSWER = re.compile(r"\\boxed\{|[Ff]inal [Aa]nswer")
 
 
@@ -212,7 +204,7 @@ def roc_curve(scores: Sequence[float], labels: Sequence[bool]) -> tuple[list[dic
     negatives = len(labels) - positives
     if not positives or not negatives:
         return [], None
-    order = sorted(zip(scores, labels), key=lambda x: -x[0])
+    order = sorted(zip(scores, labels, strict=True), key=lambda x: -x[0])
     points = [{"threshold": math.inf, "tpr": 0.0, "fpr": 0.0}]
     tp = fp = 0
     for k, (score, label) in enumerate(order):
@@ -244,14 +236,14 @@ def evaluate(verifier: Any, name: str, options: dict[str, Any], pairs: Sequence[
     report.seconds = time.perf_counter() - start
     n = len(pairs)
     accepted = [v.accepted for v in verdicts]
-    tp = sum(a and y for a, y in zip(accepted, labels))
+    tp = sum(a and y for a, y in zip(accepted, labels, strict=True))
     report.pairs, report.accepted = n, sum(accepted)
     report.acceptance_rate = report.accepted / n if n else 0.0
     report.precision = tp / report.accepted if report.accepted else None
     report.recall = tp / sum(labels) if sum(labels) else None
     negatives = n - sum(labels)
     report.false_accept_rate = (report.accepted - tp) / negatives if negatives else None
-    report.accuracy = sum(a == y for a, y in zip(accepted, labels)) / n if n else 0.0
+    report.accuracy = sum(a == y for a, y in zip(accepted, labels, strict=True)) / n if n else 0.0
     report.pairs_per_s = n / report.seconds if report.seconds > 0 else 0.0
     report.failures = sum(is_failure(v) for v in verdicts)
     report.roc, report.auc = roc_curve([v.score for v in verdicts], labels)
@@ -288,158 +280,116 @@ def plot_roc(reports: Sequence[VerifierReport], path: Path) -> bool:
     return True
 
 
-
 # --------------------------------------------------------------------------------------------
-# the command
+# One `lookahead calibrate`: its questions, the three phases, the report
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    """One line ``error: MESSAGE`` on stderr (plain text, control characters escaped); the exit to raise."""
-    from lookahead.cli import terminal_safe
+def verifier_names(text: str) -> list[str]:
+    """``--verifiers exact,numeric`` -> the names; unknown or none is a `ConfigError` listing the known ones."""
+    from lookahead.verifiers import VERIFIER_NAMES
 
-    line = " ".join(str(message).splitlines())
-    err_console.print(Text.assemble(("error:", "bold red"), " ", terminal_safe(line)))
-    return typer.Exit(code)
-
-
-def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
-    return "-" if value is None else pattern.format(value)
-
-
-def _table(reports: Sequence[VerifierReport], aligned: int, total: int, oracle: str) -> Table:
-    table = Table(title=f"{total} pairs · {aligned} aligned by the {oracle} oracle", title_justify="left")
-    for column in ("verifier", "accept", "precision", "recall", "FPR", "AUC", "pairs/s", "failures"):
-        table.add_column(column, justify="left" if column == "verifier" else "right")
-    for r in reports:
-        if r.error:
-            table.add_row(r.name, "[red]error[/]", "", "", "", "", "", "")
-            continue
-        table.add_row(
-            r.name, f"{r.acceptance_rate:.0%}", _fmt(r.precision), _fmt(r.recall), _fmt(r.false_accept_rate),
-            _fmt(r.auc), f"{r.pairs_per_s:.0f}", str(r.failures),
-        )
-    return table
-
-
-def calibrate_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: pairs.jsonl, calibration.json, calibration.png.")] = Path(
-        "runs/calibrate"
-    ),
-    data: Annotated[
-        Path | None,
-        typer.Option(help=TRAIN_DATA_HELP),
-    ] = None,
-    question_field: Annotated[str, typer.Option(help="Field of each JSONL row holding the question.")] = "question",
-    limit: Annotated[int, typer.Option(help="Questions to run lr on (from --offset).")] = 50,
-    offset: Annotated[int, typer.Option(help="Skip this many questions first.")] = 0,
-    verifiers: Annotated[str, typer.Option(help="Comma-separated verifiers to rate.")] = DEFAULT_VERIFIERS,
-    oracle: Annotated[str, typer.Option(help="Who labels the pairs: numeric+normalized (model-free) or llm_judge.")] = ORACLES[0],
-    oracle_model: Annotated[
-        str | None, typer.Option(help="llm_judge oracle: an HF model path to judge with (default: the config's target).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Pairs per verify call.")] = 64,
-    allow_test_split: Annotated[
-        bool, typer.Option(help="Allow a file whose name says 'test' (you could no longer evaluate on it).")
-    ] = False,
-    config: Annotated[str, typer.Option("--config", "-c", help="Preset name (default, tiny) or YAML file.")] = "default",
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override a config key, e.g. --set gamma=3 --set draft=PATH."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the report.")] = False,
-) -> None:
-    """Rate verifiers against an oracle on (draft step, target step) pairs from lr runs on train questions."""
-    from lookahead.config import VerifierConfig, load_config, redact_text, redacted
-    from lookahead.distill import default_questions_file, read_questions
-    from lookahead.eval.harness import output_folder
-    from lookahead.loop import LookaheadReasoner
-    from lookahead.verifiers import VERIFIER_NAMES, create_verifier
-    from lookahead.verifiers.llm_judge import LLMJudgeVerifier
-
-    if limit < 1 or offset < 0 or batch_size < 1:
-        raise _fail("--limit and --batch-size must be >= 1 and --offset >= 0")
-    names = [n.strip() for n in verifiers.split(",") if n.strip()]
+    names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in VERIFIER_NAMES]
     if not names or unknown:
-        raise _fail(f"--verifiers: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VERIFIER_NAMES)}")
+        raise ConfigError(f"--verifiers: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VERIFIER_NAMES)}")
+    return names
+
+
+def check_oracle(oracle: str) -> None:
+    """Refuse an oracle that is not one of `ORACLES` (`ConfigError`)."""
     if oracle not in ORACLES:
-        raise _fail(f"--oracle {oracle!r} is unknown; choose one of {', '.join(ORACLES)}")
-    reasoner = None
-    try:
-        cfg = load_config(config, [*(set_ or []), "mode=lr"])
-        path = data or default_questions_file()
-        if "test" in path.name.lower() and not allow_test_split:
-            raise _fail(f"{path} looks like a test split; calibrate on training data (or pass --allow-test-split)")
-        questions = read_questions(path, question_field)[offset : offset + limit]
-        if not questions:
-            raise _fail(f"{path} has no rows after --offset {offset}")
-        from transformers.utils import (
-            logging as hf_logging,  # quiet model loading (also the embedding model)
-        )
+        raise ConfigError(f"--oracle {oracle!r} is unknown; choose one of {', '.join(ORACLES)}")
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-        output_folder(out, "pairs.jsonl, calibration.json and calibration.png")
-        reasoner = LookaheadReasoner(cfg)
-        pairs_path = out / PAIRS_FILE
-        done, _ = read_pairs(pairs_path)
-        todo = sum(1 for line, _ in questions if line not in done)
-        if todo:
-            with err_console.status(f"running lr on {todo} questions...") as status:
-                counter = [0]
 
-                def tick(n: int) -> None:
-                    counter[0] += n
-                    status.update(f"running lr: {counter[0]}/{todo} questions")
+@dataclass
+class CalibrationRun:
+    """One ``lookahead calibrate``: the config whose models make the pairs, the questions, the folder."""
 
-                collect_pairs(reasoner, questions, pairs_path, tick)
-        wanted = {line for line, _ in questions}
-        pairs = [p for p in read_pairs(pairs_path)[1] if p.line in wanted]
+    config: Any  # the LookaheadConfig (mode lr) whose draft, target and verifier options are used
+    out: Path  # the run folder: pairs.jsonl, calibration.json, calibration.png
+    source: Path  # the questions file
+    questions: list[tuple[int, str]]  # (line, question) to run lr on
+
+    @property
+    def pairs_path(self) -> Path:
+        return self.out / PAIRS_FILE
+
+    def todo(self) -> int:
+        """Questions whose pairs are not collected yet (count)."""
+        done, _ = read_pairs(self.pairs_path)
+        return sum(1 for line, _ in self.questions if line not in done)
+
+    def reasoner(self) -> Any:
+        """The `LookaheadReasoner` that makes the pairs (a context manager: closed on exit)."""
+        from lookahead.loop import LookaheadReasoner
+
+        return LookaheadReasoner(self.config)
+
+    def pairs(self) -> list[Pair]:
+        """The collected pairs of this run's questions; none is a `ConfigError`."""
+        wanted = {line for line, _ in self.questions}
+        pairs = [p for p in read_pairs(self.pairs_path)[1] if p.line in wanted]
         if not pairs:
-            raise _fail(f"the lr runs produced no (draft, target) pairs in {pairs_path}; check the draft model")
+            raise ConfigError(f"the lr runs produced no (draft, target) pairs in {self.pairs_path}; check the draft model")
+        return pairs
+
+    def rate(self, reasoner: Any, pairs: Sequence[Pair], names: Sequence[str], oracle: str,
+             oracle_model: str | None, batch_size: int) -> tuple[list[bool], list[VerifierReport]]:
+        """Phases 2 and 3: the oracle's labels, then each verifier against them (a verifier that
+        cannot run, e.g. a judge on an engine without log-probabilities, gets its error). The
+        verifiers (and an llm_judge oracle) strip and compare on the config's step delimiter."""
+        from lookahead.config import VerifierConfig
+        from lookahead.verifiers import create_verifier
+        from lookahead.verifiers.llm_judge import LLMJudgeVerifier
+
         engines = {"target": lambda: reasoner.target, "draft": lambda: reasoner.draft}
         judge = None
         if oracle == "llm_judge":
             engine: Any = {"backend": "hf", "model": oracle_model} if oracle_model else "target"
-            judge = LLMJudgeVerifier(engines=engines, engine=engine)
+            judge = LLMJudgeVerifier(engines=engines, engine=engine, delimiter=self.config.step_delimiter)
         labels = oracle_labels(pairs, oracle, judge, batch_size)
         reports = []
         for name in names:
-            options = dict(cfg.verifier.options) if cfg.verifier.name == name else {}
+            options = dict(self.config.verifier.options) if self.config.verifier.name == name else {}
             try:
-                verifier = create_verifier(VerifierConfig(name=name, options=options), engines)
+                verifier = create_verifier(VerifierConfig(name=name, options=options), engines,
+                                           step_delimiter=self.config.step_delimiter)
                 reports.append(evaluate(verifier, name, options, pairs, labels, batch_size))
-            except LookaheadError as exc:  # e.g. a judge on an engine without log-probabilities
+            except LookaheadError as exc:
                 reports.append(VerifierReport(name, options, error=str(exc)))
-    except LookaheadError as exc:
-        raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted: rerun the same command to resume from {out}[/]")
-        raise typer.Exit(130) from None
-    finally:
-        if reasoner is not None:
-            reasoner.close()
-    aligned = sum(labels)
-    plotted = plot_roc(reports, out / PLOT_FILE)
-    payload = {
-        "command": redact_text(" ".join(["lookahead", "calibrate", *sys.argv[2:]]) if len(sys.argv) > 1 else "lookahead calibrate"),
-        "data": str(path),
-        "questions": len(questions),
-        "pairs": len(pairs),
-        "aligned": aligned,
-        "oracle": oracle if not oracle_model else f"{oracle}:{oracle_model}",
-        "pairs_file": str(pairs_path),
-        "plot": str(out / PLOT_FILE) if plotted else None,
-        "verifiers": {r.name: redacted(asdict(r)) for r in reports},  # options: secrets as ***
-        "config": cfg.public_dict(),  # secrets as ***
-    }
-    (out / REPORT_FILE).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    console.print(_table(reports, aligned, len(pairs), payload["oracle"]))
-    for r in reports:
-        if r.error:
-            console.print(Text(f"{r.name}: {r.error}", style="red"))
-    console.print(f"report: {out / REPORT_FILE}" + (f" · plot: {out / PLOT_FILE}" if plotted else " · (no plot: pip install matplotlib)"))
-    if as_json:
-        from lookahead.cli import json_line
+        return labels, reports
 
-        sys.stdout.write(json_line({k: v for k, v in payload.items() if k != "config"}))
+    def write_report(self, pairs: Sequence[Pair], labels: Sequence[bool], reports: Sequence[VerifierReport],
+                     oracle: str, oracle_model: str | None) -> dict[str, Any]:
+        """``calibration.png`` (when matplotlib is there) and ``calibration.json``; returns the report."""
+        from lookahead.config import redact_text, redacted
+
+        plotted = plot_roc(reports, self.out / PLOT_FILE)
+        argv = " ".join(["lookahead", "calibrate", *sys.argv[2:]]) if len(sys.argv) > 1 else "lookahead calibrate"
+        payload = {
+            "command": redact_text(argv),
+            "data": str(self.source),
+            "questions": len(self.questions),
+            "pairs": len(pairs),
+            "aligned": sum(labels),
+            "oracle": oracle if not oracle_model else f"{oracle}:{oracle_model}",
+            "pairs_file": str(self.pairs_path),
+            "plot": str(self.out / PLOT_FILE) if plotted else None,
+            "verifiers": {r.name: redacted(asdict(r)) for r in reports},  # options: secrets as ***
+            "config": self.config.public_dict(),  # secrets as ***
+        }
+        (self.out / REPORT_FILE).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return payload
+
+
+def prepare_run(config: Any, out: Path, data: Path | None, question_field: str | None, offset: int,
+                limit: int | None, allow_test_split: bool = False) -> CalibrationRun:
+    """Check everything a ``lookahead calibrate`` needs before any model loads: training data
+    (not a test split), rows after ``offset``, a writable ``out``."""
+    from lookahead.distill import select_questions, training_questions
+    from lookahead.eval.harness import output_folder
+
+    path = training_questions(data, allow_test_split, "calibrate")
+    questions = select_questions(path, question_field, offset, limit)
+    output_folder(out, "pairs.jsonl, calibration.json and calibration.png")
+    return CalibrationRun(config, out, path, questions)

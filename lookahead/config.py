@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import yaml
 
 from lookahead.errors import ConfigError
+from lookahead.registry import ENGINE_NAMES, VERIFIER_NAMES
 
 MODES = ("ar", "lr", "sd", "lr+sd")
 """``ar``: the target alone, step by step (the baseline). ``lr``: Lookahead Reasoning (step-level
@@ -145,7 +146,7 @@ class EngineConfig:
     timeout_s: float = 120.0  # remote backends: seconds before one HTTP request gives up
     max_retries: int = 3  # remote backends: retries (with exponential backoff) per request
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific extras (e.g. sglang.Engine kwargs)
-    replicas: int = 0  # 0 = one engine in this process; N >= 1 = N Ray actors (lookahead.pool)
+    replicas: int = 0  # 0 = one engine in this process; N >= 1 = N Ray actors (lookahead.engines.pool)
     max_batch_rows: int = 16  # pool: most rows one replica decodes in one merged call (rows)
     num_gpus: float = 0.0  # pool: GPUs reserved per replica actor (0 on CPU)
     prefix_cache_rows: int = 64  # hf: rows whose KV cache is kept across calls for prefix reuse (rows)
@@ -157,8 +158,6 @@ class EngineConfig:
     copy: CopyConfig = field(default_factory=CopyConfig)  # hf: copy n-gram continuations from the context
 
     def validate(self, where: str) -> None:
-        from lookahead.engines import ENGINE_NAMES
-
         if self.backend not in ENGINE_NAMES:
             raise ConfigError(
                 f"{where}.backend {self.backend!r} is unknown; choose one of {', '.join(ENGINE_NAMES)}"
@@ -197,8 +196,6 @@ class VerifierConfig:
     options: dict[str, Any] = field(default_factory=dict)  # verifier-specific settings
 
     def validate(self) -> None:
-        from lookahead.verifiers import VERIFIER_NAMES
-
         if self.name not in VERIFIER_NAMES:
             raise ConfigError(
                 f"verifier {self.name!r} is unknown; choose one of {', '.join(VERIFIER_NAMES)}"
@@ -233,8 +230,8 @@ class LookaheadConfig:
     adaptive_gamma: bool = False  # choose γ per round in 0..gamma (gamma is then the maximum); lookahead.adaptive
     adaptive_prior_acceptance: float = 0.5  # adaptive_gamma: prior mean of the depth-1 acceptance (probability)
     adaptive_probe_budget: float = 0.02  # adaptive_gamma: share of ar time spent probing while γ = 0 (fraction)
-    pipeline: bool = False  # overlap draft, target and verifier within a round (lookahead.loop); off = one batched target call per round
-    width: int = 1  # draft steps sampled per node of the round's tree (lookahead.loop, tree rounds); 1 = a chain
+    pipeline: bool = False  # overlap draft, target and verifier within a round (lookahead.rounds.pipelined); off = one batched target call per round
+    width: int = 1  # draft steps sampled per node of the round's tree (lookahead.rounds.tree); 1 = a chain
 
     def validate(self) -> LookaheadConfig:
         if self.mode not in MODES:
@@ -458,10 +455,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
-            return _from_dict(tp, value, key)
+            return dataclass_from_dict(tp, value, key)
         primary = getattr(tp, "_primary", None)
         if primary is not None and isinstance(value, (str, bool, int, float)):
-            return _from_dict(tp, {primary: value}, key)
+            return dataclass_from_dict(tp, {primary: value}, key)
         raise ConfigError(f"{key} must be a mapping (got {value!r})")
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -492,7 +489,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+def dataclass_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """``cls`` (a config dataclass) from plain data, each value coerced to its field's type; ``where`` prefixes errors."""
     hints = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -589,6 +587,11 @@ def _apply_overrides(cfg: LookaheadConfig, pairs: list[tuple[str, Any]]) -> Look
             _set_dotted(cfg, f"target_sampling.{key}", value)
         else:
             _set_dotted(cfg, key, value)
+    keys = {key for key, _ in pairs}
+    if (cfg.pipeline and "pipeline" in keys or cfg.width > 1 and "width" in keys) and "adaptive_gamma" not in keys:
+        # asking for pipelined or tree rounds is asking for fixed-γ rounds: that request wins over
+        # the preset's adaptive γ (which models sequential chain rounds only)
+        cfg.adaptive_gamma = False
     return cfg.validate()
 
 
@@ -597,7 +600,7 @@ def load_config(
 ) -> LookaheadConfig:
     """Build a validated `LookaheadConfig` from a preset name or YAML path plus ``key=value`` items."""
     data = _read_yaml(source) if source is not None else {}
-    cfg = _from_dict(LookaheadConfig, _apply_shorthands(data))
+    cfg = dataclass_from_dict(LookaheadConfig, _apply_shorthands(data))
     return _apply_overrides(cfg, [parse_override(item) for item in overrides])
 
 
@@ -617,7 +620,7 @@ def with_overrides(cfg: LookaheadConfig, overrides: dict[str, Any]) -> Lookahead
 
 def config_from_dict(data: dict[str, Any]) -> LookaheadConfig:
     """Build a validated config from a plain dict (same keys as the YAML files)."""
-    return _from_dict(LookaheadConfig, _apply_shorthands(data)).validate()
+    return dataclass_from_dict(LookaheadConfig, _apply_shorthands(data)).validate()
 
 
 def configured(cfg: LookaheadConfig, overrides: dict[str, Any]) -> LookaheadConfig:

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -182,6 +183,27 @@ def _cut_after_answer(text: str, delimiter: str, pattern: re.Pattern[str]) -> tu
     return text, False
 
 
+def _chat_prompt(tokenizer: Any, config: LookaheadConfig, question: str) -> str:
+    """The prompt `HFEngine.format_chat` gives the reasoner for ``question``."""
+    messages = build_messages(question, config.prompt_template, config.system_prompt)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join([f"{m['role']}: {m['content']}" for m in messages] + ["assistant: "])
+
+
+def _solutions_of(tokenizer: Any, batch: Sequence[tuple[int, str]], prompts: Sequence[str],
+                  rows: Sequence[list[int]], delimiter: str, pattern: re.Pattern[str]) -> list[Solution]:
+    """The generated rows as solutions, each cut after its final-answer step, with how it ended."""
+    out = []
+    for (line, question), prompt, row in zip(batch, prompts, rows, strict=True):
+        ended = tokenizer.eos_token_id in row
+        text = tokenizer.decode(row, skip_special_tokens=True)
+        text, stated = _cut_after_answer(text, delimiter, pattern)
+        finish = "answer" if stated else ("eos" if ended else "length")
+        out.append(Solution(line, question, prompt, text, finish))
+    return out
+
+
 def generate_solutions(
     config: LookaheadConfig,
     questions: Sequence[tuple[int, str]],
@@ -197,14 +219,13 @@ def generate_solutions(
     """
     import torch
 
-    from lookahead.engines.hf import _load_pretrained, resolve_model
+    from lookahead.engines.hf import load_pretrained, resolve_model
 
     done = {s.line for s in read_solutions(out_file)}
-    todo = [(line, q) for line, q in questions if line not in done]
+    todo = sorted(((line, q) for line, q in questions if line not in done), key=lambda item: len(item[1]))
     if not todo:
         return 0
-    resolved = resolve_model(config.target)
-    model, tokenizer = _load_pretrained(resolved.source, torch.float32)
+    model, tokenizer = load_pretrained(resolve_model(config.target).source, torch.float32)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -213,40 +234,26 @@ def generate_solutions(
     delimiter = config.step_delimiter
     budget = max_new_tokens or config.max_total_tokens
 
-    def render(question: str) -> str:  # the prompt HFEngine.format_chat gives the reasoner
-        messages = build_messages(question, config.prompt_template, config.system_prompt)
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n".join([f"{m['role']}: {m['content']}" for m in messages] + ["assistant: "])
-
     def answered(tokens: list[int]) -> bool:
         """Has a completed step stated the final answer?"""
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         cut, stated = _cut_after_answer(text, delimiter, pattern)
         return stated and (len(cut) < len(text) or text.endswith(delimiter))
 
-    todo.sort(key=lambda item: len(item[1]))
-    written = 0
     out_file.parent.mkdir(parents=True, exist_ok=True)
     _drop_torn_tail(out_file)
     with out_file.open("a", encoding="utf-8") as handle:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            prompts = [render(q) for _, q in batch]
+            prompts = [_chat_prompt(tokenizer, config, q) for _, q in batch]
             rows = _greedy_batch(model, tokenizer, prompts, budget, answered)
-            for (line, question), prompt, row in zip(batch, prompts, rows):
-                ended = tokenizer.eos_token_id in row
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                text, stated = _cut_after_answer(text, delimiter, pattern)
-                finish = "answer" if stated else ("eos" if ended else "length")
-                solution = Solution(line, question, prompt, text, finish)
+            for solution in _solutions_of(tokenizer, batch, prompts, rows, delimiter, pattern):
                 handle.write(json.dumps(asdict(solution), ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-            written += len(batch)
             if progress is not None:
                 progress(len(batch))
-    return written
+    return len(todo)
 
 
 def _greedy_batch(model: Any, tokenizer: Any, prompts: list[str], budget: int, answered: Callable[[list[int]], bool]) -> list[list[int]]:
@@ -320,7 +327,7 @@ def _loop_tokens(tokenizer: Any, solution: Solution, delimiter: str) -> tuple[li
     contexts = encode_continuations(tokenizer, [solution.prompt + "".join(steps[:k]) for k in range(len(steps) + 1)])
     ids = contexts[-1]
     bounds = [len(c) if c == ids[: len(c)] else None for c in contexts]
-    spans = [(a, b) for a, b in zip(bounds, bounds[1:]) if a is not None and b is not None and b > a]
+    spans = [(a, b) for a, b in itertools.pairwise(bounds) if a is not None and b is not None and b > a]
     return ids, len(contexts[0]), spans
 
 
@@ -435,49 +442,47 @@ def _pca_embeddings(target_weight, hidden_size: int, seed: int):
     return projected * (0.02 / projected.std())
 
 
-def build_draft(target: Any, shape: DraftShape, seed: int) -> tuple[Any, DraftShape]:
-    """The draft network to train and its actual shape.
-
-    ``shape.target_layers`` empty: a fresh Llama with the target's vocabulary and special tokens
-    and PCA-initialised embeddings. Otherwise the target itself cut down to those decoder layers
-    (LayerSkip-style self-drafting): it starts out already writing like the target, which matters
-    when only a thousand solutions are there to learn from; its embeddings stay frozen.
-    """
+def _cut_target(target: Any, shape: DraftShape) -> tuple[Any, DraftShape]:
+    """The target cut down to ``shape.target_layers``, its embeddings frozen, and its actual shape."""
     import copy
 
     import torch
+
+    total = len(target.model.layers)
+    layers = list(shape.target_layers)
+    if sorted(set(layers)) != layers or layers[0] < 0 or layers[-1] >= total:
+        raise ConfigError(
+            f"draft target_layers {layers}: give increasing layer numbers between 0 and {total - 1} "
+            f"(the target has {total} decoder layers), e.g. 0,1,{total - 1}"
+        )
+    model = copy.deepcopy(target)
+    model.model.layers = torch.nn.ModuleList([model.model.layers[i] for i in layers])
+    for index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = index  # the KV cache is indexed by position in the stack
+    model.config.num_hidden_layers = len(layers)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in layers]
+    model.get_input_embeddings().weight.requires_grad_(False)
+    if model.get_output_embeddings() is not None:
+        model.get_output_embeddings().weight.requires_grad_(False)
+    cfg = model.config
+    actual = DraftShape(
+        hidden_size=cfg.hidden_size,
+        num_layers=len(layers),
+        num_heads=cfg.num_attention_heads,
+        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_positions=shape.max_positions,
+        target_layers=tuple(layers),
+    )
+    return model, actual
+
+
+def _fresh_llama(target: Any, shape: DraftShape, seed: int) -> Any:
+    """A new Llama of ``shape`` with the target's vocabulary and special tokens, PCA-initialised embeddings."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    if shape.target_layers:
-        total = len(target.model.layers)
-        layers = list(shape.target_layers)
-        if sorted(set(layers)) != layers or layers[0] < 0 or layers[-1] >= total:
-            raise ConfigError(
-                f"draft target_layers {layers}: give increasing layer numbers between 0 and {total - 1} "
-                f"(the target has {total} decoder layers), e.g. 0,1,{total - 1}"
-            )
-        model = copy.deepcopy(target)
-        model.model.layers = torch.nn.ModuleList([model.model.layers[i] for i in layers])
-        for index, layer in enumerate(model.model.layers):
-            layer.self_attn.layer_idx = index  # the KV cache is indexed by position in the stack
-        model.config.num_hidden_layers = len(layers)
-        if getattr(model.config, "layer_types", None):
-            model.config.layer_types = [model.config.layer_types[i] for i in layers]
-        model.get_input_embeddings().weight.requires_grad_(False)
-        if model.get_output_embeddings() is not None:
-            model.get_output_embeddings().weight.requires_grad_(False)
-        cfg = model.config
-        actual = DraftShape(
-            hidden_size=cfg.hidden_size,
-            num_layers=len(layers),
-            num_heads=cfg.num_attention_heads,
-            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-            intermediate_size=cfg.intermediate_size,
-            max_positions=shape.max_positions,
-            target_layers=tuple(layers),
-        )
-        return model, actual
     if shape.hidden_size % shape.num_heads or shape.num_heads % shape.num_kv_heads:
         raise ConfigError("draft shape: hidden_size must divide by num_heads, num_heads by num_kv_heads")
     target_config = target.config
@@ -500,7 +505,23 @@ def build_draft(target: Any, shape: DraftShape, seed: int) -> tuple[Any, DraftSh
     embeddings = target.get_input_embeddings().weight.detach()
     with torch.no_grad():
         model.get_input_embeddings().weight.copy_(_pca_embeddings(embeddings, shape.hidden_size, seed))
-    return model, shape
+    return model
+
+
+def build_draft(target: Any, shape: DraftShape, seed: int) -> tuple[Any, DraftShape]:
+    """The draft network to train and its actual shape.
+
+    ``shape.target_layers`` empty: a fresh Llama with the target's vocabulary and special tokens
+    and PCA-initialised embeddings. Otherwise the target itself cut down to those decoder layers
+    (LayerSkip-style self-drafting): it starts out already writing like the target, which matters
+    when only a thousand solutions are there to learn from; its embeddings stay frozen.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    if shape.target_layers:
+        return _cut_target(target, shape)
+    return _fresh_llama(target, shape, seed), shape
 
 
 def _lr_at(step: int, total: int, settings: TrainSettings) -> float:
@@ -522,6 +543,53 @@ def _step_spans(tokenizer: Any, solutions: Iterable[Solution], delimiter: str) -
     return out
 
 
+def _token_metrics(model: Any, examples: list[tuple[list[int], int]], pad_id: int, scored: Callable[[Any], Any]) -> tuple[float, float]:
+    """Held-out (mean loss, top-1 agreement) per completion token, teacher forced."""
+    import torch
+
+    total_loss, total_tokens, correct = 0.0, 0, 0
+    for start in range(0, len(examples), 8):
+        indices = list(range(start, min(start + 8, len(examples))))
+        ids, mask, labels = _collate(examples, indices, pad_id)
+        logits = scored(model(input_ids=ids, attention_mask=mask).logits[:, :-1])
+        targets = labels[:, 1:]
+        chosen = targets != -100
+        picked, wanted = logits[chosen], targets[chosen]
+        losses = torch.nn.functional.cross_entropy(picked, wanted, reduction="none")
+        loss = losses[torch.isfinite(losses)].sum()  # a token outside `allowed` counts as missed, not inf
+        total_loss += float(loss)
+        total_tokens += int(chosen.sum())
+        correct += int((picked.argmax(-1) == wanted).sum())
+    return total_loss / max(total_tokens, 1), correct / max(total_tokens, 1)
+
+
+def _step_metrics(model: Any, stepped: Sequence[tuple[list[int], int, list]], scored: Callable[[Any], Any]) -> tuple[float, float]:
+    """Held-out (step match, step match when copying): see `_evaluate`."""
+    import torch
+
+    from lookahead.config import CopyConfig
+    from lookahead.engines.hf import restrict_to_copies
+
+    copy = CopyConfig(enabled=True)
+    matched, copied, steps = 0, 0, 0
+    for tokens, _, spans in stepped:
+        ids = torch.tensor([tokens])
+        logits = scored(model(input_ids=ids).logits[0, :-1])  # logits[i] predicts token i + 1
+        right = logits.argmax(-1) == ids[0, 1:]
+        for begin, end in spans:
+            steps += 1
+            matched += int(bool(right[begin - 1 : end - 1].all()))
+            copied += int(
+                all(
+                    int(restrict_to_copies(logits[i - 1], tokens[:i], copy).argmax()) == tokens[i]
+                    for i in range(begin, end)
+                )
+            )
+    step_match = matched / steps if steps else float("nan")
+    copy_match = copied / steps if steps else float("nan")
+    return step_match, copy_match
+
+
 def _evaluate(
     model: Any, examples: list[tuple[list[int], int]], pad_id: int, stepped: Sequence[tuple[list[int], int, list]] = (),
     allowed: Any = None,
@@ -537,53 +605,22 @@ def _evaluate(
     """
     import torch
 
-    from lookahead.config import CopyConfig
-    from lookahead.engines.hf import restrict_to_copies
-
     if not examples:
         return float("nan"), float("nan"), float("nan"), float("nan")
     model.eval()
-    total_loss, total_tokens, correct = 0.0, 0, 0
-    matched, copied, steps = 0, 0, 0
-    copy = CopyConfig(enabled=True)
     outside = None
     if allowed is not None:
         outside = torch.ones(model.config.vocab_size, dtype=torch.bool)
         outside[allowed] = False
 
-    def scored(logits):
+    def scored(logits: Any) -> Any:
         return logits if outside is None else logits.masked_fill(outside, float("-inf"))
 
     with torch.inference_mode():
-        for start in range(0, len(examples), 8):
-            indices = list(range(start, min(start + 8, len(examples))))
-            ids, mask, labels = _collate(examples, indices, pad_id)
-            logits = scored(model(input_ids=ids, attention_mask=mask).logits[:, :-1])
-            targets = labels[:, 1:]
-            chosen = targets != -100
-            picked, wanted = logits[chosen], targets[chosen]
-            losses = torch.nn.functional.cross_entropy(picked, wanted, reduction="none")
-            loss = losses[torch.isfinite(losses)].sum()  # a token outside `allowed` counts as missed, not inf
-            total_loss += float(loss)
-            total_tokens += int(chosen.sum())
-            correct += int((picked.argmax(-1) == wanted).sum())
-        for tokens, _, spans in stepped:
-            ids = torch.tensor([tokens])
-            logits = scored(model(input_ids=ids).logits[0, :-1])  # logits[i] predicts token i + 1
-            right = logits.argmax(-1) == ids[0, 1:]
-            for begin, end in spans:
-                steps += 1
-                matched += int(bool(right[begin - 1 : end - 1].all()))
-                copied += int(
-                    all(
-                        int(restrict_to_copies(logits[i - 1], tokens[:i], copy).argmax()) == tokens[i]
-                        for i in range(begin, end)
-                    )
-                )
+        loss, accuracy = _token_metrics(model, examples, pad_id, scored)
+        step_match, copy_match = _step_metrics(model, stepped, scored)
     model.train()
-    step_match = matched / steps if steps else float("nan")
-    copy_match = copied / steps if steps else float("nan")
-    return total_loss / max(total_tokens, 1), correct / max(total_tokens, 1), step_match, copy_match
+    return loss, accuracy, step_match, copy_match
 
 
 def output_vocab_ids(tokenizer: Any, completions: Iterable[str], texts: Iterable[str] = ()) -> list[int]:
@@ -596,32 +633,24 @@ def output_vocab_ids(tokenizer: Any, completions: Iterable[str], texts: Iterable
     return sorted(ids)
 
 
-def train_draft(
-    config: LookaheadConfig,
-    solutions: list[Solution],
-    out_dir: Path,
-    shape: DraftShape = DraftShape(),
-    settings: TrainSettings = TrainSettings(),
-    progress: Callable[[int, int, float], None] | None = None,
-    vocab_texts: Sequence[str] = (),
-) -> tuple[Any, Any, TrainReport]:
-    """Train a draft on ``solutions``; resumes from ``out_dir/checkpoint.pt`` if present.
+@dataclass
+class _TrainingData:
+    """The solutions tokenized as the loop feeds them (`_encode`), split into training and held-out."""
 
-    Returns (model, tokenizer, report); ``report.vocab_ids`` is the draft's output vocabulary (the
-    training completions' tokens, the prompts' and ``vocab_texts``', see `output_vocab_ids`).
-    ``progress(step, total_steps, loss)`` is called per step.
-    """
+    train: list[tuple[list[int], int]]  # (token ids, prompt tokens) per training solution
+    valid: list[tuple[list[int], int]]  # ... per held-out solution
+    valid_solutions: list[Solution]  # the held-out solutions (for the step-level measure)
+    keep: _Keep  # vocabulary ids every softmax scores (+ fresh negatives per step)
+    vocab_ids: list[int]  # the draft's output vocabulary (`output_vocab_ids`)
+    pad_id: int  # padding token id of the batches
+
+
+def _training_data(tokenizer: Any, solutions: list[Solution], delimiter: str, settings: TrainSettings,
+                   vocab_texts: Sequence[str]) -> _TrainingData:
+    """Hold out ``settings.valid_fraction`` of the solutions (seeded shuffle), tokenize both parts."""
     import torch
 
-    from lookahead.engines.hf import _load_pretrained, resolve_model
-
-    if not solutions:
-        raise DataError("no generated solutions to train on; run the generate phase first")
     rng = random.Random(settings.seed)
-    resolved = resolve_model(config.target)
-    target, tokenizer = _load_pretrained(resolved.source, torch.float32)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    delimiter = config.step_delimiter
     order = list(range(len(solutions)))
     rng.shuffle(order)
     n_valid = min(len(solutions) // 2, max(1, round(len(solutions) * settings.valid_fraction)))
@@ -631,16 +660,23 @@ def train_draft(
         raise DataError("too few solutions to train on (need at least 2)")
     valid = _encode(tokenizer, valid_solutions, delimiter)
     train = _encode(tokenizer, train_solutions, delimiter)
-    examples = train + valid
     keep_ids = sorted({t for tokens, p in train for t in tokens[p:]} | {t for tokens, p in valid for t in tokens[p:]})
-    keep = _Keep(ids=torch.tensor(keep_ids, dtype=torch.long), negatives=settings.negatives)
-    vocab_ids = output_vocab_ids(
-        tokenizer, [s.completion for s in train_solutions], [s.prompt for s in solutions] + list(vocab_texts)
+    return _TrainingData(
+        train=train,
+        valid=valid,
+        valid_solutions=valid_solutions,
+        keep=_Keep(ids=torch.tensor(keep_ids, dtype=torch.long), negatives=settings.negatives),
+        vocab_ids=output_vocab_ids(
+            tokenizer, [s.completion for s in train_solutions], [s.prompt for s in solutions] + list(vocab_texts)
+        ),
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
 
-    model, shape = build_draft(target, shape, settings.seed)
-    del target
-    model.train()
+
+def _optimizer(model: Any, settings: TrainSettings) -> tuple[Any, int]:
+    """AdamW over the trainable parameters (no weight decay on norms and biases); and how many there are."""
+    import torch
+
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in trained if p.dim() >= 2]
     no_decay = [p for n, p in trained if p.dim() < 2]
@@ -649,88 +685,167 @@ def train_draft(
         lr=settings.lr,
         betas=(0.9, 0.95),
     )
-    steps_per_epoch = len(_batches(train, settings.batch_tokens, random.Random(0)))
-    total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
-    report = TrainReport(
-        examples=len(train),
-        valid_examples=len(valid),
-        train_tokens=sum(len(t) - p for t, p in train),
-        parameters=sum(p.numel() for p in model.parameters()),
-        trained_parameters=sum(p.numel() for _, p in trained),
-        shape=asdict(shape),
-    )
-    step, elapsed = 0, 0.0
-    checkpoint = out_dir / CHECKPOINT_FILE
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
-        if state.get("shape") != asdict(shape) or state.get("examples") != len(examples):
+    return optimizer, sum(p.numel() for _, p in trained)
+
+
+@dataclass
+class _Trainer:
+    """The training phase: its state, the checkpoint it resumes from and writes, the step loop."""
+
+    model: Any  # the draft being trained
+    optimizer: Any  # its AdamW
+    data: _TrainingData  # what it learns
+    settings: TrainSettings
+    shape: DraftShape  # the draft's actual shape (a checkpoint of another shape is refused)
+    checkpoint: Path  # <out>/checkpoint.pt
+    report: TrainReport  # filled in as it goes (history, steps, seconds, train_loss)
+    step: int = 0  # optimizer steps done
+    elapsed: float = 0.0  # seconds spent in training steps (s)
+    recent: list[float] = field(default_factory=list)  # losses of the last 20 steps
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(_batches(self.data.train, self.settings.batch_tokens, random.Random(0)))
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, math.ceil(self.steps_per_epoch * self.settings.epochs))
+
+    def _identity(self) -> dict[str, Any]:
+        return {"shape": asdict(self.shape), "examples": len(self.data.train) + len(self.data.valid)}
+
+    def resume(self) -> None:
+        """Continue from the checkpoint if there is one (refused when made with other settings or data)."""
+        import torch
+
+        if not self.checkpoint.is_file():
+            return
+        state = torch.load(self.checkpoint, weights_only=False)
+        if {k: state.get(k) for k in ("shape", "examples")} != self._identity():
             raise ConfigError(
-                f"{checkpoint} was made with other settings or data; delete it (or use another --out) to start over"
+                f"{self.checkpoint} was made with other settings or data; delete it (or use another --out) to start over"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed = state["step"], state["seconds"]
-        report.history = state["history"]
-        logger.info("resuming training at step %d of %d", step, total_steps)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed = state["step"], state["seconds"]
+        self.report.history = state["history"]
+        logger.info("resuming training at step %d of %d", self.step, self.total_steps)
 
-    def save_checkpoint() -> None:
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "seconds": elapsed,
-                "history": report.history,
-                "shape": asdict(shape),
-                "examples": len(examples),
-            },
-            tmp,
-        )
-        os.replace(tmp, checkpoint)
+    def save(self) -> None:
+        """Write the checkpoint (a temporary file renamed over it)."""
+        import torch
 
-    generator = torch.Generator().manual_seed(settings.seed + step)
-    recent: list[float] = []
-    epoch = step // max(steps_per_epoch, 1)
-    while step < total_steps:
-        batches = _batches(train, settings.batch_tokens, random.Random(settings.seed * 1000 + epoch))
-        skip = step - epoch * steps_per_epoch
-        for indices in batches[skip:]:
-            if step >= total_steps:
-                break
-            started = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total_steps, settings)
-            ids, mask, labels = _collate(train, indices, pad_id)
-            loss, _, _ = _sampled_loss(model, ids, mask, labels, keep, generator)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            elapsed += time.perf_counter() - started
-            recent = (recent + [loss.item()])[-20:]
-            if step % 10 == 0 or step == total_steps:
-                report.history.append({"step": step, "loss": round(sum(recent) / len(recent), 4)})
-            if progress is not None:
-                progress(step, total_steps, recent[-1])
-            if step % settings.checkpoint_every == 0:
-                save_checkpoint()
-        epoch += 1
-    save_checkpoint()
-    report.steps = step
-    report.seconds = round(elapsed, 1)
-    report.train_loss = round(sum(recent) / len(recent), 4) if recent else float("nan")
-    stepped = _step_spans(tokenizer, valid_solutions, delimiter)
-    allowed = torch.tensor(vocab_ids, dtype=torch.long)
-    valid_loss, valid_accuracy, step_match, copy_match = _evaluate(model, valid, pad_id, stepped, allowed)
+        tmp = self.checkpoint.with_suffix(".tmp")
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                 "seconds": self.elapsed, "history": self.report.history, **self._identity()}  # fmt: skip
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint)
+
+    def _step(self, indices: list[int], total: int, generator: Any) -> float:
+        """One optimizer step on the batch ``indices``; returns its loss."""
+        import torch
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = _lr_at(self.step, total, self.settings)
+        ids, mask, labels = _collate(self.data.train, indices, self.data.pad_id)
+        loss, _, _ = _sampled_loss(self.model, ids, mask, labels, self.data.keep, generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def run(self, progress: Callable[[int, int, float], None] | None = None) -> None:
+        """Train up to `total_steps` (epochs of length-bucketed batches, seeded per epoch), a
+        checkpoint every ``settings.checkpoint_every`` steps and at the end."""
+        import torch
+
+        total, per_epoch = self.total_steps, self.steps_per_epoch
+        generator = torch.Generator().manual_seed(self.settings.seed + self.step)
+        epoch = self.step // max(per_epoch, 1)
+        while self.step < total:
+            batches = _batches(self.data.train, self.settings.batch_tokens, random.Random(self.settings.seed * 1000 + epoch))
+            for indices in batches[self.step - epoch * per_epoch :]:
+                if self.step >= total:
+                    break
+                started = time.perf_counter()
+                loss = self._step(indices, total, generator)
+                self.step += 1
+                self.elapsed += time.perf_counter() - started
+                self.recent = (self.recent + [loss])[-20:]
+                if self.step % 10 == 0 or self.step == total:
+                    self.report.history.append({"step": self.step, "loss": round(sum(self.recent) / len(self.recent), 4)})
+                if progress is not None:
+                    progress(self.step, total, self.recent[-1])
+                if self.step % self.settings.checkpoint_every == 0:
+                    self.save()
+            epoch += 1
+        self.save()
+        self.report.steps = self.step
+        self.report.seconds = round(self.elapsed, 1)
+        self.report.train_loss = round(sum(self.recent) / len(self.recent), 4) if self.recent else float("nan")
+
+
+def _measure_held_out(model: Any, tokenizer: Any, data: _TrainingData, delimiter: str, report: TrainReport) -> None:
+    """Fill in the held-out figures of ``report``: loss, agreement, step match, output-vocabulary coverage."""
+    import torch
+
+    stepped = _step_spans(tokenizer, data.valid_solutions, delimiter)
+    allowed = torch.tensor(data.vocab_ids, dtype=torch.long)
+    valid_loss, valid_accuracy, step_match, copy_match = _evaluate(model, data.valid, data.pad_id, stepped, allowed)
     report.valid_loss, report.valid_accuracy = round(valid_loss, 4), round(valid_accuracy, 4)
     report.valid_step_match, report.valid_step_match_copy = round(step_match, 4), round(copy_match, 4)
-    report.output_vocab = len(vocab_ids)
-    inside = set(vocab_ids)
-    held_out = [t for tokens, p in valid for t in tokens[p:]]
+    report.output_vocab = len(data.vocab_ids)
+    inside = set(data.vocab_ids)
+    held_out = [t for tokens, p in data.valid for t in tokens[p:]]
     report.output_vocab_coverage = round(sum(t in inside for t in held_out) / max(len(held_out), 1), 4)
-    report.vocab_ids = vocab_ids
+    report.vocab_ids = data.vocab_ids
+
+
+def train_draft(
+    config: LookaheadConfig,
+    solutions: list[Solution],
+    out_dir: Path,
+    shape: DraftShape | None = None,
+    settings: TrainSettings | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    vocab_texts: Sequence[str] = (),
+) -> tuple[Any, Any, TrainReport]:
+    """Train a draft on ``solutions``; resumes from ``out_dir/checkpoint.pt`` if present.
+
+    The phases: tokenize and hold out (`_training_data`), build the network (`build_draft`),
+    train with checkpoints (`_Trainer`), measure on the held-out solutions (`_measure_held_out`).
+    Returns (model, tokenizer, report); ``report.vocab_ids`` is the draft's output vocabulary (the
+    training completions' tokens, the prompts' and ``vocab_texts``', see `output_vocab_ids`).
+    ``progress(step, total_steps, loss)`` is called per step. ``shape`` and ``settings`` default
+    to `DraftShape()` and `TrainSettings()`.
+    """
+    import torch
+
+    from lookahead.engines.hf import load_pretrained, resolve_model
+
+    shape = shape or DraftShape()
+    settings = settings or TrainSettings()
+    if not solutions:
+        raise DataError("no generated solutions to train on; run the generate phase first")
+    target, tokenizer = load_pretrained(resolve_model(config.target).source, torch.float32)
+    data = _training_data(tokenizer, solutions, config.step_delimiter, settings, vocab_texts)
+    model, shape = build_draft(target, shape, settings.seed)
+    del target
+    model.train()
+    optimizer, trained_parameters = _optimizer(model, settings)
+    report = TrainReport(
+        examples=len(data.train),
+        valid_examples=len(data.valid),
+        train_tokens=sum(len(t) - p for t, p in data.train),
+        parameters=sum(p.numel() for p in model.parameters()),
+        trained_parameters=trained_parameters,
+        shape=asdict(shape),
+    )
+    trainer = _Trainer(model, optimizer, data, settings, shape, out_dir / CHECKPOINT_FILE, report)
+    trainer.resume()
+    trainer.run(progress)
+    _measure_held_out(model, tokenizer, data, config.step_delimiter, report)
     return model, tokenizer, report
 
 
@@ -772,6 +887,13 @@ def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any], voc
     tokenizer.save_pretrained(str(dest))
     (dest / "distill.json").write_text(json.dumps(card, indent=2) + "\n")
     size_mb = sum(p.stat().st_size for p in dest.glob("*.safetensors")) / 1e6
+    (dest / "README.md").write_text(card_markdown(card, size_mb, embeddings_from))
+    return dest
+
+
+def card_markdown(card: dict[str, Any], size_mb: float, embeddings_from: str | None = None) -> str:
+    """The draft's ``README.md`` model card from its ``distill.json`` ``card`` (`model_card`) and
+    the size of its weights (MB)."""
     report = card["train"]
     lines = [
         f"# {card['name']}",
@@ -787,18 +909,19 @@ def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any], voc
         f"of them trained ({size_mb:.1f} MB fp16 safetensors"
         + (f"; the token embeddings are read from `{embeddings_from}` at load time, `shared_weights.json`" if embeddings_from else "")
         + ") |",
-        f"| data | {card['data']['solutions']} target solutions of `{card['data']['source']}` "
-        f"(lines {card['data']['first_line']}..{card['data']['last_line']}), {report['train_tokens']} completion tokens for training, "
-        f"{report['valid_examples']} solutions held out |",
-        f"| training | {report['steps']} AdamW steps, {card['settings']['epochs']} epochs, peak lr {card['settings']['lr']}, "
-        f"{card['settings']['batch_tokens']} tokens/step, {report['seconds']:.0f} s on {card['device']} |",
+        (f"| data | {card['data']['solutions']} target solutions of `{card['data']['source']}` "
+         f"(lines {card['data']['first_line']}..{card['data']['last_line']}), {report['train_tokens']} completion tokens "
+         f"for training, {report['valid_examples']} solutions held out |"),
+        (f"| training | {report['steps']} AdamW steps, {card['settings']['epochs']} epochs, peak lr {card['settings']['lr']}, "
+         f"{card['settings']['batch_tokens']} tokens/step, {report['seconds']:.0f} s on {card['device']} |"),
         f"| final train loss | {report['train_loss']} (softmax over the solutions' tokens + {card['settings']['negatives']} random negatives) |",
         f"| held-out loss / top-1 agreement | {report['valid_loss']} / {report['valid_accuracy']:.3f} (full vocabulary, teacher forced) |",
         f"| held-out steps written token for token | {report.get('valid_step_match', float('nan')):.3f} (greedy, from the target's prefix)"
         + (f"; {report['valid_step_match_copy']:.3f} copying from the context (`draft.copy=true`)" if "valid_step_match_copy" in report else "")
         + " |",
-        *([f"| output vocabulary | {report['output_vocab']} token ids (`output_vocab.json`), "
-           f"{report.get('output_vocab_coverage', float('nan')):.1%} of held-out target tokens |"] if report.get("output_vocab") else []),
+        *([(f"| output vocabulary | {report['output_vocab']} token ids (`output_vocab.json`), "
+            f"{report.get('output_vocab_coverage', float('nan')):.1%} of held-out target tokens |")]
+          if report.get("output_vocab") else []),
         "",
         "Made with:",
         "",
@@ -811,8 +934,7 @@ def save_draft(model: Any, tokenizer: Any, dest: Path, card: dict[str, Any], voc
         "The training questions come from GSM8K train (MIT licence); never from a test split.",
         "",
     ]
-    (dest / "README.md").write_text("\n".join(lines))
-    return dest
+    return "\n".join(lines)
 
 
 def _shape_from(values: dict[str, Any]) -> DraftShape:
@@ -828,3 +950,127 @@ def command_line() -> str:
     if argv and argv[0].endswith(("lookahead", "__main__.py")):
         argv[0] = "lookahead"
     return " ".join(shlex.quote(a) for a in argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# One `lookahead distill`: its questions, its phases, its model card
+
+
+def model_reference(model: str) -> str:
+    """``model`` as a draft's shared_weights.json names it: an alias or hub id as given, a path made absolute."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def training_questions(data: Path | None, allow_test_split: bool, purpose: str) -> Path:
+    """The questions file of a command that trains or calibrates (``data``, else GSM8K train,
+    `default_questions_file`): a file whose name says ``test`` is refused unless allowed, since
+    nothing could be evaluated on it afterwards. ``purpose`` names the work in the message."""
+    path = data or default_questions_file()
+    if "test" in path.name.lower() and not allow_test_split:
+        raise ConfigError(f"{path} looks like a test split; {purpose} on training data (or pass --allow-test-split)")
+    return path
+
+
+def select_questions(path: Path, question_field: str | None, offset: int, limit: int | None) -> list[tuple[int, str]]:
+    """Rows ``offset .. offset + limit`` of ``path`` (``limit`` None: to the end; ``question_field``
+    None: ``question``); none left is a `ConfigError`."""
+    field_name = "question" if question_field is None else question_field
+    questions = read_questions(path, field_name)[offset : None if limit is None else offset + limit]
+    if not questions:
+        raise ConfigError(f"{path} has no rows after --offset {offset}")
+    return questions
+
+
+def draft_shape(hidden_size: int, layers: int, target_layers: tuple[int, ...] = ()) -> DraftShape:
+    """The draft's shape from its width and depth: MLP 4x the width, a head per 64 dimensions, a
+    key/value head per 128 (at least one each). ``target_layers``: cut from the target instead
+    (its own sizes then apply, `build_draft`)."""
+    return DraftShape(
+        hidden_size=hidden_size,
+        num_layers=layers,
+        intermediate_size=4 * hidden_size,
+        num_heads=max(1, hidden_size // 64),
+        num_kv_heads=max(1, hidden_size // 128),
+        target_layers=target_layers,
+    )
+
+
+@dataclass
+class DistillRun:
+    """One ``lookahead distill``: whose target is distilled, from which questions, into which folder."""
+
+    config: LookaheadConfig  # the config whose target (and prompt) the draft learns
+    out: Path  # the run folder: data.jsonl, checkpoint.pt, model/
+    source: Path  # the questions file
+    source_given: bool  # the file was named by the user (the card names its path, else its name)
+    every_question: list[tuple[int, str]]  # all its rows (their tokens join the draft's output vocabulary)
+    questions: list[tuple[int, str]]  # the rows to solve and learn (from --offset, at most --limit)
+
+    @property
+    def data_file(self) -> Path:
+        return self.out / DATA_FILE
+
+    def solved(self) -> int:
+        """Questions of this run that already have a solution in `data_file` (count)."""
+        done = {s.line for s in read_solutions(self.data_file)}
+        return sum(1 for line, _ in self.questions if line in done)
+
+    def generate(self, batch_size: int, progress: Callable[[int], None] | None = None) -> int:
+        """Phase 1: the target solves the questions not solved yet (`generate_solutions`)."""
+        return generate_solutions(self.config, self.questions, self.data_file, batch_size, progress=progress)
+
+    def solutions(self) -> list[Solution]:
+        """The generated solutions of this run's questions."""
+        wanted = {line for line, _ in self.questions}
+        return [s for s in read_solutions(self.data_file) if s.line in wanted]
+
+    def train(self, shape: DraftShape, settings: TrainSettings,
+              progress: Callable[[int, int, float], None] | None = None) -> tuple[Path, TrainReport]:
+        """Phase 2 and 3: train the draft on the solutions (`train_draft`), save it with its model
+        card into ``out/model`` (`save_draft`); returns where and the training report."""
+        import torch
+
+        solutions = self.solutions()
+        torch.manual_seed(settings.seed)
+        model, tokenizer, report = train_draft(self.config, solutions, self.out, shape, settings, progress=progress,
+                                               vocab_texts=[q for _, q in self.every_question])  # tokens it may copy
+        card = self.model_card(solutions, settings, report)
+        dest = save_draft(model, tokenizer, self.out / MODEL_DIR, card, report.vocab_ids,
+                          embeddings_from=model_reference(self.config.target.model) if shape.target_layers else None)
+        return dest, report
+
+    def model_card(self, solutions: Sequence[Solution], settings: TrainSettings, report: TrainReport) -> dict[str, Any]:
+        """``distill.json``: the command, target, shape, settings, data and training figures."""
+        from lookahead.config import redact_text
+
+        lines = [s.line for s in solutions]
+        return {
+            "name": f"{self.out.name} draft",
+            "target": self.config.target.model,
+            "command": redact_text(command_line()),
+            "device": "cpu",
+            "shape": report.shape,
+            "settings": asdict(settings),
+            "data": {"source": str(self.source if self.source_given else self.source.name), "solutions": len(solutions),
+                     "first_line": min(lines), "last_line": max(lines)},
+            "train": {k: v for k, v in asdict(report).items() if k != "vocab_ids"},
+        }
+
+
+def prepare_run(config: LookaheadConfig, out: Path, data: Path | None, question_field: str | None, offset: int,
+                limit: int | None, allow_test_split: bool = False) -> DistillRun:
+    """Check everything a ``lookahead distill`` needs before any model loads: an in-process
+    target, training data (not a test split), a writable ``out``, rows after ``offset``
+    (``question_field`` None: ``question``; ``limit`` None: to the end)."""
+    from lookahead.eval.harness import output_folder
+
+    if config.target.backend != "hf":
+        raise ConfigError("distill runs the target in process: target.backend must be hf")
+    path = training_questions(data, allow_test_split, "distil")
+    output_folder(out, "data.jsonl, checkpoint.pt and model/")
+    every_question = read_questions(path, "question" if question_field is None else question_field)
+    questions = every_question[offset : None if limit is None else offset + limit]
+    if not questions:
+        raise ConfigError(f"{path} has no rows after --offset {offset}")
+    return DistillRun(config, out, path, data is not None, every_question, questions)

@@ -12,45 +12,12 @@ so every round commits at least one target-quality step. ``ar`` mode is the base
 alone, one step per round, through the same engine calls and stop rules -- with greedy decoding
 and the exact verifier ``lr`` therefore commits exactly the text ``ar`` commits.
 
-With ``pipeline`` (``lr`` / ``lr+sd``) the parts of a round overlap instead of running one after
-another (`LookaheadReasoner.pipelined_round`)::
-
-    expand  : t_1 = target(P) starts at once; as soon as d_i exists, t_{i+1} = target(P + d_1 .. d_i)
-              starts (one-row calls on a target worker thread; the bonus row by expand's rules)
-    propose : d_1, d_2, ..., d_γ in the calling thread while the target rows run (the steps carried
-              from the previous round first: no draft call for them)
-    judge   : verdict_i = verifier(P + d_1 .. d_{i-1}, d_i, t_i) as soon as d_i and t_i exist; at the
-              first rejection (or a t_i not ending on the delimiter) drafting stops, target rows
-              not started yet are cancelled, running ones are waited for and discarded
-    ahead   : after d_γ, while rows still run and no rejection is known: e_1 = draft(P + d_1 .. d_γ),
-              e_2 = draft(P + d_1 .. d_γ + e_1), ... (at most γ steps; none when γ = 1: only e_2.. carry)
-    commit  : as above; when P + d_1 .. d_γ + t_{γ+1} was committed and t_{γ+1} == e_1, the next
-              round's prefix is the one e_2, e_3, ... were drafted from: they are carried over
-
-Draft and target calls use the same prompts, caps and stop rules as in a sequential round, and a
-round still commits d_1 .. d_j plus t_{j+1}, so greedy decoding with the exact verifier commits
-the same text as sequential ``lr`` and ``ar``. In-process engines are not thread-safe: the target's
-rows run on ONE worker thread per reasoner, the draft in the calling thread (a round runs
-sequentially when draft and target are the same engine object, or when the verifier borrows an
-in-process engine); a thread-safe target (``thread_safe = True``: `PoolEngine`) gets several
-workers, so the rows of a round, and of concurrent problems, run at once. Stats: ``overlap_s``
-(`lookahead.stats`) is the time the parts ran at once; ``carried_drafts`` the steps carried over.
-
-With ``width`` w > 1 (sequential rounds, sampled drafts) a round drafts a tree instead of a chain,
-as the reference's tree does: every node (the committed text P, then P + a drafted path) gets w
-draft steps sampled from it (repeats dropped), down to depth γ (`LookaheadReasoner.tree_round`)::
-
-    propose : w steps from P; w steps from each P + d^(j); ... (w + w^2 + ... + w^γ at most)
-    expand  : t(node) = target(node) for the root and every node, ONE batched call
-    judge   : every child step against its parent's target step, one verifier call
-    commit  : from P, follow the first accepted child while there is one; then its target step
-
-Any accepted step equals (exact verifier) the target's own step from the same prefix, so greedy
-targets still commit ``ar``'s text; a round accepts a depth when ANY of its w samples matches.
-
-With ``adaptive_gamma`` the depth of each round is chosen by the reasoner's `AdaptiveGamma`
-policy in 0..gamma (0 = an ``ar`` round: no draft call, one target row), which then learns from
-the round's acceptance and costs (`lookahead.speedup` is the model it maximises).
+How a round proposes is a strategy picked per problem from `lookahead.rounds.ROUNDS`: ``ar``
+(γ = 0), ``chain`` (the round above; with ``adaptive_gamma`` the reasoner's `AdaptiveGamma`
+policy picks γ in 0..gamma each round), ``tree`` (``width`` > 1: several sampled draft steps per
+depth) and ``pipelined`` (``pipeline``: draft, target and verifier overlapped, steps drafted
+ahead carried into the next round). Each proposes d_1..d_k, t_1..t_{k+1} and the verdicts as a
+`Proposal`; `LookaheadReasoner.commit` is the same for all.
 
 Token-level speculation is a second, independent layer (`uses_token_speculation`): ``sd`` runs
 ``ar`` rounds with ``speculate=True`` on every target call, ``lr+sd`` runs ``lr`` rounds with
@@ -71,16 +38,16 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
+from lookahead.adaptive import AdaptiveGamma
+from lookahead.answers import extract_answer
 from lookahead.config import (
     MODES,
     EngineConfig,
@@ -89,72 +56,34 @@ from lookahead.config import (
     uses_token_speculation,
     with_overrides,
 )
-from lookahead.adaptive import AdaptiveGamma
 from lookahead.engines import create_engine
 from lookahead.engines.base import Engine
 from lookahead.errors import ConfigError, PromptError
-from lookahead.eval.answers import extract_answer
-from lookahead.prompts import Messages, build_messages, normalize_messages
-from lookahead.stats import RoundStats
-from lookahead.steps import is_complete_step
+from lookahead.prompts import Messages, Prompt, build_messages, normalize_messages
+from lookahead.rounds import ROUNDS, chain
+from lookahead.rounds.pipelined import RoundInFlight
+from lookahead.rounds.state import (
+    ProblemState,
+    Proposal,
+    RoundContext,
+    accepted_run,
+    carry_ahead,
+)
 from lookahead.types import Completion, Result, StepRecord, Verdict
 from lookahead.verifiers import create_verifier
-from lookahead.verifiers.base import Verifier, is_failure
+from lookahead.verifiers.base import Verifier
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
+
+__all__ = ["LookaheadReasoner", "ProblemState", "Proposal", "ResultStream", "RoundInFlight", "accepted_run"]
+
+MAX_TARGET_WORKERS = 64  # most threads running target rows of pipelined rounds at once (threads)
 
 
-@dataclass
-class ProblemState:
-    """One problem's state, advanced round by round."""
-
-    config: LookaheadConfig  # the effective config of this request (defaults + its overrides)
-    mode: str  # "ar", "lr", "sd" or "lr+sd" (see lookahead.config.MODES)
-    final_answer: re.Pattern[str]  # compiled config.final_answer_pattern
-    messages: Messages  # the chat messages of the question
-    target_prompt: str  # messages rendered with the target's chat template
-    draft_prompt: str  # messages rendered with the draft's chat template ("" in ar / sd mode)
-    token_limit: int  # budget for the completion (tokens): min(max_total_tokens, context left)
-    prompt_tokens: int  # tokens of target_prompt
-    completion: str = ""  # the committed steps, joined
-    tokens: int = 0  # target tokens of `completion`
-    steps: list[StepRecord] = field(default_factory=list)  # the trace
-    rounds: int = 0  # rounds run so far
-    finish_reason: str | None = None  # set once a stop rule fires
-    stats: RoundStats = field(default_factory=RoundStats)
-    draft_tokens: int = 0  # tokens the draft generated so far, all its calls (tokens)
-    # pipeline: draft steps e_2, e_3, ... the previous round drafted ahead from exactly the text
-    # committed now; this round takes them as its first draft steps without drafting them again
-    carried_steps: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Proposal:
-    """What one round produced before committing."""
-
-    drafts: list[str]  # d_1..d_k (k <= γ), each a complete step
-    targets: list[Completion]  # t_1..t_{k+1}; the bonus row is missing when no budget is left
-    verdicts: list[Verdict]  # verdict_i for (d_i, t_i), i = 1..k
-
-
-@dataclass
-class RoundInFlight:
-    """The bookkeeping of one pipelined round (`LookaheadReasoner.pipelined_round`)."""
-
-    prefix: str  # P: the committed text the round starts from
-    carried: list[str]  # draft steps carried from the previous round, used before drafting (steps)
-    drafts: list[str] = field(default_factory=list)  # d_1..d_k drafted so far, each a complete step
-    rows: list[Future] = field(default_factory=list)  # rows[i]: (t_{i+1}, seconds) from P + d_1..d_i
-    verdicts: list[Verdict] = field(default_factory=list)  # verdict_i of the pairs judged so far
-    ahead: list[str] = field(default_factory=list)  # e_1, e_2, ...: drafted after d_γ (steps)
-    left: int = 0  # token budget left after P + d_1..d_k (tokens)
-    drafting: bool = True  # may d_{k+1} still be drafted?
-    ahead_open: bool = True  # may another step be drafted ahead?
-    fallback_at: int | None = None  # depth of the fallback step, once known (first rejection)
-
-    def proposal(self) -> Proposal:
-        """The judged draft steps and the target steps up to the one committed after them."""
-        end = len(self.rows) if self.fallback_at is None else self.fallback_at
-        targets = [row.result()[0] for row in self.rows[:end]]  # a failed row raises here
-        return Proposal(self.drafts[: len(self.verdicts)], targets, list(self.verdicts))
+def verifier_key(config: LookaheadConfig) -> tuple[str, str]:
+    """What makes two verifiers differ: their config and the step delimiter they strip and compare on."""
+    return repr(config.verifier), config.step_delimiter
 
 
 class LookaheadReasoner:
@@ -175,9 +104,9 @@ class LookaheadReasoner:
         self.config = config.validate()
         self._target = target
         self._draft = draft
-        self._verifiers: dict[str, Verifier] = {}  # by repr(VerifierConfig), created on first use
+        self._verifiers: dict[tuple[str, str], Verifier] = {}  # by `verifier_key`, created on first use
         if verifier is not None:
-            self._verifiers[repr(config.verifier)] = verifier
+            self._verifiers[verifier_key(config)] = verifier
         self._lock = threading.RLock()  # engines keep caches: one generation at a time
         self._policies: dict[tuple[int, str, bool], AdaptiveGamma] = {}  # adaptive γ, by `policy_for` key
         self._policy_lock = threading.Lock()  # scheduler threads may create policies at once
@@ -187,15 +116,12 @@ class LookaheadReasoner:
     @classmethod
     def from_config(cls, config: LookaheadConfig) -> LookaheadReasoner:
         reasoner = cls(config)
-        reasoner.target  # load the target now: errors surface before the first question
-        engines = [reasoner.target]
+        engines = [reasoner.target]  # load the target now: errors surface before the first question
         if uses_step_speculation(config.mode):
             engines.append(reasoner.draft)
         if uses_token_speculation(config.mode):
             for engine in engines:  # load the speculation draft model and check its tokenizer now
-                prepare = getattr(engine, "prepare_speculation", None)
-                if callable(prepare):
-                    prepare()
+                engine.prepare_speculation()
         return reasoner
 
     # -- components, created on first use ----------------------------------------------------
@@ -237,10 +163,11 @@ class LookaheadReasoner:
         return self.verifier_for(self.config)
 
     def verifier_for(self, config: LookaheadConfig) -> Verifier:
-        key = repr(config.verifier)
+        """The verifier of ``config`` (one per verifier config and step delimiter, created on first use)."""
+        key = verifier_key(config)
         if key not in self._verifiers:
             engines = {"target": lambda: self.target, "draft": lambda: self.draft}
-            self._verifiers[key] = create_verifier(config.verifier, engines)
+            self._verifiers[key] = create_verifier(config.verifier, engines, step_delimiter=config.step_delimiter)
         return self._verifiers[key]
 
     def policy_for(self, config: LookaheadConfig, mode: str) -> AdaptiveGamma:
@@ -253,7 +180,7 @@ class LookaheadReasoner:
         with self._policy_lock:
             policy = self._policies.get(key)
             if policy is None:
-                costs = getattr(self.target, "batch_costs", None)  # HFEngine: seconds by batch size
+                costs = self.target.batch_costs  # seconds by batch size, where the engine measured them
                 prior = None
                 if isinstance(costs, (list, tuple)) and len(costs) > 2 and 0 < costs[1] < float("inf"):
                     prior = [float(c) / float(costs[1]) for c in costs[1:]]
@@ -273,10 +200,15 @@ class LookaheadReasoner:
         with self._workers_lock:
             if self._workers is None:
                 workers = 1
-                if getattr(self.target, "thread_safe", False):
-                    workers = min((self.config.gamma + 1) * self.config.concurrency, 64)
+                if self.target.thread_safe:
+                    workers = min((self.config.gamma + 1) * self.config.concurrency, MAX_TARGET_WORKERS)
                 self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookahead-target")
             return self._workers
+
+    @property
+    def generation_lock(self) -> threading.RLock:
+        """Held while a generation runs with in-process engines (their caches allow one at a time)."""
+        return self._lock
 
     def close(self) -> None:
         with self._workers_lock:
@@ -287,16 +219,14 @@ class LookaheadReasoner:
             engine.shutdown()
         self._target = self._draft = None
 
-    def __enter__(self) -> LookaheadReasoner:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- public API ----------------------------------------------------------------------------
-    def generate(
-        self, prompt: str | Sequence[dict[str, str]], *, mode: str | None = None, speculation: bool = True, **overrides: Any
-    ) -> Result:
+    def generate(self, prompt: Prompt, *, mode: str | None = None, speculation: bool = True, **overrides: Any) -> Result:
         """Solve one question (plain text or chat messages) and return the result with its trace.
 
         ``mode`` picks ``ar``, ``lr``, ``sd`` or ``lr+sd`` for this call; ``speculation=False`` is
@@ -311,7 +241,7 @@ class LookaheadReasoner:
         return stream.result
 
     def stream(
-        self, prompt: str | Sequence[dict[str, str]], *, mode: str | None = None, speculation: bool = True, **overrides: Any
+        self, prompt: Prompt, *, mode: str | None = None, speculation: bool = True, **overrides: Any
     ) -> ResultStream:
         """Iterate over the steps as they are committed; ``.result`` holds the `Result` afterwards.
 
@@ -326,21 +256,19 @@ class LookaheadReasoner:
         return ResultStream(self, state)
 
     async def agenerate(
-        self, prompt: str | Sequence[dict[str, str]], *, mode: str | None = None, speculation: bool = True, **overrides: Any
+        self, prompt: Prompt, *, mode: str | None = None, speculation: bool = True, **overrides: Any
     ) -> Result:
         """`generate` in a worker thread, for asyncio code (generations still run one at a time)."""
+        import asyncio  # lazily: only asyncio callers pay for importing it (and its socket/ssl)
+
         return await asyncio.to_thread(self.generate, prompt, mode=mode, speculation=speculation, **overrides)
 
-    def generate_batch(
-        self, prompts: Sequence[str | Sequence[dict[str, str]]], *, mode: str | None = None, **overrides: Any
-    ) -> list[Result]:
+    def generate_batch(self, prompts: Sequence[Prompt], *, mode: str | None = None, **overrides: Any) -> list[Result]:
         """Solve several questions, in order (one after another in this process)."""
         return [self.generate(p, mode=mode, **overrides) for p in prompts]
 
     # -- the loop ------------------------------------------------------------------------------
-    def start(
-        self, prompt: str | Sequence[dict[str, str]], mode: str | None = None, config: LookaheadConfig | None = None
-    ) -> ProblemState:
+    def start(self, prompt: Prompt, mode: str | None = None, config: LookaheadConfig | None = None) -> ProblemState:
         """Render the prompt for each engine and check it fits the context."""
         cfg = config or self.config
         mode = self._check_mode(mode or cfg.mode)
@@ -359,229 +287,58 @@ class LookaheadReasoner:
                     "shorten the question"
                 )
             token_limit = min(token_limit, context - prompt_tokens)
-        draft_prompt = ""
-        if uses_step_speculation(mode):
-            draft_prompt = self.draft.format_chat(messages)
-            draft_context = self.draft.context_length()
-            if draft_context is not None and self.draft.count_tokens(draft_prompt) >= draft_context:
-                raise PromptError(
-                    f"the prompt has {self.draft.count_tokens(draft_prompt)} tokens but the draft's "
-                    f"context holds {draft_context}; shorten the question"
-                )
+        draft_prompt = self._draft_prompt(messages) if uses_step_speculation(mode) else ""
         return ProblemState(
             cfg, mode, re.compile(cfg.final_answer_pattern), messages, target_prompt, draft_prompt, token_limit, prompt_tokens
         )
 
+    def _draft_prompt(self, messages: Messages) -> str:
+        """The messages rendered for the draft; a prompt beyond the draft's context is refused."""
+        draft_prompt = self.draft.format_chat(messages)
+        draft_context = self.draft.context_length()
+        if draft_context is not None and self.draft.count_tokens(draft_prompt) >= draft_context:
+            raise PromptError(
+                f"the prompt has {self.draft.count_tokens(draft_prompt)} tokens but the draft's "
+                f"context holds {draft_context}; shorten the question"
+            )
+        return draft_prompt
+
     def advance(self, state: ProblemState) -> Iterator[StepRecord]:
         """Run rounds until a stop rule fires, yielding committed steps."""
-        adaptive = state.config.adaptive_gamma and uses_step_speculation(state.mode)
-        policy = self.policy_for(state.config, state.mode) if adaptive else None
-        pipelined = policy is None and self.pipelines(state)  # validate refuses pipeline + adaptive_gamma
+        play_round = ROUNDS[self._round_kind(state)]
+        context = self._round_context(state)
         while state.finish_reason is None:
             round_start = time.perf_counter()
-            in_flight: RoundInFlight | None = None
-            if not uses_step_speculation(state.mode):
-                proposal = Proposal(drafts=[], targets=self.expand(state, []), verdicts=[])
-            elif pipelined:
-                state.stats.observe_gamma(state.config.gamma)
-                in_flight = self.pipelined_round(state, state.config.gamma)
-                proposal = in_flight.proposal()
-            elif state.config.width > 1:  # validate refuses width > 1 with pipeline or adaptive_gamma
-                state.stats.observe_gamma(state.config.gamma)
-                proposal = self.tree_round(state, state.config.gamma)
-            else:
-                gamma = policy.choose() if policy is not None else state.config.gamma
-                state.stats.observe_gamma(gamma)
-                stats = state.stats
-                before = (stats.draft_s, stats.target_s, stats.verify_s, state.draft_tokens)
-                drafts = self.propose(state, gamma)  # gamma = 0: no draft call, an ar round
-                targets = self.expand(state, drafts)
-                proposal = Proposal(drafts, targets, self.judge(state, drafts, targets))
-                if policy is not None:  # learn before committing: a stream closed mid-round still counts
-                    policy.observe(
-                        gamma,
-                        accepted_run(proposal),
-                        proposal.verdicts,
-                        draft_s=stats.draft_s - before[0],
-                        target_s=stats.target_s - before[1],
-                        target_rows=len(targets),
-                        verify_s=stats.verify_s - before[2],
-                        draft_tokens=state.draft_tokens - before[3],
-                        target_tokens=sum(t.completion_tokens for t in targets),
-                    )
+            proposal = play_round(context, state)
             yield from self.commit(state, proposal, time.perf_counter() - round_start)
-            if in_flight is not None:
-                self.carry(state, in_flight)
+            carry_ahead(state, proposal.ahead_of, proposal.ahead)  # pipelined: steps drafted beyond the round
 
-    def propose(self, state: ProblemState, gamma: int | None = None) -> list[str]:
-        """Draft up to γ complete steps, one after another (each from the previous ones).
+    def _round_kind(self, state: ProblemState) -> str:
+        """Which strategy of `ROUNDS` runs this problem's rounds.
 
-        ``gamma``: this round's depth (default ``config.gamma``; 0 drafts nothing).
+        (`LookaheadConfig.validate` refuses pipeline or width > 1 with adaptive_gamma, and width > 1
+        with pipeline.)
         """
-        cfg = state.config
-        drafts: list[str] = []
-        text = state.completion
-        start = time.perf_counter()
-        for _ in range(cfg.gamma if gamma is None else gamma):
-            left = state.token_limit - self.target.count_tokens(text)
-            if left <= 0:
-                break  # no budget left for a target step after this prefix
-            step = self._draft_step(state, text, left)
-            if step is None:
-                break  # an incomplete draft step can never be accepted: stop looking ahead
-            drafts.append(step)
-            text += step
-            if cfg.stop_at_final_answer and state.final_answer.search(step):
-                break  # the problem ends here if this step is accepted
-        state.stats.draft_s += time.perf_counter() - start
-        return drafts
+        if not uses_step_speculation(state.mode):
+            return "ar"
+        if state.config.adaptive_gamma:
+            return "chain"
+        if self.pipelines(state):
+            return "pipelined"
+        return "tree" if state.config.width > 1 else "chain"
 
-    def expand(self, state: ProblemState, drafts: list[str]) -> list[Completion]:
-        """The target's own step from P, P+d_1, ..., P+d_1..d_k: one batched call.
+    def _round_context(self, state: ProblemState) -> RoundContext:
+        """What this problem's rounds may call: the engines, its verifier, the target's workers, and
+        its adaptive-γ policy (``adaptive_gamma`` in a step-speculation mode)."""
+        adaptive = state.config.adaptive_gamma and uses_step_speculation(state.mode)
+        return RoundContext(
+            target=self.target,
+            load_draft=lambda: self.draft,
+            load_verifier=lambda: self.verifier_for(state.config),
+            load_workers=self._target_workers,
+            policy=self.policy_for(state.config, state.mode) if adaptive else None,
+        )
 
-        The bonus row (after all k drafts) is left out when no budget is left after them or the
-        last draft states the final answer.
-        """
-        cfg = state.config
-        prompts, params = [], []
-        prefix = state.completion
-        for i in range(len(drafts) + 1):
-            if i > 0:
-                prefix += drafts[i - 1]
-            left = state.token_limit - (self.target.count_tokens(prefix) if i else state.tokens)
-            is_bonus = i == len(drafts) and i > 0
-            if left <= 0 or (is_bonus and cfg.stop_at_final_answer and state.final_answer.search(drafts[-1])):
-                break
-            prompts.append(state.target_prompt + prefix)
-            params.append(dataclasses.replace(cfg.target_sampling, max_new_tokens=min(cfg.max_step_tokens, left)))
-        start = time.perf_counter()
-        targets = []
-        if prompts:
-            targets = self.target.generate(prompts, params, stop=[cfg.step_delimiter], **_speculate(state.mode))
-        state.stats.target_s += time.perf_counter() - start
-        state.stats.observe_tokens("target", targets)
-        state.stats.target_prompt_tokens += sum(t.prompt_tokens for t in targets)
-        state.stats.target_cached_tokens += sum(t.cached_tokens for t in targets)
-        return targets
-
-    def tree_round(self, state: ProblemState, gamma: int) -> Proposal:
-        """One round over a tree of draft steps (``width`` > 1; see the module docstring): the
-        accepted path's draft steps, its target steps and verdicts, as a chain round's `Proposal`.
-
-        A node is a path of draft steps from P. Its w children are draft steps sampled from it
-        (repeats and incomplete steps dropped); a node past the budget, or whose last step states
-        the final answer, gets none. The proposal ends with the first child of the last node
-        reached and that child's (rejecting) verdict, so the stats count the depth that failed.
-        """
-        cfg = state.config
-        start = time.perf_counter()
-        levels: list[list[tuple[str, ...]]] = [[()]]
-        children: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
-        for _ in range(gamma):
-            level: list[tuple[str, ...]] = []
-            for node in levels[-1]:
-                if node and cfg.stop_at_final_answer and state.final_answer.search(node[-1]):
-                    continue  # the problem ends at this node if its path is accepted
-                text = state.completion + "".join(node)
-                left = state.token_limit - self.target.count_tokens(text)
-                if left <= 0:
-                    continue
-                kids = children.setdefault(node, [])
-                for _ in range(cfg.width):
-                    step = self._draft_step(state, text, left)
-                    if step is not None and node + (step,) not in kids:
-                        kids.append(node + (step,))
-                level.extend(kids)
-            if not level:
-                break
-            levels.append(level)
-        state.stats.draft_s += time.perf_counter() - start
-
-        nodes = [node for level in levels for node in level]
-        rows = self._tree_rows(state, nodes)
-        pairs = [(parent, child) for parent in nodes for child in children.get(parent, []) if parent in rows]
-        context = _judge_context(state)
-        verdicts = self._verify(
-            state,
-            [context + "".join(parent) for parent, _ in pairs],
-            [child[-1] for _, child in pairs],
-            [rows[parent] for parent, _ in pairs],
-        ) if pairs else []
-        verdict_of = {child: v for (_, child), v in zip(pairs, verdicts)}
-
-        node: tuple[str, ...] = ()
-        path_targets: list[Completion] = []
-        path_verdicts: list[Verdict] = []
-        drafts: list[str] = []
-        while node in rows:
-            path_targets.append(rows[node])
-            kids = [c for c in children.get(node, []) if c in verdict_of]
-            chosen = next((c for c in kids if verdict_of[c].accepted and rows[node].finish_reason == "stop"), None)
-            if chosen is None:
-                if kids:  # the depth that failed: its first sample and the verdict rejecting it
-                    drafts.append(kids[0][-1])
-                    path_verdicts.append(verdict_of[kids[0]])
-                break
-            drafts.append(chosen[-1])
-            path_verdicts.append(verdict_of[chosen])
-            node = chosen
-        return Proposal(drafts, path_targets, path_verdicts)
-
-    def _tree_rows(self, state: ProblemState, nodes: list[tuple[str, ...]]) -> dict[tuple[str, ...], Completion]:
-        """The target's step from every node of a tree round, one batched call (expand's rules:
-        no row past the budget, none after a leaf that states the final answer)."""
-        cfg = state.config
-        inner = {node[:-1] for node in nodes if node}
-        prompts, params, keys = [], [], []
-        for node in nodes:
-            prefix = state.completion + "".join(node)
-            left = state.token_limit - (self.target.count_tokens(prefix) if node else state.tokens)
-            leaf_answers = node and node not in inner and cfg.stop_at_final_answer and state.final_answer.search(node[-1])
-            if left <= 0 or leaf_answers:
-                continue
-            prompts.append(state.target_prompt + prefix)
-            params.append(dataclasses.replace(cfg.target_sampling, max_new_tokens=min(cfg.max_step_tokens, left)))
-            keys.append(node)
-        start = time.perf_counter()
-        targets = self.target.generate(prompts, params, stop=[cfg.step_delimiter], **_speculate(state.mode)) if prompts else []
-        state.stats.target_s += time.perf_counter() - start
-        state.stats.observe_tokens("target", targets)
-        state.stats.target_prompt_tokens += sum(t.prompt_tokens for t in targets)
-        state.stats.target_cached_tokens += sum(t.cached_tokens for t in targets)
-        return dict(zip(keys, targets))
-
-    def judge(self, state: ProblemState, drafts: list[str], targets: list[Completion]) -> list[Verdict]:
-        """Verdicts for (d_i, t_i); a verifier failure rejects every pair and is counted."""
-        if not drafts:
-            return []
-        contexts, context = [], _judge_context(state)
-        for draft in drafts:
-            contexts.append(context)
-            context += draft
-        return self._verify(state, contexts, drafts, targets[: len(drafts)])
-
-    def _verify(
-        self, state: ProblemState, contexts: list[str], drafts: list[str], targets: list[Completion]
-    ) -> list[Verdict]:
-        """One verifier call on the pairs (d_i, t_i) with their contexts; timed, failures rejected."""
-        start = time.perf_counter()
-        verifier = self.verifier_for(state.config)
-        try:
-            verdicts = verifier.verify(contexts, drafts, [t.text for t in targets])
-            if len(verdicts) != len(drafts):
-                raise ValueError(f"verifier returned {len(verdicts)} verdicts for {len(drafts)} pairs")
-            if any(is_failure(v) for v in verdicts):  # it failed or timed out and rejected on its own
-                state.stats.verifier_failures += 1
-        except Exception as exc:  # a broken verifier must not kill the run: reject, count, go on
-            state.stats.verifier_failures += 1
-            verdicts = [
-                Verdict(accepted=False, score=0.0, verifier=verifier.name, reason=f"failed: {exc}")
-                for _ in drafts
-            ]
-        state.stats.verify_s += time.perf_counter() - start
-        return verdicts
-
-    # -- the pipelined round (``pipeline``; see the module docstring) ---------------------------
     def pipelines(self, state: ProblemState) -> bool:
         """Are this problem's rounds pipelined? ``pipeline`` on, a step-speculation mode, and safe:
 
@@ -593,199 +350,57 @@ class LookaheadReasoner:
             return False
         if self.draft is self.target:
             return False
+        # (a verifier need not derive from the verifiers' base class that declares needs_engines)
         if getattr(self.verifier_for(state.config), "needs_engines", False):
-            return all(getattr(e, "thread_safe", False) for e in (self.target, self.draft))
+            return self.target.thread_safe and self.draft.thread_safe
         return True
 
-    def pipelined_round(self, state: ProblemState, gamma: int) -> RoundInFlight:
-        """One round with draft, target and verifier overlapped; returns it settled.
+    # -- the paper's verbs: propose, expand, judge (`lookahead.rounds.chain`), commit ----------
+    def propose(self, state: ProblemState, gamma: int | None = None) -> list[str]:
+        """Draft up to γ complete steps, one after another (each from the previous ones).
 
-        The calling thread drafts, submits each target row as soon as its prefix exists, and
-        judges each pair as soon as both its steps exist; once the fallback depth is known it
-        stops. Every row has finished or been cancelled when this returns, also after an error.
+        ``gamma``: this round's depth (default ``config.gamma``; 0 drafts nothing).
         """
-        run = RoundInFlight(prefix=state.completion, carried=state.carried_steps)
-        state.carried_steps = []
-        stats = state.stats
-        busy_before = stats.draft_s + stats.target_s + stats.verify_s
-        start = time.perf_counter()
-        try:
-            run.left = state.token_limit - state.tokens
-            if run.left > 0:
-                self._submit_row(state, run)  # t_1 from P
-            else:
-                run.drafting = False  # no budget: nothing to draft or to compute
-            while True:
-                pending = [row for row in run.rows if not row.done()]  # before judging: none left = all judged
-                self._judge_ready(state, run)
-                if run.fallback_at is not None:
-                    break  # the first rejection (or a capped target step): the round ends there
-                if run.drafting:
-                    self._draft_next(state, run, gamma)
-                elif pending and run.ahead_open and 2 <= gamma == len(run.drafts) and len(run.rows) == gamma + 1:
-                    # (γ = 1 carries nothing: e_1 only stands for the bonus step, e_2 would be γ + 1 ahead)
-                    self._draft_ahead(state, run, gamma)
-                elif pending:
-                    wait(pending, return_when=FIRST_COMPLETED)
-                else:
-                    break  # every row done and every pair judged: all accepted
-        finally:
-            self._settle_rows(state, run)
-        wall = time.perf_counter() - start
-        stats.overlap_s += max(stats.draft_s + stats.target_s + stats.verify_s - busy_before - wall, 0.0)
-        return run
+        return chain.propose(self._round_context(state), state, state.config.gamma if gamma is None else gamma)
 
-    def carry(self, state: ProblemState, run: RoundInFlight) -> None:
-        """After committing ``run``: keep e_2, e_3, ... if the new prefix is P + d_1..d_γ + e_1.
+    def expand(self, state: ProblemState, drafts: list[str]) -> list[Completion]:
+        """The target's own step from P, P+d_1, ..., P+d_1..d_k: one batched call."""
+        return chain.expand(self._round_context(state), state, drafts)
 
-        They were drafted from exactly that text, with the budget it leaves, so they are the
-        draft steps the next round would draft (with a greedy draft) -- it uses them instead.
-        """
-        if run.ahead and state.finish_reason is None and state.completion == run.prefix + "".join(run.drafts) + run.ahead[0]:
-            state.carried_steps = run.ahead[1:]
-
-    def _submit_row(self, state: ProblemState, run: RoundInFlight) -> None:
-        """Start the target row from P + d_1..d_k (k = the draft steps so far), capped as in `expand`."""
-        cfg = state.config
-        prompt = state.target_prompt + run.prefix + "".join(run.drafts)
-        params = dataclasses.replace(cfg.target_sampling, max_new_tokens=min(cfg.max_step_tokens, run.left))
-        row = self._target_workers().submit(
-            _timed_row, self.target, prompt, params, cfg.step_delimiter, _speculate(state.mode)
-        )
-        run.rows.append(row)
-
-    def _draft_next(self, state: ProblemState, run: RoundInFlight, gamma: int) -> None:
-        """Add d_{k+1} (a carried step, or one draft call as in `propose`) and start its target row.
-
-        The row after it is left out as `expand` leaves the bonus row out: no budget left, or the
-        step states the final answer (drafting stops there too, as in `propose`).
-        """
-        cfg = state.config
-        if run.carried:
-            step: str | None = run.carried.pop(0)
-            state.stats.carried_drafts += 1
-        else:
-            start = time.perf_counter()
-            step = self._draft_step(state, run.prefix + "".join(run.drafts), run.left)
-            state.stats.draft_s += time.perf_counter() - start
-        if step is None:
-            run.drafting = False  # an incomplete draft step can never be accepted
-            return
-        run.drafts.append(step)
-        run.left = state.token_limit - self.target.count_tokens(run.prefix + "".join(run.drafts))
-        states_answer = bool(cfg.stop_at_final_answer and state.final_answer.search(step))
-        if run.left > 0 and not states_answer:
-            self._submit_row(state, run)
-        if run.left <= 0 or states_answer or len(run.drafts) >= gamma:
-            run.drafting = False
-
-    def _draft_ahead(self, state: ProblemState, run: RoundInFlight, gamma: int) -> None:
-        """Draft the next step after P + d_1..d_γ + e_1.. (at most γ), by `propose`'s rules."""
-        cfg = state.config
-        text = run.prefix + "".join(run.drafts) + "".join(run.ahead)
-        left = state.token_limit - self.target.count_tokens(text) if run.ahead else run.left
-        step = None
-        if left > 0:
-            start = time.perf_counter()
-            step = self._draft_step(state, text, left)
-            state.stats.draft_s += time.perf_counter() - start
-        if step is None:
-            run.ahead_open = False
-            return
-        run.ahead.append(step)
-        if len(run.ahead) >= gamma or (cfg.stop_at_final_answer and state.final_answer.search(step)):
-            run.ahead_open = False
-
-    def _draft_step(self, state: ProblemState, text: str, left: int) -> str | None:
-        """One draft call after committed-plus-drafted ``text`` with ``left`` > 0 tokens of budget
-        left there; the draft step, or None when it is not complete (then it can never be accepted).
-
-        A draft step longer than the budget left could never match: the target's step from the
-        same prefix is capped there. (Counted in draft tokens: exact for a shared tokenizer.)
-        """
-        cfg = state.config
-        params = dataclasses.replace(cfg.draft_sampling, max_new_tokens=min(cfg.max_step_tokens, left))
-        step = self.draft.generate([state.draft_prompt + text], params, stop=[cfg.step_delimiter], **_speculate(state.mode))[0]
-        state.stats.observe_tokens("draft", [step])
-        state.draft_tokens += step.completion_tokens
-        if step.finish_reason != "stop" or not is_complete_step(step.text, cfg.step_delimiter):
-            return None
-        return step.text
-
-    def _judge_ready(self, state: ProblemState, run: RoundInFlight) -> None:
-        """Judge, in depth order, every pair (d_i, t_i) whose two steps exist; note the fallback depth.
-
-        A target step that did not end on the delimiter ends the round at its depth whatever the
-        verdict (it is never matched; `accepted_run`), even before its draft step exists.
-        """
-        while run.fallback_at is None:
-            i = len(run.verdicts)  # pair i + 1 is next
-            if i >= len(run.rows) or not run.rows[i].done():
-                return
-            target = run.rows[i].result()[0]
-            capped = target.finish_reason != "stop"
-            if i < len(run.drafts):
-                context = _judge_context(state) + "".join(run.drafts[:i])
-                verdict = self._verify(state, [context], [run.drafts[i]], [target])[0]
-                run.verdicts.append(verdict)
-                if capped or not verdict.accepted:
-                    run.fallback_at = i + 1
-            elif capped:
-                run.fallback_at = i + 1  # whatever d_{i+1} would be, t_{i+1} is the fallback step
-            else:
-                return  # d_{i+1} does not exist (yet)
-        run.drafting = run.ahead_open = False
-
-    def _settle_rows(self, state: ProblemState, run: RoundInFlight) -> None:
-        """Cancel the rows not started, wait for the running ones, count every row that ran."""
-        for row in run.rows:
-            row.cancel()  # only rows still queued are cancelled
-        wait(run.rows)
-        stats = state.stats
-        for row in run.rows:
-            if row.cancelled() or row.exception() is not None:
-                continue  # a failed row needed by the round raises in `RoundInFlight.proposal`
-            completion, seconds = row.result()
-            stats.target_s += seconds
-            stats.observe_tokens("target", [completion])
-            stats.target_prompt_tokens += completion.prompt_tokens
-            stats.target_cached_tokens += completion.cached_tokens
+    def judge(self, state: ProblemState, drafts: list[str], targets: list[Completion]) -> list[Verdict]:
+        """Verdicts for (d_i, t_i); a verifier failure rejects every pair and is counted."""
+        return chain.judge(self._round_context(state), state, drafts, targets)
 
     def commit(self, state: ProblemState, proposal: Proposal, seconds: float) -> Iterator[StepRecord]:
-        """Commit the accepted run of draft steps, then the fallback (or bonus) target step."""
-        drafts, targets, verdicts = proposal.drafts, proposal.targets, proposal.verdicts
+        """Commit the accepted run of draft steps, then the fallback (or bonus) target step.
+
+        The stop rules are checked after every step; ``seconds`` (the round's wall time) is split
+        evenly over the steps in the trace.
+        """
         accepted = accepted_run(proposal)
-        to_commit: list[tuple[str, str, Completion | None]] = [("draft", d, None) for d in drafts[:accepted]]
-        if accepted < len(targets):
-            to_commit.append(("target", targets[accepted].text, targets[accepted]))
-        share = seconds / max(len(to_commit), 1)
+        to_commit: list[tuple[str, str, Completion | None]] = [("draft", d, None) for d in proposal.drafts[:accepted]]
+        if accepted < len(proposal.targets):
+            fallback = proposal.targets[accepted]
+            to_commit.append(("target", fallback.text, fallback))
+        share = seconds / max(len(to_commit), 1)  # seconds per committed step
         committed = 0
         for depth, (source, text, completion) in enumerate(to_commit, start=1):
             if state.finish_reason is not None:
                 break
             record = self._append(state, text, source, depth, share)
-            if depth <= len(drafts):
-                record.draft_text = drafts[depth - 1]
-                record.target_text = targets[depth - 1].text if depth - 1 < len(targets) else None
-                record.verdict = verdicts[depth - 1]
-                if source == "target" and record.verdict.accepted:  # matched, but the target was capped
-                    record.verdict = dataclasses.replace(
-                        record.verdict, accepted=False, reason="target step did not end on the delimiter"
-                    )
-            else:
-                record.target_text = text
+            _trace(record, proposal, depth)
             committed += 1
-            if completion is not None and completion.finish_reason == "eos":
-                state.finish_reason = "eos"
-            elif state.config.stop_at_final_answer and state.final_answer.search(text):
-                state.finish_reason = "answer"
-            elif state.tokens >= state.token_limit:
-                state.finish_reason = "length"
+            state.finish_reason = _stop_rule(state, text, completion)
             yield record
         if not to_commit:  # nothing could be generated (no budget): end instead of looping
             state.finish_reason = "length"
-        state.stats.observe_round(len(drafts), [v.accepted for v in verdicts], min(accepted, committed), committed)
+        verdicts = [v.accepted for v in proposal.verdicts]
+        state.stats.observe_round(len(proposal.drafts), verdicts, min(accepted, committed), committed)
         state.rounds += 1
+
+    def carry(self, state: ProblemState, run: RoundInFlight) -> None:
+        """After committing pipelined ``run``: keep e_2, e_3, ... if the new prefix is P + d_1..d_γ + e_1."""
+        carry_ahead(state, run.prefix + run.drafted, run.ahead)
 
     def _append(self, state: ProblemState, text: str, source: str, depth: int, seconds: float) -> StepRecord:
         before = state.tokens
@@ -832,47 +447,30 @@ class LookaheadReasoner:
         return mode
 
 
-def accepted_run(proposal: Proposal) -> int:
-    """Length of the longest run of accepted draft steps from depth 1 (the draft steps committed).
-
-    A draft step counts only if its verdict accepted it and the target step it was compared with
-    ended on the delimiter (a capped target step is never matched).
-    """
+def _trace(record: StepRecord, proposal: Proposal, depth: int) -> None:
+    """Fill in the draft step, target step and verdict at ``depth`` that led to a committed step."""
     drafts, targets, verdicts = proposal.drafts, proposal.targets, proposal.verdicts
-    accepted = 0
-    while (
-        accepted < len(drafts)
-        and accepted < len(targets)
-        and verdicts[accepted].accepted
-        and targets[accepted].finish_reason == "stop"
-    ):
-        accepted += 1
-    return accepted
+    if depth > len(drafts):  # the bonus step (or an ar step): no draft step at this depth
+        record.target_text = record.text
+        return
+    record.draft_text = drafts[depth - 1]
+    record.target_text = targets[depth - 1].text if depth - 1 < len(targets) else None
+    record.verdict = verdicts[depth - 1]
+    if record.source == "target" and record.verdict.accepted:  # matched, but the target was capped
+        record.verdict = dataclasses.replace(
+            record.verdict, accepted=False, reason="target step did not end on the delimiter"
+        )
 
 
-def _judge_context(state: ProblemState) -> str:
-    """What a judge needs to read the steps: the question (the last user message), then the
-    committed steps (the draft steps before depth i follow)."""
-    question = next((m["content"] for m in reversed(state.messages) if m["role"] == "user"), "")
-    return f"{question}\n\n{state.completion}" if question else state.completion
-
-
-def _timed_row(
-    engine: Engine, prompt: str, params: Any, delimiter: str, speculate: dict[str, bool]
-) -> tuple[Completion, float]:
-    """One target row of a pipelined round (run on a target worker thread) and its seconds."""
-    start = time.perf_counter()
-    completion = engine.generate([prompt], params, stop=[delimiter], **speculate)[0]
-    return completion, time.perf_counter() - start
-
-
-def _speculate(mode: str) -> dict[str, bool]:
-    """``speculate=True`` for the engine calls of a token-speculation mode.
-
-    Left out otherwise, so engines written before the ``speculate`` keyword still work in the
-    modes that do not need it.
-    """
-    return {"speculate": True} if uses_token_speculation(mode) else {}
+def _stop_rule(state: ProblemState, text: str, completion: Completion | None) -> str | None:
+    """The stop rule a just-committed step fires, in order: eos, answer, length; None to go on."""
+    if completion is not None and completion.finish_reason == "eos":
+        return "eos"
+    if state.states_answer(text):
+        return "answer"
+    if state.tokens >= state.token_limit:
+        return "length"
+    return None
 
 
 class ResultStream:
@@ -897,7 +495,7 @@ class ResultStream:
         return self._iterator
 
     def _run(self) -> Iterator[StepRecord]:
-        with self._reasoner._lock:
+        with self._reasoner.generation_lock:
             start = time.perf_counter()
             try:
                 yield from self._reasoner.advance(self.state)

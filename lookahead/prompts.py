@@ -15,6 +15,10 @@ from collections.abc import Sequence
 from lookahead.errors import PromptError
 
 Messages = list[dict[str, str]]
+"""Chat messages in the OpenAI shape: ``[{"role": ..., "content": ...}, ...]``."""
+
+Prompt = str | Sequence[dict[str, str]]
+"""A question as the user gives it: plain text, or chat messages."""
 
 
 def build_messages(question: str, template: str, system_prompt: str | None) -> Messages:

@@ -2,7 +2,7 @@
 
 Why: one problem at a time leaves a pooled engine mostly idle (a round waits for its draft
 steps, then for one small target batch). With K problems in flight their engine calls meet in
-the pool's merged batches (`lookahead.pool.PoolEngine`), so the target decodes K rounds' rows
+the pool's merged batches (`lookahead.engines.pool.PoolEngine`), so the target decodes K rounds' rows
 in one call and throughput grows with K while each problem's output stays what it would be alone.
 
 `run_many` runs each job (question or chat messages, mode, per-request overrides) on one of K
@@ -40,17 +40,22 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lookahead.config import MODES, LookaheadConfig, uses_step_speculation, with_overrides
+from lookahead.config import (
+    MODES,
+    LookaheadConfig,
+    uses_step_speculation,
+    with_overrides,
+)
 from lookahead.errors import ConfigError, LookaheadError
+from lookahead.loop import verifier_key
+from lookahead.prompts import Prompt
 from lookahead.types import Result
 
 logger = logging.getLogger(__name__)
-
-Prompt = str | Sequence[dict[str, str]]
 
 
 @dataclass
@@ -160,11 +165,11 @@ class _Run:
             self.configs[i] = cfg
             if uses_step_speculation(mode):
                 needs_draft = True
-                verifier_configs.setdefault(repr(cfg.verifier), cfg)
+                verifier_configs.setdefault(verifier_key(cfg), cfg)
         engines = [self.reasoner.target] + ([self.reasoner.draft] if needs_draft else [])
         for cfg in verifier_configs.values():
             self.reasoner.verifier_for(cfg)  # create shared verifiers once, before the threads start
-        unsafe = [e.name for e in engines if not getattr(e, "thread_safe", False)]
+        unsafe = [e.name for e in engines if not e.thread_safe]
         if unsafe and self.concurrency > 1:
             raise ConfigError(
                 f"concurrency {self.concurrency} > 1 needs engines in a pool or behind a server, but {', '.join(unsafe)} "
@@ -172,7 +177,7 @@ class _Run:
                 "(backend sglang / openai with url), or --set concurrency=1"
             )
         if unsafe:
-            self.serial_lock = self.reasoner._lock  # the reasoner's generation lock: one at a time
+            self.serial_lock = self.reasoner.generation_lock  # one generation at a time
         return failed
 
     # ---- the run ------------------------------------------------------------------------------
@@ -199,7 +204,7 @@ class _Run:
                     self.receive(outcome)
                 except KeyboardInterrupt:  # off the main thread no handler is installed
                     self.interrupted()
-                except Exception as exc:  # the caller's on_result raised: stop, then re-raise it
+                except Exception as exc:  # noqa: BLE001 -- the caller's on_result raised: stop, then re-raise it
                     callback_error = callback_error or exc
                     self.stop_feeding.set()
                     self.cancel.set()
@@ -290,7 +295,7 @@ class _Run:
                 if cancelled:
                     state.finish_reason = "cancelled"
                 result = self.reasoner.result(state, time.perf_counter() - start)
-        except Exception as exc:  # one job's failure (PromptError, EngineCallError, ...) is its own
+        except Exception as exc:  # noqa: BLE001 -- one job's failure (PromptError, EngineCallError, ...) is its own
             return JobOutcome(index, None, exc, time.perf_counter() - start)
         error = JobCancelled(f"job {index} was cancelled after {len(result.steps)} steps") if cancelled else None
         return JobOutcome(index, result, error, time.perf_counter() - start)

@@ -11,7 +11,7 @@ Counting convention (per problem, summed over rounds):
   Summary key ``gamma_rounds`` maps str(γ) -> rounds (JSON keys); empty in ``ar`` / ``sd``.
 - A round commits ``accepted run + 1`` steps (the fallback or bonus step), unless a stop
   condition (end of sequence, final answer, budget) cut it earlier.
-- Pipelined rounds (``pipeline``, `lookahead.loop`) judge draft steps one by one and stop at the
+- Pipelined rounds (``pipeline``, `lookahead.rounds.pipelined`) judge draft steps one by one and stop at the
   first rejection, so only the draft steps up to it count as drafted (a sequential round judges
   all of them).
 
@@ -54,7 +54,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +145,13 @@ class RoundStats:
             self.draft_calls += 1
         (self.target_tokens if side == "target" else self.draft_tokens).observe(completions)
 
+    def observe_target_call(self, completions: Sequence[Completion], seconds: float) -> None:
+        """Record one target call (or one pipelined row): its seconds, token speculation and prompt tokens."""
+        self.target_s += seconds
+        self.observe_tokens("target", completions)
+        self.target_prompt_tokens += sum(c.prompt_tokens for c in completions)
+        self.target_cached_tokens += sum(c.cached_tokens for c in completions)
+
     def summary(self) -> dict[str, Any]:
         drafted = sum(self.drafted)
         accepted = sum(self.accepted)
@@ -155,8 +162,8 @@ class RoundStats:
             "accepted_steps": accepted,
             "committed_steps": self.committed_steps,
             "acceptance_rate": accepted / drafted if drafted else 0.0,
-            "acceptance_by_depth": [a / d if d else 0.0 for a, d in zip(self.accepted, self.drafted)],
-            "verifier_accept_by_depth": [m / d if d else 0.0 for m, d in zip(self.matched, self.drafted)],
+            "acceptance_by_depth": [a / d if d else 0.0 for a, d in zip(self.accepted, self.drafted, strict=True)],
+            "verifier_accept_by_depth": [m / d if d else 0.0 for m, d in zip(self.matched, self.drafted, strict=True)],
             "accepted_per_round": accepted / self.rounds if self.rounds else 0.0,
             "steps_per_round": self.committed_steps / self.rounds if self.rounds else 0.0,
             "draft_s": round(self.draft_s, 4),

@@ -13,6 +13,9 @@ Example:
 
 from __future__ import annotations
 
+DEFAULT_STEP_DELIMITER = "\n\n"
+"""Where a step ends unless configured otherwise (`LookaheadConfig.step_delimiter`): a blank line."""
+
 
 def split_steps(text: str, delimiter: str) -> list[str]:
     """Split ``text`` into steps, each keeping its delimiter; the last one may be incomplete."""

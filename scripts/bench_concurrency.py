@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lookahead import LookaheadReasoner, load_config
-from lookahead.eval.answers import answers_match
+from lookahead.answers import answers_match
 from lookahead.eval.tasks import load_example
 from lookahead.scheduler import Job, run_many
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     row = {"replicas": replicas, **run_setting(reasoner, questions, references, mode, k)}
                     texts = row.pop("texts")
                     baseline = baseline or texts
-                    row["same_text_as_first_k"] = sum(a == b and a is not None for a, b in zip(texts, baseline))
+                    row["same_text_as_first_k"] = sum(a == b and a is not None for a, b in zip(texts, baseline, strict=False))
                     rows.append(row)
                     print(
                         f"replicas={replicas} mode={mode} K={k}: {row['problems_per_min']:.2f} problems/min, "

@@ -5,7 +5,7 @@ Reads ``records.jsonl`` of a `lookahead eval` folder (it needs an ``ar`` run) an
 depth α, share of complete draft steps p, draft cost c, target batch-cost curve b(k), verifier
 cost v, token-level factors) and, per run of our own modes, the predicted and measured speedup
 over ``ar`` with the relative error (``lr`` and ``lr+sd`` only). The logic is
-`lookahead.bench.speedup_model`, which ``lookahead bench`` reports for every run it makes.
+`lookahead.eval.bench.speedup_model`, which ``lookahead bench`` reports for every run it makes.
 
 Example:
     .venv/bin/python scripts/bench_model.py docs/benchmarks/gsm8k-cpu-layers
@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lookahead.bench import speedup_model
 from lookahead.errors import DataError
+from lookahead.eval.bench import speedup_model
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

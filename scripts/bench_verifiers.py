@@ -133,7 +133,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     agreement = report.get("answer_agreement", {}).get("verifiers", {})
     panels = len(sections) + (1 if agreement else 0)
     fig, axes = plt.subplots(1, max(panels, 1), figsize=(5 * max(panels, 1), 4.2), squeeze=False)
-    for ax, (label, section) in zip(axes[0], sections):
+    for ax, (label, section) in zip(axes[0], sections, strict=False):
         for name, roc in section["roc"].items():
             figures = section["verifiers"][name]
             if roc:

@@ -43,7 +43,7 @@ def batch_cost_curve(reasoner: LookaheadReasoner, question: str, tokens: int, re
     best = {batch: float("inf") for batch in range(1, 5)}
     produced: dict[int, list[int]] = {}
     for _ in range(repeats):
-        for batch in best:
+        for batch in range(1, 5):
             target.generate([prompt + "x"], SamplingParams(max_new_tokens=1))  # reset the prefix cache
             start = time.perf_counter()
             out = target.generate([prompt + s for s in suffixes[:batch]], params, stop=[])
@@ -53,6 +53,57 @@ def batch_cost_curve(reasoner: LookaheadReasoner, question: str, tokens: int, re
         {"batch": b, "seconds": round(s, 4), "tokens_per_row": produced[b], "relative_to_batch1": round(s / best[1], 3)}
         for b, s in best.items()
     ]
+
+
+def compare(reasoner: LookaheadReasoner, limit: int, data_dir: str | None) -> list[dict]:
+    """``ar`` and ``lr`` back to back on GSM8K test rows 0..limit-1 (alternating which goes first)."""
+    rows = []
+    for i in tqdm(range(limit), desc="questions", unit="q"):
+        example = load_example("gsm8k", i, data_dir)
+        order = ("ar", "lr") if i % 2 == 0 else ("lr", "ar")
+        results = {mode: reasoner.generate(example.question, mode=mode) for mode in order}
+        ar, lr = results["ar"], results["lr"]
+        rows.append(
+            {
+                "index": i,
+                "reference": example.reference,
+                "ar_answer": ar.answer,
+                "lr_answer": lr.answer,
+                "same_text": ar.text == lr.text,
+                "completion_tokens": {"ar": ar.completion_tokens, "lr": lr.completion_tokens},
+                "wall_time_s": {"ar": round(ar.wall_time_s, 3), "lr": round(lr.wall_time_s, 3)},
+                "lr_stats": lr.stats,
+                "ar_rounds": ar.rounds,
+                "ar_target_s": ar.stats["target_s"],
+            }
+        )
+    return rows
+
+
+def summarize(rows: list[dict], curve: list[dict]) -> dict:
+    """Totals over the questions: time, speedup, tokens/s, identical texts, acceptance, time split."""
+    ar_total = sum(r["wall_time_s"]["ar"] for r in rows)
+    lr_total = sum(r["wall_time_s"]["lr"] for r in rows)
+    drafted = sum(r["lr_stats"]["drafted_steps"] for r in rows)
+    accepted = sum(r["lr_stats"]["accepted_steps"] for r in rows)
+    return {
+        "questions": len(rows),
+        "ar_total_s": round(ar_total, 2),
+        "lr_total_s": round(lr_total, 2),
+        "lr_speedup_vs_ar": round(ar_total / lr_total, 3),
+        "ar_tokens_per_s": round(sum(r["completion_tokens"]["ar"] for r in rows) / ar_total, 2),
+        "lr_tokens_per_s": round(sum(r["completion_tokens"]["lr"] for r in rows) / lr_total, 2),
+        "identical_texts": sum(r["same_text"] for r in rows),
+        "step_acceptance": round(accepted / drafted, 3) if drafted else 0.0,
+        "lr_draft_s": round(sum(r["lr_stats"]["draft_s"] for r in rows), 2),
+        "lr_target_s": round(sum(r["lr_stats"]["target_s"] for r in rows), 2),
+        "lr_verify_s": round(sum(r["lr_stats"]["verify_s"] for r in rows), 3),
+        "lr_other_s": round(sum(r["lr_stats"]["other_s"] for r in rows), 3),
+        "ar_target_s": round(sum(r["ar_target_s"] for r in rows), 2),
+        "lr_target_cached_tokens": sum(r["lr_stats"]["target_cached_tokens"] for r in rows),
+        "lr_target_prompt_tokens": sum(r["lr_stats"]["target_prompt_tokens"] for r in rows),
+        "batch_cost_relative": [c["relative_to_batch1"] for c in curve],
+    }
 
 
 def main() -> None:
@@ -74,49 +125,9 @@ def main() -> None:
     cfg = load_config(args.config, [*args.overrides, "mode=lr"])
     reasoner = LookaheadReasoner.from_config(cfg)
     reasoner.generate("What is 2 + 3?", mode="ar")  # warm-up: first-call overheads out of the timings
-    rows = []
-    for i in tqdm(range(args.limit), desc="questions", unit="q"):
-        example = load_example("gsm8k", i, args.data_dir)
-        order = ("ar", "lr") if i % 2 == 0 else ("lr", "ar")
-        results = {mode: reasoner.generate(example.question, mode=mode) for mode in order}
-        ar, lr = results["ar"], results["lr"]
-        rows.append(
-            {
-                "index": i,
-                "reference": example.reference,
-                "ar_answer": ar.answer,
-                "lr_answer": lr.answer,
-                "same_text": ar.text == lr.text,
-                "completion_tokens": {"ar": ar.completion_tokens, "lr": lr.completion_tokens},
-                "wall_time_s": {"ar": round(ar.wall_time_s, 3), "lr": round(lr.wall_time_s, 3)},
-                "lr_stats": lr.stats,
-                "ar_rounds": ar.rounds,
-                "ar_target_s": ar.stats["target_s"],
-            }
-        )
+    rows = compare(reasoner, args.limit, args.data_dir)
     curve = batch_cost_curve(reasoner, load_example("gsm8k", 0, args.data_dir).question, args.batch_tokens, args.batch_repeats)
-    ar_total = sum(r["wall_time_s"]["ar"] for r in rows)
-    lr_total = sum(r["wall_time_s"]["lr"] for r in rows)
-    drafted = sum(r["lr_stats"]["drafted_steps"] for r in rows)
-    accepted = sum(r["lr_stats"]["accepted_steps"] for r in rows)
-    summary = {
-        "questions": len(rows),
-        "ar_total_s": round(ar_total, 2),
-        "lr_total_s": round(lr_total, 2),
-        "lr_speedup_vs_ar": round(ar_total / lr_total, 3),
-        "ar_tokens_per_s": round(sum(r["completion_tokens"]["ar"] for r in rows) / ar_total, 2),
-        "lr_tokens_per_s": round(sum(r["completion_tokens"]["lr"] for r in rows) / lr_total, 2),
-        "identical_texts": sum(r["same_text"] for r in rows),
-        "step_acceptance": round(accepted / drafted, 3) if drafted else 0.0,
-        "lr_draft_s": round(sum(r["lr_stats"]["draft_s"] for r in rows), 2),
-        "lr_target_s": round(sum(r["lr_stats"]["target_s"] for r in rows), 2),
-        "lr_verify_s": round(sum(r["lr_stats"]["verify_s"] for r in rows), 3),
-        "lr_other_s": round(sum(r["lr_stats"]["other_s"] for r in rows), 3),
-        "ar_target_s": round(sum(r["ar_target_s"] for r in rows), 2),
-        "lr_target_cached_tokens": sum(r["lr_stats"]["target_cached_tokens"] for r in rows),
-        "lr_target_prompt_tokens": sum(r["lr_stats"]["target_prompt_tokens"] for r in rows),
-        "batch_cost_relative": [c["relative_to_batch1"] for c in curve],
-    }
+    summary = summarize(rows, curve)
     report = {
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, "
@@ -126,9 +137,9 @@ def main() -> None:
         "config": dataclasses.asdict(cfg),
         "summary": summary,
         "batch_cost_curve": curve,
-        # the model's own decode step by batch size (index = batch; measured once, see hf.py)
+        # the model's own decode step by batch size (index = batch; measured once, see engines/hf/batch_costs.py)
         "decode_step_s_by_batch": [
-            None if c == float("inf") else round(c, 5) for c in getattr(reasoner.target, "batch_costs", None) or []
+            None if c == float("inf") else round(c, 5) for c in reasoner.target.batch_costs or []
         ],
         "questions": rows,
     }
@@ -151,11 +162,11 @@ def plot(report: dict, path: Path) -> None:
     left.bar([x - 0.2 for x in xs], [r["wall_time_s"]["ar"] for r in rows], 0.4, label="ar (target alone)")
     lr_draft = [r["lr_stats"]["draft_s"] for r in rows]
     lr_target = [r["lr_stats"]["target_s"] for r in rows]
-    lr_rest = [r["wall_time_s"]["lr"] - d - t for r, d, t in zip(rows, lr_draft, lr_target)]
+    lr_rest = [r["wall_time_s"]["lr"] - d - t for r, d, t in zip(rows, lr_draft, lr_target, strict=True)]
     right_x = [x + 0.2 for x in xs]
     left.bar(right_x, lr_target, 0.4, label="lr: batched target calls", color="tab:orange")
     left.bar(right_x, lr_draft, 0.4, bottom=lr_target, label="lr: draft steps", color="navajowhite")
-    left.bar(right_x, lr_rest, 0.4, bottom=[a + b for a, b in zip(lr_target, lr_draft)], color="grey")
+    left.bar(right_x, lr_rest, 0.4, bottom=[a + b for a, b in zip(lr_target, lr_draft, strict=True)], color="grey")
     left.set_xlabel("GSM8K test question")
     left.set_ylabel("wall time (s)")
     left.set_title(f"ar vs lr: {report['summary']['lr_speedup_vs_ar']:.2f}x (draft: {report['draft']})", fontsize=9)

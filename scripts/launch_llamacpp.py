@@ -92,7 +92,7 @@ def plan_servers(source: str, server: str, only: list[str] | None = None, must_e
         if section.get("backend") != "openai":
             raise ConfigError(f"{path}: {role}.backend is {section.get('backend')!r}; llama-server is an openai engine")
         url = str(section["url"]).rstrip("/")
-        url = url[: -len("/v1")] if url.endswith("/v1") else url
+        url = url.removesuffix("/v1")
         parsed = urlparse(url)
         if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
             raise ConfigError(f"{path}: {role}.url {url!r} must look like http://HOST:PORT")

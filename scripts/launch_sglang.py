@@ -127,7 +127,7 @@ def plan_servers(source: str, python: str, only: list[str] | None = None) -> lis
         if only and role not in only:
             continue
         url = str(section["url"]).rstrip("/")
-        url = url[: -len("/v1")] if url.endswith("/v1") else url
+        url = url.removesuffix("/v1")
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
             raise ConfigError(f"{path}: {role}.url {url!r} must look like http://HOST:PORT")
@@ -185,7 +185,7 @@ def serve(plans: list[ServerPlan], summary: list[dict[str, Any]], log_dir: Path,
     processes: list[subprocess.Popen] = []
     keep_running = False  # True only when --detach and every server came up
     try:
-        for plan, entry in zip(plans, summary):
+        for plan, entry in zip(plans, summary, strict=False):
             if healthy(plan.url):
                 print(f"{plan.role}: a server already answers at {plan.url}; not starting another")
                 continue

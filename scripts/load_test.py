@@ -112,7 +112,7 @@ class Server:
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="lookahead-serve-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="lookahead-serve-", suffix=".log", delete=False)  # noqa: SIM115 -- closed in stop()
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, text=True)
 
     def request(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, Any]:
@@ -214,7 +214,11 @@ def run_cell(
         thread.start()
     for thread in threads:
         thread.join(timeout=max(hard_deadline - time.monotonic(), 0) + 5)
-    wall = time.monotonic() - start
+    return summarize_cell(mode, concurrency, requests, outcomes, skipped, time.monotonic() - start)
+
+
+def summarize_cell(mode: str, concurrency: int, requests: int, outcomes: list[Outcome], skipped: int, wall: float) -> Cell:
+    """The figures of one (mode, concurrency) cell from its outcomes; ``wall`` in seconds."""
     ok = [o for o in outcomes if o.status == 200]
     rejected = [o for o in outcomes if o.status == 429]
     others = [o for o in outcomes if o.status not in (200, 429)]
@@ -263,7 +267,7 @@ def parse_list(text: str, kind: type, name: str) -> list[Any]:
     return values
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="default", help="preset name or YAML file, passed to lookahead serve")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value (passed on)")
@@ -280,7 +284,46 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured requests per mode before measuring")
     parser.add_argument("--out", default="docs/benchmarks/server", help="output path without extension (.json, .png)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the existing JSON")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def serve_command(args: argparse.Namespace, port: int) -> list[str]:
+    """The ``lookahead serve`` command line of the server under test."""
+    command = [sys.executable, "-m", "lookahead.cli", "serve", "--config", args.config]
+    for item in args.overrides:
+        command += ["--set", item]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--max-concurrency", str(args.server_max_concurrency)]
+    if args.server_timeout is not None:
+        command += ["--timeout", str(args.server_timeout)]
+    return command + ["--log-level", "warning"]
+
+
+def measure(server: Server, args: argparse.Namespace, plan: list[tuple[str, int]], questions: list[str],
+            extra: dict[str, Any], hard_deadline: float) -> list[Cell]:
+    """Warm every mode up, then run the cells of ``plan`` one after another, each with its share of the time left."""
+    for mode in dict.fromkeys(mode for mode, _ in plan):
+        for _ in range(args.warmup):  # first-call costs (a lazily loaded draft, caches) out of the timings
+            body = {"messages": [{"role": "user", "content": questions[0]}], "mode": mode, **extra}
+            warm = one_request(server, body, hard_deadline)
+            if warm.status != 200:
+                raise SystemExit(f"warm-up request in mode {mode} failed: {warm.error}\n{server.log_tail()}")
+    cells: list[Cell] = []
+    for i, (mode, concurrency) in enumerate(plan):
+        now = time.monotonic()
+        cell_deadline = now + max(hard_deadline - now, 0) / (len(plan) - i)
+        cell = run_cell(server, mode, concurrency, args.requests, questions, extra, cell_deadline, hard_deadline)
+        cells.append(cell)
+        print(
+            f"{mode:>3} c={concurrency:<3} 200={cell.ok:<3} 429={cell.rejected_429:<3} err={cell.errors:<3} "
+            f"skipped={cell.skipped:<3} p50={fmt(cell.p50_s)} p95={fmt(cell.p95_s)} p99={fmt(cell.p99_s)} "
+            f"{cell.requests_per_s:.2f} req/s {cell.completion_tokens_per_s:.1f} tok/s",
+            file=sys.stderr,
+        )
+    return cells
+
+
+def main() -> None:
+    args = parse_args()
     out = Path(args.out)
     if args.plot_only:
         plot(json.loads(out.with_suffix(".json").read_text()), out.with_suffix(".png"))
@@ -299,13 +342,7 @@ def main() -> None:
     extra: dict[str, Any] = {} if args.max_tokens is None else {"max_tokens": args.max_tokens}
 
     port = free_port()
-    command = [sys.executable, "-m", "lookahead.cli", "serve", "--config", args.config]
-    for item in args.overrides:
-        command += ["--set", item]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--max-concurrency", str(args.server_max_concurrency)]
-    if args.server_timeout is not None:
-        command += ["--timeout", str(args.server_timeout)]
-    command += ["--log-level", "warning"]
+    command = serve_command(args, port)
     server = Server(command, port, os.environ.get("LOOKAHEAD_API_KEY"))
     cells: list[Cell] = []
     model = None
@@ -314,24 +351,7 @@ def main() -> None:
         startup_s = time.monotonic() - started
         model = server.request("GET", "/health", None, timeout=5)[1].get("model")
         print(f"server up in {startup_s:.1f} s on 127.0.0.1:{port} (model {model})", file=sys.stderr)
-        for mode in modes:
-            for _ in range(args.warmup):  # first-call costs (a lazily loaded draft, caches) out of the timings
-                body = {"messages": [{"role": "user", "content": questions[0]}], "mode": mode, **extra}
-                warm = one_request(server, body, hard_deadline)
-                if warm.status != 200:
-                    raise SystemExit(f"warm-up request in mode {mode} failed: {warm.error}\n{server.log_tail()}")
-        plan = [(mode, c) for mode in modes for c in concurrencies]
-        for i, (mode, concurrency) in enumerate(plan):
-            now = time.monotonic()
-            cell_deadline = now + max(hard_deadline - now, 0) / (len(plan) - i)
-            cell = run_cell(server, mode, concurrency, args.requests, questions, extra, cell_deadline, hard_deadline)
-            cells.append(cell)
-            print(
-                f"{mode:>3} c={concurrency:<3} 200={cell.ok:<3} 429={cell.rejected_429:<3} err={cell.errors:<3} "
-                f"skipped={cell.skipped:<3} p50={fmt(cell.p50_s)} p95={fmt(cell.p95_s)} p99={fmt(cell.p99_s)} "
-                f"{cell.requests_per_s:.2f} req/s {cell.completion_tokens_per_s:.1f} tok/s",
-                file=sys.stderr,
-            )
+        cells = measure(server, args, [(mode, c) for mode in modes for c in concurrencies], questions, extra, hard_deadline)
     finally:
         server_rc = server.stop()
     report = {
@@ -398,8 +418,8 @@ def plot(report: dict, path: Path) -> None:
     skipped = [c["skipped"] for c in cells]
     counts.bar(xs, ok, label="200", color="tab:green")
     counts.bar(xs, rejected, bottom=ok, label="429 (overload)", color="tab:orange")
-    counts.bar(xs, errors, bottom=[a + b for a, b in zip(ok, rejected)], label="other errors", color="tab:red")
-    below = [a + b + e for a, b, e in zip(ok, rejected, errors)]
+    counts.bar(xs, errors, bottom=[a + b for a, b in zip(ok, rejected, strict=True)], label="other errors", color="tab:red")
+    below = [a + b + e for a, b, e in zip(ok, rejected, errors, strict=True)]
     counts.bar(xs, skipped, bottom=below, label="skipped (time)", color="lightgrey")
     counts.set_xticks(list(xs), labels, rotation=45, ha="right", fontsize=8)
     counts.set_ylabel("requests")

@@ -59,6 +59,7 @@ def other_model(tok):
 def looping_model(tok):
     """`model` with attention scaled down: its greedy text cycles, so n-gram proposals hit."""
     import torch
+
     from tiny import tiny_llama
 
     looping = tiny_llama(tok, seed=0)

@@ -168,7 +168,7 @@ class MockServer:
         best = 0
         for seen in self._seen_prompts:
             n = 0
-            for a, b in zip(seen, prompt):
+            for a, b in zip(seen, prompt, strict=False):
                 if a != b:
                     break
                 n += 1
@@ -192,7 +192,7 @@ class MockServer:
             raise ValueError("sampling_params list must have one entry per text")
         wanted = body.get("token_ids_logprob")
         out = []
-        for i, (prompt, sp) in enumerate(zip(texts, per_row)):
+        for i, (prompt, sp) in enumerate(zip(texts, per_row, strict=False)):
             stops = sp.get("stop") or []
             stops = [stops] if isinstance(stops, str) else stops
             text, kind, matched = self._continue(prompt, int(sp.get("max_new_tokens", 128)), stops)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lookahead.eval.answers import answers_match, as_number, extract_answer, last_boxed, parse_reference, same_answer
+from lookahead.answers import answers_match, as_number, extract_answer, last_boxed, parse_reference, same_answer
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,17 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from lookahead.bench import DEFAULT_RUNS, MAX_BATCH, bench_command, default_runs, report_paths, speedup_model
+from lookahead.cli.bench import bench_command
 from lookahead.engines.fake import FakeEngine
 from lookahead.errors import ConfigError
 from lookahead.eval import harness as h
+from lookahead.eval.bench import (
+    DEFAULT_RUNS,
+    MAX_BATCH,
+    default_runs,
+    report_paths,
+    speedup_model,
+)
 from lookahead.eval.peers import LLAMACPP_HINT
 
 # The fake engine always answers 72 (lookahead/engines/fake.py DEFAULT_SCRIPT).
@@ -159,7 +166,7 @@ def test_default_runs_leave_out_the_transformers_peers_over_a_server_target():
     assert set(left_out) == {"peer:hf-assisted", "peer:hf-prompt-lookup"} | (
         {"peer:llamacpp", "peer:llamacpp-lookup"} & set(left_out))
     assert "target.backend is 'openai'" in left_out["peer:hf-assisted"]
-    assert runs.startswith("ar,sd,lr[gamma=1]") and "peer:hf" not in runs
+    assert runs.startswith("ar,sd,lr[gamma=1,adaptive_gamma=false]") and "peer:hf" not in runs  # fixed γ: the preset adapts
     kept, none = default_runs(load_config("tiny"))
     assert "peer:hf-assisted" in kept and not {k for k in none if k.startswith("peer:hf")}
 
@@ -285,10 +292,10 @@ def test_report_paths_sit_beside_the_records_folder():
         report_paths(Path("."))
 
 
-def test_issue_targets_from_measured_runs():
+def test_target_checks_from_measured_runs():
     """Each of issue 10's targets is computed from the runs it names, met or missed against its
     threshold, and None (not measured) when a run it needs is missing."""
-    from lookahead.bench import issue_targets
+    from lookahead.eval.bench import target_checks
 
     def run(label, mode, speedup, tok_s, other=0.01, wall=10.0, overrides=None):
         return {"label": label, "mode": mode, "speedup": speedup, "tokens_per_s": tok_s, "finished_rows": 3,
@@ -302,7 +309,7 @@ def test_issue_targets_from_measured_runs():
         run("lr[adaptive_gamma=true,gamma=4]", "lr", 0.78, 7.8, overrides={"adaptive_gamma": True}),
         run("lr+sd", "lr+sd", 2.6, 26.0),
     ]
-    targets = {t["target"]: t for t in issue_targets(runs, {"max_abs_error": 0.04})}
+    targets = {t["target"]: t for t in target_checks(runs, {"max_abs_error": 0.04})}
     assert targets["lr+sd speedup over ar"]["met"] is True
     assert targets["lr+sd tokens/s over the best transformers peer"]["value"] == pytest.approx(26.0 / 11.0, abs=1e-4)
     assert targets["adaptive lr speedup / best fixed-γ lr speedup"]["value"] == pytest.approx(0.975)
@@ -315,9 +322,22 @@ def test_issue_targets_from_measured_runs():
 
     # a peer run with [overrides] still counts as that peer (here llama.cpp beside lookahead over a server)
     runs.append(run("peer:llamacpp[target.backend=hf]", "peer:llamacpp", 3.0, 20.0))
-    targets = {t["target"]: t for t in issue_targets(runs, {"max_abs_error": 0.04})}
+    targets = {t["target"]: t for t in target_checks(runs, {"max_abs_error": 0.04})}
     assert targets["best lookahead tokens/s / llama.cpp ar tokens/s"]["value"] == pytest.approx(26.0 / 20.0)
     # ar over a fast engine (e.g. a llama.cpp server) is that engine's speed, not ours: it does not count
     runs.append(run("ar[target.backend=openai]", "ar", 4.0, 40.0))
-    targets = {t["target"]: t for t in issue_targets(runs, {"max_abs_error": 0.04})}
+    targets = {t["target"]: t for t in target_checks(runs, {"max_abs_error": 0.04})}
     assert targets["best lookahead tokens/s / llama.cpp ar tokens/s"]["value"] == pytest.approx(26.0 / 20.0)
+
+
+def test_bench_offset_points_the_runs_at_held_out_rows(tmp_path):
+    """`lookahead bench` had no --offset although eval had: a bench could not run on held-out rows.
+    --offset N --limit M runs problems N..N+M-1, recorded in run.json like eval's."""
+    task, out = write_task(tmp_path), tmp_path / "b"
+    result = cli("--config", "tiny", "--task", f"jsonl:{task}", "--runs", "ar", "--offset", "1", "--limit", "1",
+                 "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [r["problem"] for r in records(out)] == [1]
+    assert json.loads((out / h.RUN_FILE).read_text())["offset"] == 1
+    past_the_end = cli("--config", "tiny", "--task", f"jsonl:{task}", "--runs", "ar", "--offset", "9", "--out", str(out))
+    assert past_the_end.exit_code == 2 and "--offset 9" in past_the_end.output

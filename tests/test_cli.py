@@ -101,3 +101,23 @@ def test_missing_backend_package_is_a_model_load_error():
 
     with pytest.raises(ModelLoadError, match="needs the package 'no_such_pkg'"):
         lookup({"x": "no_such_pkg.engine:Engine"}, "x", "engine backend")
+
+
+def test_shared_options_are_declared_once_and_mean_the_same_everywhere():
+    """--config, --set, --data-dir, --task, --offset, --limit, --out, ... were declared per command
+    (bench lacked --offset): every command that takes one now has the same flags and help."""
+    import typer.main
+
+    from lookahead.cli import app
+
+    group = typer.main.get_command(app)
+    seen: dict[str, tuple] = {}
+    shared = {"config", "set_", "data_dir", "data", "task", "offset", "limit", "out", "question_field",
+              "allow_test_split", "force_new", "as_json"}  # fmt: skip
+    for name, command in group.commands.items():
+        for param in command.params:
+            if param.name in shared:
+                declared = (tuple(param.opts), tuple(param.secondary_opts), param.help)
+                assert seen.setdefault(param.name, declared) == declared, (name, param.name)
+    assert {"config", "set_", "offset", "limit", "out", "task", "data_dir"} <= set(seen)
+    assert "offset" in {p.name for p in group.commands["bench"].params}

@@ -10,13 +10,14 @@ copying off the target and off remote backends.
 from __future__ import annotations
 
 import pytest
-from test_lossless import GSM8K_LIKE, QUESTIONS, needs_smollm2, tiny_config
-from tiny import greedy
 
 from lookahead import LookaheadReasoner
 from lookahead.config import CopyConfig, SpeculationConfig, load_config
 from lookahead.engines.hf import HFEngine, copy_candidates, restrict_to_copies
 from lookahead.errors import ConfigError
+
+from test_lossless import GSM8K_LIKE, QUESTIONS, needs_smollm2, tiny_config
+from tiny import greedy
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog. The quick brown fox",
@@ -62,7 +63,7 @@ def test_a_copying_engine_writes_only_copies_where_a_match_exists(model, tok):
     want = plain.generate(PROMPTS, greedy(24))
     assert [c.text for c in got] != [c.text for c in want]  # copying changed something
     copied = 0
-    for prompt, completion in zip(PROMPTS, got):
+    for prompt, completion in zip(PROMPTS, got, strict=False):
         ids = tok(prompt + completion.text, add_special_tokens=False)["input_ids"]
         start = len(tok(prompt, add_special_tokens=False)["input_ids"])
         with torch.no_grad():

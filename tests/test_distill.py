@@ -95,13 +95,13 @@ def test_training_resumes_and_saves_a_loadable_draft(tiny_target, questions_file
     shape = d.DraftShape(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, max_positions=512)
     settings = d.TrainSettings(epochs=6, batch_tokens=64, lr=1e-2, warmup_steps=2, negatives=16, checkpoint_every=2)
     steps = []
-    model, tokenizer, first = d.train_draft(cfg, solutions, tmp_path, shape, settings, progress=lambda s, t, l: steps.append(s))
+    model, tokenizer, first = d.train_draft(cfg, solutions, tmp_path, shape, settings, progress=lambda s, t, loss: steps.append(s))
     assert first.steps == steps[-1] and first.steps > 4
     assert first.history[0]["loss"] > first.train_loss  # it learned something
     # a rerun with more epochs resumes from the checkpoint instead of starting over
     more = d.TrainSettings(**{**d.asdict(settings), "epochs": 8})
     resumed_steps = []
-    _, _, second = d.train_draft(cfg, solutions, tmp_path, shape, more, progress=lambda s, t, l: resumed_steps.append(s))
+    _, _, second = d.train_draft(cfg, solutions, tmp_path, shape, more, progress=lambda s, t, loss: resumed_steps.append(s))
     assert resumed_steps[0] == first.steps + 1 and second.steps > first.steps
     with pytest.raises(ConfigError, match="other settings"):
         d.train_draft(cfg, solutions, tmp_path, d.DraftShape(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=1), more)
@@ -176,7 +176,7 @@ def test_encode_feeds_every_step_the_context_the_loop_feeds():
         bounds.append(len(context))
     assert ids[bounds[1] - 1] != encode("add.\n\n")[-1]  # not the end-of-text "\n\n" token
     [(same, _, spans)] = d._step_spans(tokenizer, [solution], "\n\n")
-    assert same == ids and spans == list(zip(bounds, bounds[1:]))
+    assert same == ids and spans == list(zip(bounds, bounds[1:], strict=False))
 
 
 def test_the_shipped_draft_loads_by_name():
@@ -281,7 +281,7 @@ def test_a_cut_draft_ships_without_the_targets_embeddings_and_loads_them_back(ti
         assert loaded.get_output_embeddings().weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
     assert engine.generate(["hello"], SamplingParams(max_new_tokens=3))[0].completion_tokens == 3
     engine.shutdown()
-    (dest / SHARED_WEIGHTS_FILE).write_text('{"from": "%s", "tensors": ["model.nope.weight"]}' % tiny_target)
+    (dest / SHARED_WEIGHTS_FILE).write_text(json.dumps({"from": str(tiny_target), "tensors": ["model.nope.weight"]}))
     with pytest.raises(ModelLoadError, match="not found"):
         HFEngine.from_config(EngineConfig(model=str(dest), pad_batches=False))
     (dest / SHARED_WEIGHTS_FILE).write_text('{"from": "%s", "tensors": ["model.embed_tokens.weight"]}' % (tmp_path / "gone"))

@@ -10,10 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from lookahead.cli.eval import eval_command
 from lookahead.config import load_config
 from lookahead.errors import ConfigError, DataError, PromptError
 from lookahead.eval import harness as h
-from lookahead.eval.cli import eval_command
 from lookahead.eval.report import PLOTS, summarize
 from lookahead.eval.tasks import load_problems, resolve_task
 

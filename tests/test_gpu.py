@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from tiny import tiny_llama, train_tokenizer
 
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.config import SamplingParams
 from lookahead.engines.hf import HFEngine
+
+from tiny import tiny_llama, train_tokenizer
 
 pytestmark = pytest.mark.gpu
 

@@ -11,11 +11,12 @@ import importlib.util
 
 import pytest
 import torch
-from tiny import tiny_llama, train_tokenizer
 
 from lookahead.config import EngineConfig, SamplingParams
 from lookahead.engines.hf import HFEngine, convert_gguf, embedded_gguf_path, resolve_model
 from lookahead.errors import ModelLoadError, PromptError
+
+from tiny import tiny_llama, train_tokenizer
 
 PROMPTS = [
     "The quick brown fox",
@@ -54,7 +55,7 @@ def test_batched_greedy_equals_single_rows_and_naive_reference(model, tokenizer)
     engine = HFEngine(model, tokenizer, prefix_cache=False)
     n = 24
     batched = engine.generate(PROMPTS, greedy(n))
-    for prompt, got in zip(PROMPTS, batched):
+    for prompt, got in zip(PROMPTS, batched, strict=False):
         alone = engine.generate([prompt], greedy(n))[0]
         reference = tokenizer.decode(naive_greedy(model, tokenizer, prompt, n))
         assert got.text == alone.text == reference
@@ -68,7 +69,7 @@ def test_shared_prefix_rows_equal_naive_reference(model, tokenizer):
     base = "The quick brown fox jumps over the lazy dog. Step 1: add the numbers."
     prompts = [base, base + " Step 2", base + " Step 2: multiply 3 by 4", base]
     out = engine.generate(prompts, greedy(16))
-    for prompt, got in zip(prompts, out):
+    for prompt, got in zip(prompts, out, strict=False):
         assert got.text == tokenizer.decode(naive_greedy(model, tokenizer, prompt, 16))
 
 
@@ -85,7 +86,7 @@ def test_prefix_cache_reuses_kv_and_matches_recompute(model, tokenizer):
     expected = fresh.generate(follow, greedy(12))
     assert all(c.cached_tokens > first[0].prompt_tokens for c in second)
     assert [c.text for c in second] == [c.text for c in expected]
-    for prompt, got in zip(follow, second):
+    for prompt, got in zip(follow, second, strict=False):
         assert got.text == tokenizer.decode(naive_greedy(model, tokenizer, prompt, 12))
         assert got.cached_tokens < got.prompt_tokens
     # Diverging after the shared prompt: the remembered KV must be cropped, not reused whole.
@@ -134,7 +135,7 @@ def test_stop_rows_leave_batch_others_continue(model, tokenizer):
     gen_ids = naive_greedy(model, tokenizer, PROMPTS[2], 30)
     stop = tokenizer.decode(gen_ids[3:5])
     out = engine.generate(PROMPTS, greedy(30), stop=[stop])
-    for prompt, got in zip(PROMPTS, out):
+    for prompt, got in zip(PROMPTS, out, strict=False):
         ref = tokenizer.decode(naive_greedy(model, tokenizer, prompt, 30))
         if stop in ref:
             assert got.finish_reason == "stop"
@@ -149,7 +150,7 @@ def test_per_row_max_new_tokens(model, tokenizer):
     engine = HFEngine(model, tokenizer)
     caps = [3, 11, 1]
     out = engine.generate(PROMPTS, [greedy(c) for c in caps])
-    for prompt, cap, got in zip(PROMPTS, caps, out):
+    for prompt, cap, got in zip(PROMPTS, caps, out, strict=False):
         assert got.finish_reason == "length"
         assert got.completion_tokens == cap
         assert got.text == tokenizer.decode(naive_greedy(model, tokenizer, prompt, cap))
@@ -244,7 +245,7 @@ def test_from_config_local_dir_shares_weights(model, tokenizer, tmp_path):
     a.shutdown()
     assert b.generate(PROMPTS[:1], greedy(8))[0].text == want[0].text
     b.shutdown()
-    assert not [key for key in hf._LOADED if key[0] == str((tmp_path / "tiny").resolve())]
+    assert not [key for key in hf.loaded_model_keys() if key[0] == str((tmp_path / "tiny").resolve())]
 
 
 def test_model_resolution_errors(tmp_path):

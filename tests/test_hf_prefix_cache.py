@@ -13,11 +13,12 @@ import importlib.util
 import random
 
 import pytest
-from tiny import greedy
 
 from lookahead.config import EngineConfig, SamplingParams, SpeculationConfig
 from lookahead.engines.hf import HFEngine
 from lookahead.errors import ConfigError
+
+from tiny import greedy
 
 HEAD = "Step 2: "  # the short start every problem shares (a chat template's role, say)
 PROBLEMS = [
@@ -67,7 +68,7 @@ def merged_rounds(engine: HFEngine, plain: HFEngine, rounds: int, seed: int, spe
         out = engine.generate([text for _, text in batch], greedy(n_tokens), speculate=speculate(i))
         proposed += sum(c.spec_draft_tokens for c in out)
         accepted += sum(c.spec_accepted_tokens for c in out)
-        for (p, text), got in zip(batch, out):
+        for (p, text), got in zip(batch, out, strict=False):
             alone = plain.generate([text], greedy(n_tokens))[0]
             assert (got.text, got.completion_tokens) == (alone.text, alone.completion_tokens), (i, text)
             if alone_spec is not None and speculate(i):
@@ -149,7 +150,7 @@ def test_draft_prefix_is_recomputed_for_rows_without_draft_kv(model, tok):
     engine = HFEngine(model, tok, prefix_cache=True, speculation=spec, draft_model=model)
     plain = HFEngine(model, tok, prefix_cache=False)
     first = engine.generate(PROBLEMS[:2], greedy(6))  # no speculation: rows without draft KV
-    assert engine._remembered and all(e.draft_keys is None for e in engine._remembered)
+    assert engine.remembered.rows and all(e.draft_keys is None for e in engine.remembered.rows)
     drafted: list[int] = []
     inner = engine._prefill_shared
 
@@ -235,7 +236,7 @@ def test_merged_rows_on_the_embedded_smollm2_equal_rows_alone():
         for i, order in enumerate(([0, 1, 2], [2, 0], [1, 2, 0], [0, 1])):
             batch = [prompts[p] for p in order]
             out = engine.generate(batch, params, stop=["\n\n"])
-            for p, text, got in zip(order, batch, out):
+            for p, text, got in zip(order, batch, out, strict=False):
                 assert got.text == plain.generate([text], params, stop=["\n\n"])[0].text, (i, p)
                 if i:
                     assert got.cached_tokens > engine.count_tokens(prompts[p]) // 2

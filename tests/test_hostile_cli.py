@@ -301,7 +301,7 @@ def test_solve_says_how_many_rounds_speculated_and_why_the_others_ran_ar(tmp_pat
 
 def test_round_split_names_incomplete_drafts():
     """A round whose first draft step came out incomplete judged nothing: an ar round, said so."""
-    from lookahead.cli import round_split
+    from lookahead.cli.solve import round_split
     from lookahead.types import Result, StepRecord
 
     steps = [StepRecord(0, 0, 1, "a\n\n", "draft", 2, draft_text="a\n\n", target_text="a\n\n"),

@@ -7,6 +7,7 @@ import pytest
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.engines.fake import FakeEngine
 from lookahead.types import Verdict
+
 from tiny import BrokenVerifier
 
 T = ["A1.\n\n", "A2.\n\n", "A3.\n\n", "A4.\n\n", "Answer \\boxed{4}."]
@@ -80,7 +81,7 @@ def test_first_step_rejected_still_advances():
 def _one_round(reasoner, state):
     drafts = reasoner.propose(state)
     targets = reasoner.expand(state, drafts)
-    from lookahead.loop import Proposal
+    from lookahead.rounds.state import Proposal
 
     yield from reasoner.commit(state, Proposal(drafts, targets, reasoner.judge(state, drafts, targets)), 0.0)
 
@@ -256,3 +257,81 @@ def test_draft_steps_are_capped_at_the_budget_left():
     result = reasoner.generate("q")
     assert draft.caps[:3] == [12, 7, 2]  # 12 tokens of budget, steps of 5 tokens
     assert result.text == ar_text(T, max_total_tokens=12).text
+
+
+# -- the round strategies and their shared arithmetic (lookahead.rounds) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "overrides", "kind"),
+    [
+        ("ar", {}, "ar"),
+        ("sd", {}, "ar"),
+        ("lr", {}, "chain"),
+        ("lr", {"adaptive_gamma": True}, "chain"),
+        ("lr", {"width": 2, "draft_sampling": {"temperature": 0.7}}, "tree"),
+        ("lr", {"pipeline": True}, "pipelined"),
+    ],
+)
+def test_round_kind_follows_mode_and_config(mode, overrides, kind):
+    """advance picks its round strategy from the ROUNDS table by mode and config (no if/elif drift)."""
+    from lookahead.rounds import ROUNDS
+
+    reasoner, _, _ = make(T, T, **overrides)
+    state = reasoner.start("q", mode)
+    assert reasoner._round_kind(state) == kind and kind in ROUNDS
+    assert reasoner.generate("q", mode=mode).text == "".join(T)
+
+
+def test_problem_state_budget_and_step_caps():
+    """tokens_left counts the target tokens after committed + drafted text; step caps take the smaller."""
+    reasoner, _, _ = make(T, T, max_total_tokens=12, max_step_tokens=8)
+    state = reasoner.start("q")
+    assert state.tokens_left(reasoner.target) == 12
+    assert state.tokens_left(reasoner.target, "A1.\n\n") == 7  # one character = one token
+    assert state.step_params(state.config.target_sampling, 3).max_new_tokens == 3
+    assert state.step_params(state.config.target_sampling, 30).max_new_tokens == 8
+    assert state.states_answer("so \\boxed{4}") and not state.states_answer("A1.\n\n")
+    going_on, _, _ = make(T, T, stop_at_final_answer=False)
+    assert not going_on.start("q").states_answer("so \\boxed{4}")
+
+
+def test_steps_drafted_ahead_carry_only_onto_the_text_they_follow():
+    """carry_ahead keeps e_2.. only when the commit produced exactly ahead_of + e_1, and the problem goes on."""
+    from lookahead.rounds.state import carry_ahead
+
+    reasoner, _, _ = make(T, T)
+    state = reasoner.start("q")
+    state.completion = "A1.\n\nA2.\n\n"
+    carry_ahead(state, "A1.\n\n", ["A2.\n\n", "A3.\n\n"])
+    assert state.carried_steps == ["A3.\n\n"]
+    state.carried_steps = []
+    carry_ahead(state, "A1.\n\n", ["B2.\n\n", "A3.\n\n"])
+    assert state.carried_steps == []
+
+
+def test_adaptive_learn_record_equals_observe_keywords():
+    """policy.learn(RoundOutcome(...)) and the keyword form policy.observe(...) learn the same."""
+    from lookahead.adaptive import AdaptiveGamma, RoundOutcome
+
+    by_record, by_keywords = AdaptiveGamma(max_gamma=3), AdaptiveGamma(max_gamma=3)
+    for policy in (by_record, by_keywords):
+        policy.choose()
+    by_record.learn(RoundOutcome(1, 1, [True], 0.02, 0.15, 2, 0.01, draft_tokens=10, target_tokens=20))
+    by_keywords.observe(1, 1, [True], draft_s=0.02, target_s=0.15, target_rows=2, verify_s=0.01,
+                        draft_tokens=10, target_tokens=20)  # fmt: skip
+    assert by_record.snapshot() == by_keywords.snapshot()
+
+
+def test_importing_the_loop_loads_no_heavy_or_outer_layer():
+    """The core (loop, rounds) imports no torch / transformers / ray / fastapi, nothing from eval/server/cli."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lookahead.loop, lookahead.rounds; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'ray', 'fastapi') "
+        "or m.startswith(('lookahead.eval', 'lookahead.server', 'lookahead.cli'))]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

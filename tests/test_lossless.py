@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from tiny import tiny_llama, train_tokenizer
-from tiny import tiny_lr_config as tiny_config
 
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.engines.hf import HFEngine
+
+from tiny import tiny_llama, train_tokenizer
+from tiny import tiny_lr_config as tiny_config
 
 QUESTIONS = ["Step 1: add", "The quick brown fox", "A short story about a cat"]
 
@@ -106,7 +107,7 @@ def test_lossless_on_the_embedded_smollm2():
     )
     accepted = rejected = 0
     with LookaheadReasoner.from_config(cfg) as reasoner:
-        for question, draft_temperature in zip(GSM8K_LIKE, (0.0, 0.7)):
+        for question, draft_temperature in zip(GSM8K_LIKE, (0.0, 0.7), strict=False):
             ar = reasoner.generate(question, mode="ar")
             lr = reasoner.generate(question, mode="lr", **{"draft_sampling.temperature": draft_temperature})
             assert lr.text == ar.text

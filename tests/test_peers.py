@@ -12,7 +12,6 @@ import re
 import sys
 
 import pytest
-from tiny import tiny_llama, train_tokenizer
 
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.config import load_config
@@ -22,6 +21,8 @@ from lookahead.eval.peers import LLAMACPP_HINT, PeerSet, StepStopRule, create_pe
 from lookahead.eval.report import summarize
 from lookahead.eval.tasks import Problem
 from lookahead.steps import split_steps
+
+from tiny import tiny_llama, train_tokenizer
 
 QUESTIONS = ["Step 1: add", "A short story about a cat", "The quick brown fox"]
 

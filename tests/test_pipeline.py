@@ -15,6 +15,7 @@ from lookahead.config import with_overrides
 from lookahead.engines.fake import FakeEngine
 from lookahead.engines.hf import HFEngine
 from lookahead.scheduler import run_many
+
 from tiny import BrokenVerifier, tiny_lr_config
 
 T = ["A1.\n\n", "A2.\n\n", "A3.\n\n", "A4.\n\n", "Answer \\boxed{4}."]
@@ -169,7 +170,7 @@ def test_carried_drafts_on_scripts_skip_draft_calls():
 
 def test_steps_drafted_ahead_carry_only_onto_their_own_prefix():
     """e_2.. carry over only when the committed text is P + d_1..d_γ + e_1 (the bonus step == e_1)."""
-    from lookahead.loop import RoundInFlight
+    from lookahead.rounds.pipelined import RoundInFlight
 
     reasoner, _, _ = make(T, T, gamma=2)
     for bonus, expected in (("A3.\n\n", ["A4.\n\n"]), ("other\n\n", [])):

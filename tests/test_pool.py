@@ -19,9 +19,9 @@ ray = pytest.importorskip("ray")
 from lookahead.config import EngineConfig, SamplingParams, load_config  # noqa: E402
 from lookahead.engines.fake import FakeEngine  # noqa: E402
 from lookahead.engines.hf import HFEngine  # noqa: E402
+from lookahead.engines.pool import EngineCallError, PoolEngine  # noqa: E402
 from lookahead.errors import ConfigError, ModelLoadError, PromptError  # noqa: E402
 from lookahead.loop import LookaheadReasoner  # noqa: E402
-from lookahead.pool import EngineCallError, PoolEngine  # noqa: E402
 from lookahead.scheduler import Job, JobCancelled, run_many  # noqa: E402
 
 from tiny import tiny_llama, train_tokenizer  # noqa: E402
@@ -119,7 +119,7 @@ def test_hf_pool_matches_in_process_engine(hf_pool, tiny_dir):
         ([prompts[3]], SamplingParams(max_new_tokens=20), [" the"]),  # other stop: its own call
     ]
     got = call_together(hf_pool, requests)
-    for request, result in zip(requests, got):
+    for request, result in zip(requests, got, strict=False):
         assert summary(result) == summary(local.generate(*request))
     assert hf_pool.stats.merged_calls >= 1  # at least two callers shared one replica call
     assert hf_pool.count_tokens("The quick brown fox") == local.count_tokens("The quick brown fox")
@@ -258,7 +258,7 @@ def test_run_many_returns_every_job_once_in_order(pooled_reasoner):
     assert [o.index for o in outcomes] == seen
     bad = outcomes[len(QUESTIONS)]
     assert isinstance(bad.error, ConfigError) and "gamma" in str(bad.error) and bad.result is None
-    for job, outcome in zip(jobs[: len(QUESTIONS)], outcomes):
+    for job, outcome in zip(jobs[: len(QUESTIONS)], outcomes, strict=False):
         want = reference.generate(job.prompt, mode=job.mode)
         assert outcome.ok and outcome.result.mode == job.mode
         assert outcome.result.text == want.text and outcome.result.rounds == want.rounds

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mock_servers import EOS_ID, MockServer
 
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.config import EngineConfig, SamplingParams
@@ -25,6 +24,8 @@ from lookahead.engines.http import RequestRejected, ServerUnavailable
 from lookahead.engines.openai_compat import OpenAIEngine
 from lookahead.engines.sglang import SGLangEngine, cut_after_stop
 from lookahead.errors import ConfigError, ModelLoadError
+
+from mock_servers import EOS_ID, MockServer
 
 T = ["A1.\n\n", "A2 is longer.\n\n", "A3.\n\n", "Answer \\boxed{4}."]
 P = "<user>\nq\n<assistant>\n"  # the FakeEngine chat shape the mock servers continue from

@@ -1,4 +1,4 @@
-"""The analytic speedup model (lookahead.speedup): hand-computed cases and eval-record estimates."""
+"""The analytic speedup model (lookahead.speedup): hand-computed cases; eval-record estimates (lookahead.eval.fit)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,15 @@ from pathlib import Path
 import pytest
 
 from lookahead.errors import DataError
+from lookahead.eval.fit import from_eval_records, is_pipelined, unmodelled
 from lookahead.speedup import (
+    GPU_REFERENCE,
     batch_cost_at,
     best_gamma,
     expected_steps,
-    GPU_REFERENCE,
-    from_eval_records,
     gpu_projection,
-    is_pipelined,
     predicted_speedup,
     round_cost,
-    unmodelled,
 )
 
 RECORDS = Path(__file__).parent.parent / "docs" / "benchmarks" / "gsm8k-cpu" / "records.jsonl"
@@ -59,7 +57,9 @@ def test_batch_curve_changes_best_gamma():
     steep = best_gamma(alpha, c, lambda k: float(k), 0.0, max_gamma=6)
     assert flat >= 4 and steep == 0
     # hand check of the middle case: b(k) = 1 + 0.3 (k-1), c = 0.15, α = 0.8 -> γ = 2
-    b = lambda k: 1 + 0.3 * (k - 1)  # noqa: E731
+    def b(k):
+        return 1 + 0.3 * (k - 1)
+
     assert best_gamma([0.8], 0.15, b, 0.0, 4) == 2
     assert predicted_speedup([0.8], 2, 0.15, b, 0.0) == pytest.approx(2.44 / (0.3 + 1.6))
 

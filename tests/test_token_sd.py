@@ -16,14 +16,15 @@ import math
 
 import pytest
 import torch
-from test_lossless import QUESTIONS, tiny_config
-from tiny import greedy, tiny_llama, train_tokenizer
 
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.config import SamplingParams, SpeculationConfig
 from lookahead.engines.fake import FakeEngine
 from lookahead.engines.hf import HFEngine, accept_or_resample, greedy_accept, ngram_propose
 from lookahead.errors import ConfigError
+
+from test_lossless import QUESTIONS, tiny_config
+from tiny import greedy, tiny_llama, train_tokenizer
 
 PROMPTS = [
     "The quick brown fox",

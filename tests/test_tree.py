@@ -11,6 +11,7 @@ import pytest
 from lookahead import ConfigError, LookaheadReasoner, config_from_dict, load_config
 from lookahead.engines.fake import FakeEngine
 from lookahead.engines.hf import HFEngine
+
 from tiny import BrokenVerifier, tiny_lr_config
 
 T = ["A1.\n\n", "A2.\n\n", "A3.\n\n", "A4.\n\n", "Answer \\boxed{4}."]

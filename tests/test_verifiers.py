@@ -16,24 +16,35 @@ from typing import ClassVar
 
 import pytest
 import typer
-from tiny import tiny_llama, train_tokenizer
 from typer.testing import CliRunner
 
-import lookahead.verifiers as verifiers_pkg
-from lookahead.calibrate import calibrate_command, numeric_oracle, roc_curve
-from lookahead.config import VerifierConfig
+import lookahead.registry as registry
+from lookahead.calibrate import numeric_oracle, roc_curve
+from lookahead.cli.calibrate import calibrate_command
+from lookahead.config import VerifierConfig, load_config, with_overrides
+from lookahead.engines.base import EngineBase
 from lookahead.engines.fake import FakeEngine
 from lookahead.engines.hf import HFEngine
 from lookahead.errors import ConfigError
+from lookahead.loop import LookaheadReasoner
+from lookahead.steps import DEFAULT_STEP_DELIMITER
 from lookahead.types import Verdict
 from lookahead.verifiers import VERIFIER_NAMES, create_verifier
-from lookahead.verifiers.base import GuardedVerifier, is_failure, step_body
+from lookahead.verifiers.base import (
+    GuardedVerifier,
+    VerifierBase,
+    is_failure,
+    step_body,
+)
 from lookahead.verifiers.logits import label_logprobs
+
+from tiny import tiny_llama, train_tokenizer
 
 PARAPHRASE = ("Janet eats 3 eggs for breakfast, so she has 16 - 3 = 13 eggs.\n\n", "After breakfast Janet has 16 - 3 = 13 eggs.\n\n")
 OTHER_NUMBER = ("Altogether she sold 48 + 24 = 72 clips.\n\n", "Altogether she sold 48 + 24 = 82 clips.\n\n")
 UNRELATED = ("First, find how many eggs are left.\n\n", "The final answer is \\boxed{18}.")
 LONG_STEP = "She adds up the eggs of every day of the year one by one. " * 60 + "\n\n"
+STEP = DEFAULT_STEP_DELIMITER  # the step delimiter of these pairs
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,10 +63,10 @@ def tiny_engine(tokenizer):
 
 @pytest.fixture(scope="module")
 def embedding():
-    return create_verifier(VerifierConfig(name="embedding"))
+    return create_verifier(VerifierConfig(name="embedding"), step_delimiter=STEP)
 
 
-class Recording:
+class Recording(VerifierBase):
     """Stub stage: accepts pairs whose draft contains "ok" and records every batch it is given."""
 
     name = "recording"
@@ -70,7 +81,7 @@ class Recording:
         return [Verdict("ok" in d, 1.0 if "ok" in d else 0.0, self.name) for d in drafts]
 
 
-class Broken:
+class Broken(VerifierBase):
     """Stub stage that always raises."""
 
     name = "broken"
@@ -100,7 +111,7 @@ class Sleepy(GuardedVerifier):
 @pytest.fixture
 def stubs(monkeypatch):
     for name, cls in (("recording", "Recording"), ("broken", "Broken"), ("sleepy", "Sleepy")):
-        monkeypatch.setitem(verifiers_pkg._REGISTRY, name, f"{__name__}:{cls}")
+        monkeypatch.setitem(registry.VERIFIERS, name, f"{__name__}:{cls}")
 
 
 def run_pairs(verifier, pairs: Sequence[tuple[str, str]], context: str = "") -> list[Verdict]:
@@ -115,7 +126,7 @@ def test_registry_lists_every_verifier_and_rejects_unknown_names():
     """No silent fallback: an unknown name raises a ConfigError naming all the verifiers."""
     assert {"embedding", "llm_judge", "score", "cascade"} <= set(VERIFIER_NAMES)
     with pytest.raises(ConfigError, match="embedding, llm_judge, score, cascade"):
-        create_verifier(VerifierConfig(name="embeding"))
+        create_verifier(VerifierConfig(name="embeding"), step_delimiter=STEP)
 
 
 @pytest.mark.parametrize(
@@ -127,7 +138,7 @@ def test_registry_lists_every_verifier_and_rejects_unknown_names():
 def test_bad_options_raise_config_errors(name, options):
     """A typo in verifier.options is the user's mistake: a ConfigError, not a traceback or a silent default."""
     with pytest.raises(ConfigError):
-        create_verifier(VerifierConfig(name=name, options=options), {"target": lambda: None})
+        create_verifier(VerifierConfig(name=name, options=options), {"target": lambda: None}, step_delimiter=STEP)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +159,7 @@ def test_bad_options_raise_config_errors(name, options):
 def test_option_of_the_wrong_type_names_the_option_and_the_type(name, options, message):
     """threshold=abc gave "'<' not supported between 'float' and 'str'": now the option and its type."""
     with pytest.raises(ConfigError, match=f"verifier '{name}': .*{re.escape(message)}"):
-        create_verifier(VerifierConfig(name=name, options=options), {"target": lambda: None})
+        create_verifier(VerifierConfig(name=name, options=options), {"target": lambda: None}, step_delimiter=STEP)
 
 
 def test_step_body_strips_the_delimiter():
@@ -197,7 +208,7 @@ def test_batched_label_logprobs_equal_one_by_one(tiny_engine, tokenizer):
     prompts = ["The quick brown fox", "A", "Step 2: multiply 3 by 4 to get 12.\n\nThe final answer is", "One, two"]
     labels = [" the", " dog", "1"]
     batched = label_logprobs(tiny_engine, prompts, labels, max_batch=3)
-    for prompt, row in zip(prompts, batched):
+    for prompt, row in zip(prompts, batched, strict=False):
         assert row == pytest.approx(label_logprobs(tiny_engine, [prompt], labels)[0], abs=1e-4)
         assert all(x < 0 for x in row)
 
@@ -210,10 +221,10 @@ def test_label_logprobs_refuses_multi_token_labels_and_engines_without_logits(ti
 
 
 def test_label_logprobs_uses_next_token_logprobs_when_the_engine_has_it():
-    class Remote:
+    class Remote(EngineBase):
         name = "remote"
 
-        def next_token_logprobs(self, prompts, candidates):
+        def next_token_logprobs(self, prompts, candidates, *, max_batch=16):
             return [{"Yes": -0.1} for _ in prompts]
 
     assert label_logprobs(Remote(), ["p", "q"], ["Yes", "No"]) == [[-0.1, -math.inf]] * 2
@@ -224,6 +235,7 @@ def test_llm_judge_on_a_tiny_model(tiny_engine):
     judge = create_verifier(
         VerifierConfig(name="llm_judge", options={"labels": [" the", " dog"], "threshold": 0.5}),
         {"target": lambda: tiny_engine},
+        step_delimiter=STEP,
     )
     pairs = [PARAPHRASE, OTHER_NUMBER, ("same step\n\n", "same step\n\n"), UNRELATED]
     batched = run_pairs(judge, pairs, context="Step 1: add the numbers.\n\n")
@@ -239,7 +251,7 @@ def test_llm_judge_on_a_tiny_model(tiny_engine):
 
 def test_llm_judge_default_labels_must_be_single_tokens(tiny_engine):
     """The tiny tokenizer splits " yes": say so instead of judging on a fragment."""
-    judge = create_verifier(VerifierConfig(name="llm_judge"), {"target": lambda: tiny_engine})
+    judge = create_verifier(VerifierConfig(name="llm_judge"), {"target": lambda: tiny_engine}, step_delimiter=STEP)
     with pytest.raises(ConfigError, match="yes"):
         run_pairs(judge, [PARAPHRASE])
 
@@ -250,6 +262,7 @@ def test_llm_judge_uses_the_chat_template_and_the_engine_it_names(tiny_engine, t
     judge = create_verifier(
         VerifierConfig(name="llm_judge", options={"engine": "draft", "template": "chat", "labels": ["1", "2"]}),
         {"target": lambda: calls.append("target"), "draft": lambda: calls.append("draft") or tiny_engine},
+        step_delimiter=STEP,
     )
     judge.verify(["ctx"], ["a 1\n\n"], ["a 2\n\n"])
     assert calls == ["draft"]
@@ -258,13 +271,13 @@ def test_llm_judge_uses_the_chat_template_and_the_engine_it_names(tiny_engine, t
 
 def test_score_verifier_on_a_tiny_model(tiny_engine):
     """Expected 0-9 rating from the ten digit log-probs; batched = one by one; threshold decides."""
-    scorer = create_verifier(VerifierConfig(name="score", options={"threshold": 4.5}), {"target": lambda: tiny_engine})
+    scorer = create_verifier(VerifierConfig(name="score", options={"threshold": 4.5}), {"target": lambda: tiny_engine}, step_delimiter=STEP)
     pairs = [PARAPHRASE, OTHER_NUMBER, UNRELATED]
     batched = run_pairs(scorer, pairs, context="Step 1: add the numbers.\n\n")
     alone = [run_pairs(scorer, [p], context="Step 1: add the numbers.\n\n")[0] for p in pairs]
     assert [v.score for v in batched] == pytest.approx([v.score for v in alone], abs=1e-4)
     assert all(0.0 <= v.score <= 9.0 and v.accepted == (v.score >= 4.5) for v in batched)
-    tail = create_verifier(VerifierConfig(name="score", options={"rule": "tail", "threshold": 5}), {"target": lambda: tiny_engine})
+    tail = create_verifier(VerifierConfig(name="score", options={"rule": "tail", "threshold": 5}), {"target": lambda: tiny_engine}, step_delimiter=STEP)
     assert all(0.0 <= v.score <= 1.0 for v in run_pairs(tail, pairs))
     assert run_pairs(scorer, [("same\n\n", "same\n\n")])[0].score == 9.0
 
@@ -308,7 +321,8 @@ def test_a_slow_judge_times_out_and_rejects():
 def test_cascade_stages_see_only_undecided_pairs(stubs):
     """exact and numeric decide the easy pairs; the last stage gets the rest, in order, in one batch."""
     cascade = create_verifier(
-        VerifierConfig(name="cascade", options={"stages": [{"name": "exact"}, {"name": "numeric"}, {"name": "recording"}]})
+        VerifierConfig(name="cascade", options={"stages": [{"name": "exact"}, {"name": "numeric"}, {"name": "recording"}]}),
+        step_delimiter=STEP,
     )
     pairs = [
         ("a 1\n\n", "a 1\n\n"),  # identical: exact accepts
@@ -328,12 +342,13 @@ def test_cascade_stages_see_only_undecided_pairs(stubs):
 
 def test_cascade_failing_stage_passes_pairs_on_and_a_failing_last_stage_rejects(stubs):
     cascade = create_verifier(
-        VerifierConfig(name="cascade", options={"stages": [{"name": "broken"}, {"name": "recording"}]})
+        VerifierConfig(name="cascade", options={"stages": [{"name": "broken"}, {"name": "recording"}]}),
+        step_delimiter=STEP,
     )
     verdicts = run_pairs(cascade, [("ok\n\n", "ko\n\n"), ("no\n\n", "on\n\n")])
     assert [v.verifier for v in verdicts] == ["cascade/recording"] * 2 and [v.accepted for v in verdicts] == [True, False]
     assert cascade.stage_failures == {"broken": 1}
-    last = create_verifier(VerifierConfig(name="cascade", options={"stages": [{"name": "exact"}, {"name": "broken"}]}))
+    last = create_verifier(VerifierConfig(name="cascade", options={"stages": [{"name": "exact"}, {"name": "broken"}]}), step_delimiter=STEP)
     verdicts = run_pairs(last, [("a\n\n", "a\n\n"), ("ok\n\n", "ko\n\n")])
     assert verdicts[0].accepted and not verdicts[1].accepted and is_failure(verdicts[1])
     assert verdicts[1].verifier == "cascade/broken" and last.failures == 1
@@ -341,7 +356,8 @@ def test_cascade_failing_stage_passes_pairs_on_and_a_failing_last_stage_rejects(
 
 def test_cascade_stage_timeout_passes_pairs_on(stubs):
     cascade = create_verifier(
-        VerifierConfig(name="cascade", options={"stages": [{"name": "sleepy", "accept_at": 0.5, "timeout_s": 0.2}, {"name": "recording"}]})
+        VerifierConfig(name="cascade", options={"stages": [{"name": "sleepy", "accept_at": 0.5, "timeout_s": 0.2}, {"name": "recording"}]}),
+        step_delimiter=STEP,
     )
     verdicts = run_pairs(cascade, [("ok\n\n", "x\n\n")])
     cascade.stages[0].verifier.gate.set()
@@ -350,12 +366,82 @@ def test_cascade_stage_timeout_passes_pairs_on(stubs):
 
 def test_default_cascade_uses_the_judge_last(embedding):
     """Default stages exact -> numeric -> embedding -> llm_judge; a judge on a fake engine fails -> reject."""
-    cascade = create_verifier(VerifierConfig(name="cascade"), {"target": lambda: FakeEngine(["a\n\n"])})
+    cascade = create_verifier(VerifierConfig(name="cascade"), {"target": lambda: FakeEngine(["a\n\n"])}, step_delimiter=STEP)
     assert [s.name for s in cascade.stages] == ["exact", "numeric", "embedding", "llm_judge"]
     close = ("We need the number of eggs Janet has left today.\n\n", "We need the number of eggs that Janet has left today.\n\n")
     verdicts = run_pairs(cascade, [close, ("Let us think about the problem.\n\n", "Let us think about this problem carefully.\n\n")])
     assert verdicts[0].verifier == "cascade/embedding" and verdicts[0].accepted
     assert verdicts[1].verifier == "cascade/llm_judge" and is_failure(verdicts[1]) and not verdicts[1].accepted
+
+
+# --------------------------------------------------------------------------------------------
+# the configured step delimiter (every verifier used to assume "\n\n", whatever the config said)
+
+
+class ScriptedJudge(EngineBase):
+    """Judge engine stand-in: records the prompts it scores; says "Yes" and rates 9."""
+
+    name = "scripted-judge"
+
+    def __init__(self):
+        self.prompts: list[str] = []
+
+    def format_chat(self, messages):
+        return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
+
+    def check_logprob_labels(self, labels, where=""):
+        pass
+
+    def next_token_logprobs(self, prompts, candidates, *, max_batch=16):
+        self.prompts.extend(prompts)
+        return [{c: (-0.1 if c in ("Yes", "9") else -5.0) for c in candidates} for _ in prompts]
+
+
+# "<1>": a delimiter that is neither whitespace (which strip() hides) nor free of numbers
+@pytest.mark.parametrize("delimiter", ["\n", "<1>"])
+@pytest.mark.parametrize("name", ["exact", "normalized", "numeric", "embedding", "llm_judge", "score", "cascade"])
+def test_every_verifier_strips_and_compares_on_the_configured_step_delimiter(name, delimiter):
+    """Guards the delimiter bug: create_verifier hands every verifier (and every cascade stage) the
+    configured step delimiter; step bodies are compared without it, exact compares whole steps."""
+    judge = ScriptedJudge()
+    options = {"stages": [{"name": "exact"}, {"name": "normalized"}]} if name == "cascade" else {}
+    v = create_verifier(VerifierConfig(name=name, options=options), {"target": lambda: judge}, step_delimiter=delimiter)
+    assert v.delimiter == delimiter
+    if name == "cascade":
+        assert [stage.verifier.delimiter for stage in v.stages] == [delimiter, delimiter]
+    # the draft ended on the delimiter, the target ran into its token cap: same body, other bytes
+    ended, capped = run_pairs(v, [("x = 2" + delimiter, "x = 2"), ("x = 2" + delimiter, "x = 2" + delimiter)])
+    assert capped.accepted
+    assert ended.accepted == (name != "exact"), ended
+    if name == "cascade":
+        assert ended.verifier == "cascade/normalized"
+    if name in ("llm_judge", "score"):
+        run_pairs(v, [("a 1" + delimiter, "b 2" + delimiter)], context="q")
+        label = "Candidate step" if name == "llm_judge" else "Latest step"
+        after = "Is the candidate" if name == "llm_judge" else "Reply with"
+        assert f"{label}:\na 1\n\n{after}" in judge.prompts[-1]  # the judge never sees the delimiter
+
+
+def test_reasoner_hands_its_verifier_the_configured_step_delimiter():
+    """Guards the delimiter bug end to end: --set step_delimiter="\\n" reaches the reasoner's verifier."""
+    cfg = load_config("tiny", ['step_delimiter="\\n"', "verifier.name=normalized"])
+    assert cfg.step_delimiter == "\n"
+    reasoner = LookaheadReasoner(cfg)
+    try:
+        assert reasoner.verifier.delimiter == "\n"
+    finally:
+        reasoner.close()
+
+
+def test_a_per_call_step_delimiter_gets_a_verifier_of_its_own():
+    """A call that overrides step_delimiter must not reuse the verifier built for another delimiter."""
+    cfg = load_config("tiny", ['step_delimiter="\\n"', "verifier.name=normalized"])
+    reasoner = LookaheadReasoner(cfg)
+    try:
+        assert reasoner.verifier.delimiter == "\n"
+        assert reasoner.verifier_for(with_overrides(cfg, {"step_delimiter": "<1>"})).delimiter == "<1>"
+    finally:
+        reasoner.close()
 
 
 # --------------------------------------------------------------------------------------------

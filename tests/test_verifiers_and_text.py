@@ -5,21 +5,23 @@ from __future__ import annotations
 import pytest
 
 from lookahead import ConfigError, VerifierConfig
-from lookahead.eval.answers import extract_answer
-from lookahead.steps import is_complete_step, split_steps
+from lookahead.answers import extract_answer
+from lookahead.steps import DEFAULT_STEP_DELIMITER, is_complete_step, split_steps
 from lookahead.verifiers import create_verifier
 from lookahead.verifiers.exact import normalize_step
+
+STEP = DEFAULT_STEP_DELIMITER  # the step delimiter of these pairs
 
 
 def test_registry_raises_on_unknown_names_with_the_list():
     """No silent fallback to some default verifier."""
     with pytest.raises(ConfigError, match="exact, normalized"):
-        create_verifier(VerifierConfig(name="nope"))  # message lists exact, normalized, numeric
+        create_verifier(VerifierConfig(name="nope"), step_delimiter=STEP)  # message lists exact, normalized, numeric
 
 
 def test_exact_is_byte_exact_and_keeps_order():
     """exact rejects a whitespace difference; verdicts come back in input order."""
-    v = create_verifier(VerifierConfig(name="exact"))
+    v = create_verifier(VerifierConfig(name="exact"), step_delimiter=STEP)
     verdicts = v.verify(["", "", ""], ["a\n\n", "b \n\n", "c\n\n"], ["a\n\n", "b\n\n", "x\n\n"])
     assert [x.accepted for x in verdicts] == [True, False, False]
     assert all(x.verifier == "exact" for x in verdicts)
@@ -38,7 +40,7 @@ def test_exact_is_byte_exact_and_keeps_order():
 )
 def test_normalized_forgives_format_not_content(draft, target, same):
     """normalized accepts formatting differences and rejects different numbers."""
-    v = create_verifier(VerifierConfig(name="normalized"))
+    v = create_verifier(VerifierConfig(name="normalized"), step_delimiter=STEP)
     assert v.verify([""], [draft], [target])[0].accepted is same
 
 
@@ -50,7 +52,7 @@ def test_normalize_keeps_long_numbers_and_ranges():
 def test_verifier_options_are_checked():
     """Unknown options are a ConfigError, not a TypeError."""
     with pytest.raises(ConfigError, match="takes no options"):
-        create_verifier(VerifierConfig(name="exact", options={"threshold": 0.9}))
+        create_verifier(VerifierConfig(name="exact", options={"threshold": 0.9}), step_delimiter=STEP)
 
 
 def test_split_steps_roundtrip_and_completeness():
@@ -94,16 +96,16 @@ def test_extract_answer(text, answer):
 )
 def test_numeric_verifier_compares_stated_numbers(draft, target, same):
     """numeric accepts reworded steps with the same numbers and rejects any changed number."""
-    v = create_verifier(VerifierConfig(name="numeric"))
+    v = create_verifier(VerifierConfig(name="numeric"), step_delimiter=STEP)
     assert v.verify([""], [draft], [target])[0].accepted is same
 
 
 def test_numeric_threshold_and_bad_options():
     """A lower threshold accepts partial overlap; bad options are a ConfigError."""
-    loose = create_verifier(VerifierConfig(name="numeric", options={"threshold": 0.5}))
+    loose = create_verifier(VerifierConfig(name="numeric", options={"threshold": 0.5}), step_delimiter=STEP)
     verdict = loose.verify([""], ["2 + 3 = 5\n\n"], ["2 + 3 = 6\n\n"])[0]  # {2,3,5} vs {2,3,6}
     assert verdict.accepted and verdict.score == 0.5
     with pytest.raises(ConfigError, match="threshold"):
-        create_verifier(VerifierConfig(name="numeric", options={"threshold": 0}))
+        create_verifier(VerifierConfig(name="numeric", options={"threshold": 0}), step_delimiter=STEP)
     with pytest.raises(ConfigError, match="unknown options"):
-        create_verifier(VerifierConfig(name="numeric", options={"tau": 1}))
+        create_verifier(VerifierConfig(name="numeric", options={"tau": 1}), step_delimiter=STEP)

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lookahead.config import LookaheadConfig, SamplingParams, config_from_dict
+from lookahead.verifiers.base import VerifierBase
 
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. Step 1: add the numbers.\n\n"
@@ -74,7 +75,7 @@ def tiny_lr_config(**overrides) -> LookaheadConfig:
     )
 
 
-class BrokenVerifier:
+class BrokenVerifier(VerifierBase):
     """A verifier that always raises (the loop must reject and count, never crash)."""
 
     name = "broken"

@@ -1,4 +1,8 @@
-"""Engine registry: one place that maps a backend name to its class (imported lazily).
+"""Engine factory: a backend name to its engine (the table is `lookahead.registry.ENGINES`; classes import lazily).
+
+Every class is named by a ``"module:Class"`` string, the Ray pool too, so this package imports
+none of its engines: `lookahead.engines.pool` imports `create_engine` from here (to build the
+engine inside each actor), never the other way round.
 
 Example:
     >>> from lookahead.config import EngineConfig
@@ -9,19 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lookahead.registry import lookup
+from lookahead.registry import ENGINE_NAMES, ENGINES, POOL, lookup
+
+__all__ = ["ENGINE_NAMES", "create_engine"]
 
 if TYPE_CHECKING:
     from lookahead.config import EngineConfig
     from lookahead.engines.base import Engine
 
-_REGISTRY = {
-    "hf": "lookahead.engines.hf:HFEngine",
-    "fake": "lookahead.engines.fake:FakeEngine",
-    "sglang": "lookahead.engines.sglang:SGLangEngine",  # SGLang server (url) or in-process sglang.Engine
-    "openai": "lookahead.engines.openai_compat:OpenAIEngine",  # any /v1/completions server
-}
-ENGINE_NAMES = tuple(_REGISTRY)
 
 
 def create_engine(
@@ -32,9 +31,7 @@ def create_engine(
     ``config.replicas >= 1`` puts that many copies in Ray actors behind one `PoolEngine`.
     """
     if config.replicas > 0:
-        from lookahead.pool import PoolEngine
-
-        return PoolEngine.from_config(
+        return lookup(POOL, "pool", "engine pool").from_config(
             config, ray_address=ray_address, call_timeout_s=call_timeout_s, call_retries=call_retries
         )
-    return lookup(_REGISTRY, config.backend, "engine backend").from_config(config)
+    return lookup(ENGINES, config.backend, "engine backend").from_config(config)

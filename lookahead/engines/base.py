@@ -4,6 +4,20 @@ An engine turns a batch of prompt texts into one `Completion` each. Steps are ex
 text, so draft and target may use different tokenizers. Engines keep whatever cache they like
 (the HF engine reuses the KV cache of the longest token prefix it has already seen).
 
+`EngineBase` is the base class of every engine in this package. It declares the **optional
+capabilities** callers may rely on, each with a default, so a caller reads ``engine.thread_safe``
+or calls ``engine.prepare_speculation()`` on any engine instead of probing with ``getattr``:
+
+- ``thread_safe`` (default False): `generate` may be called from several threads at once;
+- ``batch_costs`` (default None = unknown): seconds of one decode step by batch size;
+- ``tokenizer`` (default None): the engine's local tokenizer;
+- ``prepare_speculation()`` (default: nothing to do): load and check what
+  ``generate(..., speculate=True)`` needs, before the first question;
+- ``next_token_logprobs(prompts, candidates)`` (default: raises `ConfigError`): log-probability of
+  each candidate as the next token, for the LLM-judge verifiers;
+- ``check_logprob_labels(labels)`` (default: raises `ConfigError`): fail now if those labels
+  cannot be scored, before the first verification.
+
 Example:
     >>> from lookahead.engines import create_engine
     >>> engine = create_engine(EngineConfig(backend="fake"))           # doctest: +SKIP
@@ -13,10 +27,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from lookahead.config import SamplingParams
-from lookahead.errors import PromptError
+from lookahead.errors import ConfigError, PromptError
 from lookahead.types import Completion
 
 
@@ -84,3 +98,51 @@ class Engine(Protocol):
     def shutdown(self) -> None:
         """Free models and caches. Calling it twice is harmless."""
         ...
+
+
+class EngineBase:
+    """Base class of the engines: the optional capabilities of an `Engine`, with their defaults.
+
+    Subclasses implement the `Engine` protocol (``name``, `generate`, `count_tokens`,
+    `format_chat`, `context_length`, `shutdown`) and override the capabilities they have (the
+    table in the module docstring). A capability is always present, so callers never probe.
+    """
+
+    name: str  # short label for logs and traces, set by every engine (see `Engine`)
+    thread_safe: bool = False
+    """May `generate` be called from several threads at once? (A Ray pool, or a client of a
+    server that batches concurrent requests, can; an in-process model cannot.)"""
+    batch_costs: list[float] | None = None
+    """Seconds of one decode step by batch size (index 0 unused) where the engine has measured
+    them (the in-process HF engine); None when unknown. The adaptive policy reads it."""
+    tokenizer: Any = None
+    """The engine's local tokenizer (a transformers tokenizer for ``hf``; a
+    `lookahead.engines.http.RemoteTokenizer` for the remote engines), or None."""
+
+    def prepare_speculation(self) -> None:
+        """Load and check now what ``generate(..., speculate=True)`` needs (e.g. a draft model),
+        so a mistake surfaces before the first question. Default: nothing to prepare."""
+
+    def next_token_logprobs(
+        self, prompts: Sequence[str], candidates: Sequence[str], *, max_batch: int = 16
+    ) -> list[dict[str, float]]:
+        """Log-probability of each candidate as the next token right after each prompt.
+
+        One ``{candidate: logprob}`` per prompt, in input order; a candidate the engine cannot
+        see (outside a server's top list) gets ``-inf``. ``max_batch`` bounds the prompts of one
+        forward pass where the engine runs the model itself (servers batch on their own).
+        Default: this engine reports no log-probabilities, and says so with a `ConfigError`.
+        """
+        raise self._no_logprobs()
+
+    def check_logprob_labels(self, labels: Sequence[str], where: str = "") -> None:
+        """Raise `ConfigError` now if `next_token_logprobs` cannot score ``labels`` (e.g. a label
+        that is not one token of an in-process model). Default: it cannot score anything."""
+        raise self._no_logprobs()
+
+    def _no_logprobs(self) -> ConfigError:
+        return ConfigError(
+            f"engine {self.name!r} cannot report next-token log-probabilities "
+            "(in-process hf engines and OpenAI-compatible or SGLang servers can); "
+            "use an hf engine as judge, e.g. options: {engine: {backend: hf, model: PATH}}"
+        )

@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from lookahead.config import EngineConfig, SamplingParams
+from lookahead.engines.base import EngineBase
 from lookahead.errors import ModelLoadError
 from lookahead.types import Completion
 
@@ -42,7 +43,7 @@ DEFAULT_SCRIPT = [
 ]
 
 
-class FakeEngine:
+class FakeEngine(EngineBase):
     """Scripted engine; ``calls`` records the batch size of every `generate` call."""
 
     def __init__(

@@ -254,7 +254,7 @@ def load_local_tokenizer(specs: Sequence[str | None]) -> tuple[Any, str] | None:
                 return AutoTokenizer.from_pretrained(str(path)), spec
             if _looks_like_hub_id(spec):
                 return AutoTokenizer.from_pretrained(spec, local_files_only=True), spec
-        except Exception as exc:  # transformers raises many types for unusable folders
+        except Exception as exc:  # noqa: BLE001 -- transformers raises many types for unusable folders
             logger.info("no tokenizer from %s: %s", spec, exc)
     return None
 

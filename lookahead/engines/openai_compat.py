@@ -74,9 +74,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from lookahead.config import EngineConfig, SamplingParams
-from lookahead.engines.base import check_prompts, row_params
-from lookahead.engines.http import HTTPClient, RemoteTokenizer, client_options, load_tokenizer
-from lookahead.engines.sglang import _tokenizer_context, clean_stops
+from lookahead.engines.http import HTTPClient, RemoteTokenizer, client_options
+from lookahead.engines.remote import (
+    RemoteEngine,
+    closed_on_error,
+    connect_tokenizer,
+    open_client,
+    prepare_batch,
+    tokenizer_context,
+)
 from lookahead.errors import ConfigError, LookaheadError
 from lookahead.types import Completion
 
@@ -91,7 +97,7 @@ DEFAULT_TOP_LOGPROBS = 20
 APIS = ("auto", "openai", "llamacpp")  # options.api: which completion route generate() uses
 
 
-class OpenAIEngine:
+class OpenAIEngine(RemoteEngine[HTTPClient]):
     """`Engine` over an OpenAI-compatible ``/v1/completions`` server (see the module docstring)."""
 
     # generate() may be called from several threads at once: stateless HTTP requests, batched by
@@ -102,15 +108,18 @@ class OpenAIEngine:
         self, client: HTTPClient, model: str, tokenizer: RemoteTokenizer, context: int | None = None, top_logprobs: int = 20,
         api: str = "openai", cache_prompt: bool = True,
     ) -> None:
-        self.client: HTTPClient | None = client
+        name = f"{'llamacpp' if api == 'llamacpp' else 'openai'}:{model.rstrip('/').split('/')[-1]}"
+        super().__init__(client, tokenizer, name, context)
         self.model = model  # the model name sent with every request
-        self.tokenizer = tokenizer
-        self.context = context  # max prompt + completion tokens, None = unknown
         self.top_logprobs = top_logprobs  # logprobs asked for in next_token_logprobs (count)
         self.api = api  # "openai": /v1/completions; "llamacpp": llama.cpp's native /completion
         self.cache_prompt = cache_prompt  # llamacpp: let a slot reuse its KV cache (faster, not bit-exact)
-        self.name = f"{'llamacpp' if api == 'llamacpp' else 'openai'}:{model.rstrip('/').split('/')[-1]}"
         self._warned_ambiguous = False
+
+    @property
+    def client(self) -> HTTPClient | None:
+        """The server's `HTTPClient`; None after `shutdown`."""
+        return self._connection
 
     @classmethod
     def from_config(cls, cfg: EngineConfig) -> OpenAIEngine:
@@ -120,31 +129,16 @@ class OpenAIEngine:
         api = str(opts.get("api", "auto")).lower()
         if api not in APIS:
             raise ConfigError(f"options.api {opts.get('api')!r} is unknown; choose one of {', '.join(APIS)}")
-        base = cfg.url.rstrip("/")
-        base = base[: -len("/v1")] if base.endswith("/v1") else base
-        client = HTTPClient(
-            base,
-            server="OpenAI-compatible",
-            api_key=cfg.api_key,
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-            backoff_s=float(opts.get("retry_backoff_s", 0.5)),
-            max_concurrency=int(opts.get("max_concurrency", 16)),
-            hint=SERVER_HINT,
-        )
-        try:
+        base = cfg.url.rstrip("/").removesuffix("/v1")
+        client = open_client(cfg, opts, base_url=base, server="OpenAI-compatible", hint=SERVER_HINT)
+        with closed_on_error(client):
             card = cls._model_card(client, cfg.model)
             model = str(card.get("id")) if cfg.model == "auto" else cfg.model
-            local = load_tokenizer(opts, [model, card.get("root")])
-            tokenizer = RemoteTokenizer(local[0] if local else None, None if local else client, model=model,
-                                        source=local[1] if local else "")
+            tokenizer = connect_tokenizer(opts, client, [model, card.get("root")], model)
             if api == "auto":
                 api = "llamacpp" if card.get("owned_by") == "llamacpp" else "openai"
             context = card.get("max_model_len") or (cls._llamacpp_context(client) if api == "llamacpp" else None)
-            context = context or (_tokenizer_context(local[0]) if local else None)
-        except BaseException:
-            client.close()
-            raise
+            context = context or tokenizer_context(tokenizer.local)
         top = int(opts.get("top_logprobs", DEFAULT_TOP_LOGPROBS))
         cache_prompt = opts.get("cache_prompt", True)
         if not isinstance(cache_prompt, bool):
@@ -187,20 +181,6 @@ class OpenAIEngine:
         return {}
 
     # -- Engine protocol -----------------------------------------------------------------------
-    def count_tokens(self, text: str) -> int:
-        return self.tokenizer.count(text)
-
-    def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        return self.tokenizer.format_chat(messages, self.name)
-
-    def context_length(self) -> int | None:
-        return self.context
-
-    def shutdown(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
     def generate(
         self,
         prompts: Sequence[str],
@@ -209,11 +189,8 @@ class OpenAIEngine:
         speculate: bool = False,
     ) -> list[Completion]:
         """One concurrent request per prompt; ``speculate`` is ignored (a server-side setting)."""
-        started = time.perf_counter()
-        prompts = check_prompts(prompts)
-        per_row = row_params(params, len(prompts))
-        stops = clean_stops(stop)
-        client = self._client()
+        started, prompts, per_row, stops = prepare_batch(prompts, params, stop)
+        client = self._open()
 
         def one(row: tuple[str, SamplingParams]) -> Completion:
             prompt, p = row
@@ -222,14 +199,17 @@ class OpenAIEngine:
             body = client.post("/v1/completions", self._request(prompt, p, stops))
             return self._completion(body, stops, started)
 
-        return client.map(one, list(zip(prompts, per_row)))
+        return client.map(one, list(zip(prompts, per_row, strict=False)))
 
-    def next_token_logprobs(self, prompts: Sequence[str], candidates: Sequence[str]) -> list[dict[str, float]]:
+    def next_token_logprobs(
+        self, prompts: Sequence[str], candidates: Sequence[str], *, max_batch: int = 16
+    ) -> list[dict[str, float]]:
         """Log-probability of each candidate's first token right after each prompt (-inf when it is
-        not among the server's top ``options.top_logprobs``); one dict per prompt, input order."""
+        not among the server's top ``options.top_logprobs``); one dict per prompt, input order.
+        One concurrent request per prompt (the server batches them; ``max_batch`` is not used)."""
         candidates = list(candidates)
         pieces = [self._first_piece(c) for c in candidates]
-        client = self._client()
+        client = self._open()
 
         def one(prompt: str) -> dict[str, float]:
             request = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
@@ -237,16 +217,11 @@ class OpenAIEngine:
             body = client.post("/v1/completions", request)
             choice = (body.get("choices") or [{}])[0]
             top = ((choice.get("logprobs") or {}).get("top_logprobs") or [None])[0] or {}
-            return {c: self._lookup(top, c, piece) for c, piece in zip(candidates, pieces)}
+            return {c: self._lookup(top, c, piece) for c, piece in zip(candidates, pieces, strict=False)}
 
         return client.map(one, list(prompts))
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _client(self) -> HTTPClient:
-        if self.client is None:
-            raise RuntimeError(f"engine {self.name} was shut down")
-        return self.client
-
     def _request(self, prompt: str, p: SamplingParams, stops: list[str]) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model,

@@ -67,7 +67,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from lookahead.config import EngineConfig, SamplingParams
-from lookahead.engines.base import check_prompts, row_params
 from lookahead.engines.http import (
     HTTPClient,
     RemoteTokenizer,
@@ -76,6 +75,15 @@ from lookahead.engines.http import (
     load_tokenizer,
     server_args,
 )
+from lookahead.engines.remote import (
+    RemoteEngine,
+    as_int,
+    closed_on_error,
+    connect_tokenizer,
+    open_client,
+    prepare_batch,
+    tokenizer_context,
+)
 from lookahead.errors import ConfigError, LookaheadError, ModelLoadError
 from lookahead.types import Completion
 
@@ -83,10 +91,6 @@ logger = logging.getLogger(__name__)
 
 LAUNCH_HINT = "start it with: python scripts/launch_sglang.py --preset gpu-qwen3-32b (or fix the engine's url)"
 INSTALL_HINT = 'pip install "lookahead[sglang]"'
-
-
-def clean_stops(stop: Sequence[str] | str) -> list[str]:
-    return [s for s in ([stop] if isinstance(stop, str) else stop) if s]
 
 
 def cut_after_stop(text: str, matched: str) -> str:
@@ -130,7 +134,7 @@ class _InProcessBackend:
         self.engine.shutdown()
 
 
-class SGLangEngine:
+class SGLangEngine(RemoteEngine[_ServerBackend | _InProcessBackend]):
     """`Engine` over an SGLang server or an in-process ``sglang.Engine`` (see the module docstring)."""
 
     def __init__(
@@ -141,21 +145,23 @@ class SGLangEngine:
         context: int | None = None,
         num_draft_tokens: int | None = None,
     ) -> None:
-        self.backend: _ServerBackend | _InProcessBackend | None = backend
-        self.tokenizer = tokenizer
-        self.name = name
-        self.context = context  # max prompt + completion tokens, None = unknown
+        super().__init__(backend, tokenizer, name, context)
         # speculative_num_draft_tokens of the server (tokens per verify pass, incl. the target's);
         # None = not asked yet, 0 = unknown / no speculation
         self.num_draft_tokens = num_draft_tokens
         self._warned_spec = False
 
     @property
+    def backend(self) -> _ServerBackend | _InProcessBackend | None:
+        """The server or in-process backend; None after `shutdown`."""
+        return self._connection
+
+    @property
     def thread_safe(self) -> bool:
         """May `generate` be called from several threads at once? Over a server, yes: each call is
         a stateless HTTP request and the server batches concurrent ones (continuous batching),
         which is what pipelined rounds and ``concurrency > 1`` rely on. In process, no."""
-        return isinstance(self.backend, _ServerBackend)
+        return isinstance(self._connection, _ServerBackend)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -169,29 +175,14 @@ class SGLangEngine:
 
     @classmethod
     def _connect(cls, cfg: EngineConfig, opts: dict[str, Any], spec_tokens: Any) -> SGLangEngine:
-        client = HTTPClient(
-            cfg.url or "",
-            server="SGLang",
-            api_key=cfg.api_key,
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-            backoff_s=float(opts.get("retry_backoff_s", 0.5)),
-            max_concurrency=int(opts.get("max_concurrency", 16)),
-            hint=LAUNCH_HINT,
-        )
-        try:
+        client = open_client(cfg, opts, base_url=cfg.url or "", server="SGLang", hint=LAUNCH_HINT)
+        with closed_on_error(client):
             info = client.get("/get_model_info")
             served = str(info.get("model_path") or cfg.model)
-            local = load_tokenizer(opts, [cfg.model, info.get("tokenizer_path"), served])
-            tokenizer = RemoteTokenizer(
-                local[0] if local else None, None if local else client, model=served, source=local[1] if local else ""
-            )
-            context = cls._server_context(client) or (_tokenizer_context(local[0]) if local else None)
-        except BaseException:
-            client.close()
-            raise
+            tokenizer = connect_tokenizer(opts, client, [cfg.model, info.get("tokenizer_path"), served], served)
+            context = cls._server_context(client) or tokenizer_context(tokenizer.local)
         name = f"sglang:{served.rstrip('/').split('/')[-1]}"
-        return cls(_ServerBackend(client), tokenizer, name, context, _as_int(spec_tokens))
+        return cls(_ServerBackend(client), tokenizer, name, context, as_int(spec_tokens))
 
     @staticmethod
     def _server_context(client: HTTPClient) -> int | None:
@@ -209,54 +200,26 @@ class SGLangEngine:
     def _start_in_process(
         cls, cfg: EngineConfig, opts: dict[str, Any], args: dict[str, Any], spec_tokens: Any
     ) -> SGLangEngine:
-        if importlib.util.find_spec("sglang") is None:
-            raise ModelLoadError(
-                f"the sglang backend without a url runs SGLang in this process and needs the package sglang: "
-                f"{INSTALL_HINT} (on a CUDA machine), or set url to a running server"
-            )
-        try:
-            import torch
-
-            has_cuda = torch.cuda.is_available()
-        except ImportError:
-            has_cuda = False
-        if not has_cuda:
-            raise ModelLoadError(
-                "the in-process SGLang engine needs a CUDA GPU; set url to a remote SGLang server instead"
-            )
+        _require_local_sglang()
         import sglang
 
         try:
-            engine = sglang.Engine(model_path=cfg.model, **args)
+            runtime = sglang.Engine(model_path=cfg.model, **args)
         except TypeError as exc:
             raise ConfigError(f"an options key is not an sglang.Engine argument: {exc}") from None
         local = load_tokenizer(opts, [])
-        hf_tok = local[0] if local else getattr(getattr(engine, "tokenizer_manager", None), "tokenizer", None)
+        manager = getattr(runtime, "tokenizer_manager", None)  # sglang's internals, not our Engine protocol
+        hf_tok = local[0] if local else getattr(manager, "tokenizer", None)
         if hf_tok is None:
-            engine.shutdown()
+            runtime.shutdown()
             raise ModelLoadError(f"SGLang loaded {cfg.model} without a tokenizer; set options.tokenizer")
-        model_config = getattr(getattr(engine, "tokenizer_manager", None), "model_config", None)
-        context = getattr(model_config, "context_len", None) or _tokenizer_context(hf_tok)
+        context = getattr(getattr(manager, "model_config", None), "context_len", None) or tokenizer_context(hf_tok)
         tokenizer = RemoteTokenizer(hf_tok, None, model=cfg.model, source=local[1] if local else cfg.model)
         name = f"sglang:{cfg.model.rstrip('/').split('/')[-1]}"
-        return cls(_InProcessBackend(engine), tokenizer, name, int(context) if context else None,
-                   _as_int(spec_tokens) or _as_int(args.get("speculative_num_draft_tokens")))
+        return cls(_InProcessBackend(runtime), tokenizer, name, int(context) if context else None,
+                   as_int(spec_tokens) or as_int(args.get("speculative_num_draft_tokens")))
 
     # -- Engine protocol -----------------------------------------------------------------------
-    def count_tokens(self, text: str) -> int:
-        return self.tokenizer.count(text)
-
-    def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        return self.tokenizer.format_chat(messages, self.name)
-
-    def context_length(self) -> int | None:
-        return self.context
-
-    def shutdown(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
-
     def generate(
         self,
         prompts: Sequence[str],
@@ -264,25 +227,25 @@ class SGLangEngine:
         stop: Sequence[str] = (),
         speculate: bool = False,
     ) -> list[Completion]:
-        started = time.perf_counter()
-        prompts = check_prompts(prompts)
+        started, prompts, per_row, stops = prepare_batch(prompts, params, stop)
         if not prompts:
             return []
-        per_row = row_params(params, len(prompts))
-        stops = clean_stops(stop)
         payload = {"text": prompts, "sampling_params": [self._sampling(p, stops) for p in per_row]}
-        outputs = self._backend().generate(payload)
+        outputs = self._open().generate(payload)
         if len(outputs) != len(prompts):
             raise ServerUnavailable(f"SGLang answered {len(outputs)} rows for {len(prompts)} prompts")
         elapsed = time.perf_counter() - started
         return [self._completion(out, elapsed) for out in outputs]
 
-    def next_token_logprobs(self, prompts: Sequence[str], candidates: Sequence[str]) -> list[dict[str, float]]:
+    def next_token_logprobs(
+        self, prompts: Sequence[str], candidates: Sequence[str], *, max_batch: int = 16
+    ) -> list[dict[str, float]]:
         """Log-probability of each candidate's first token as the token right after each prompt.
 
         Exact for every candidate (SGLang ``token_ids_logprob``). Candidates are tokenized on
         their own, so give them as they would follow the prompt (e.g. ``" Yes"`` after a space-less
-        prompt end). Returns one ``{candidate: logprob}`` per prompt, in input order.
+        prompt end). Returns one ``{candidate: logprob}`` per prompt, in input order. All prompts
+        go in one request (the server batches them; ``max_batch`` is not used).
         """
         prompts, candidates = list(prompts), list(candidates)
         if not prompts:
@@ -295,20 +258,15 @@ class SGLangEngine:
             "return_logprob": True,
             "token_ids_logprob": [unique_ids for _ in prompts],
         }
-        outputs = self._backend().generate(payload)
+        outputs = self._open().generate(payload)
         result = []
         for out in outputs:
             entries = (out.get("meta_info", {}).get("output_token_ids_logprobs") or [None])[0] or []
             by_id = {int(entry[1]): float(entry[0]) for entry in entries}
-            result.append({c: by_id.get(tid, -math.inf) for c, tid in zip(candidates, first_ids)})
+            result.append({c: by_id.get(tid, -math.inf) for c, tid in zip(candidates, first_ids, strict=False)})
         return result
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _backend(self) -> _ServerBackend | _InProcessBackend:
-        if self.backend is None:
-            raise RuntimeError(f"engine {self.name} was shut down")
-        return self.backend
-
     @staticmethod
     def _sampling(p: SamplingParams, stops: list[str]) -> dict[str, Any]:
         sampling: dict[str, Any] = {
@@ -368,11 +326,11 @@ class SGLangEngine:
     def _draft_tokens_per_pass(self) -> int:
         if self.num_draft_tokens is None:
             try:
-                info = self._backend().server_info()
+                info = self._open().server_info()
             except LookaheadError as exc:
                 logger.info("no server info for the speculation counts: %s", exc)
                 info = {}
-            self.num_draft_tokens = _as_int(info.get("speculative_num_draft_tokens")) or 0
+            self.num_draft_tokens = as_int(info.get("speculative_num_draft_tokens")) or 0
         if self.num_draft_tokens <= 1:
             if not self._warned_spec:
                 logger.warning(
@@ -384,14 +342,20 @@ class SGLangEngine:
         return self.num_draft_tokens - 1
 
 
-def _as_int(value: Any) -> int | None:
+def _require_local_sglang() -> None:
+    """The in-process engine needs the sglang package and a CUDA GPU; say how to get either."""
+    if importlib.util.find_spec("sglang") is None:
+        raise ModelLoadError(
+            f"the sglang backend without a url runs SGLang in this process and needs the package sglang: "
+            f"{INSTALL_HINT} (on a CUDA machine), or set url to a running server"
+        )
     try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
+        import torch
 
-
-def _tokenizer_context(tokenizer: Any) -> int | None:
-    """``model_max_length`` of a tokenizer when it is a real limit (not transformers' 1e30 sentinel)."""
-    value = getattr(tokenizer, "model_max_length", None)
-    return int(value) if isinstance(value, int) and 0 < value < 10_000_000 else None
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        raise ModelLoadError(
+            "the in-process SGLang engine needs a CUDA GPU; set url to a remote SGLang server instead"
+        )

@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lookahead.answers import answers_match, extract_answer
 from lookahead.config import (
     MODES,
     REQUEST_KEYS_FIXED,
@@ -80,7 +81,6 @@ from lookahead.config import (
     redacted,
 )
 from lookahead.errors import ConfigError, DataError, LookaheadError
-from lookahead.eval.answers import answers_match, extract_answer
 from lookahead.eval.peers import (
     PEER_PREFIX,
     PeerSet,
@@ -145,8 +145,9 @@ def is_engine_key(key: str) -> bool:
     return key.split(".", 1)[0] in REQUEST_KEYS_FIXED
 
 
-def _split_top_level(text: str, where: str) -> list[str]:
-    """Split on commas outside ``[...]``."""
+def split_top_level(text: str, where: str) -> list[str]:
+    """Split a run list on commas outside ``[...]`` (``"ar,lr[gamma=1,width=2]"`` -> 2 runs);
+    unbalanced brackets raise a `ConfigError` naming ``where`` (the option, e.g. ``--modes``)."""
     parts, depth, current = [], 0, ""
     for char in text:
         if char == "[":
@@ -170,7 +171,7 @@ def parse_run_specs(text: str, config: LookaheadConfig) -> list[RunSpec]:
     """``"ar,lr[gamma=1],lr[gamma=4,verifier=numeric],peer:hf-assisted"`` -> runs; every override
     (and every peer option) is validated now."""
     runs: list[RunSpec] = []
-    for written in _split_top_level(text or "", "--modes"):
+    for written in split_top_level(text or "", "--modes"):
         if not written:
             raise ConfigError(f"--modes {redact_text(text)!r} has an empty run; write e.g. --modes ar,lr")
         spec = redact_text(written)  # the label: what every file and message shows
@@ -288,7 +289,8 @@ def plan_jobs(
     return jobs
 
 
-def _now() -> str:
+def now() -> str:
+    """The time now (UTC, ISO 8601 to the second): the ``time`` of records and run.json entries."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -353,7 +355,7 @@ def make_record(job: Job, result: Result) -> dict[str, Any]:
             }
             for step in result.steps
         ],
-        time=_now(),
+        time=now(),
     )
     return record
 
@@ -383,7 +385,7 @@ def error_record(job: Job, error: str, seconds: float) -> dict[str, Any]:
         spec={},
         stats={},
         completion="",
-        time=_now(),
+        time=now(),
     )
     return record
 
@@ -690,7 +692,7 @@ def _open_locked(out: Path, settings: dict[str, Any], force_new: bool, lock: Any
     else:
         history = []
     stored = dict(settings)
-    stored["invocations"] = [*history, {"time": _now(), "command": settings.get("command")}]
+    stored["invocations"] = [*history, {"time": now(), "command": settings.get("command")}]
     tmp = run_file.with_suffix(".json.tmp")
     try:
         tmp.write_text(json.dumps(stored, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

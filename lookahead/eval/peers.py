@@ -63,15 +63,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lookahead.answers import extract_answer
 from lookahead.config import EngineConfig, LookaheadConfig, SamplingParams, configured
 from lookahead.errors import ConfigError, ModelLoadError, PromptError
-from lookahead.eval.answers import extract_answer
 from lookahead.prompts import build_messages
 from lookahead.stats import RoundStats
 from lookahead.steps import split_steps
 from lookahead.types import Result, StepRecord
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from lookahead.engines.base import Engine
     from lookahead.engines.hf import HFEngine
 
@@ -334,7 +336,7 @@ def _result(
         before, tokens = tokens, engine.count_tokens(done)
         steps.append(
             StepRecord(index=index, round=index, depth=1, text=step_text, source="target",
-                       tokens=tokens - before, target_text=step_text, seconds=seconds)  # fmt: skip
+                       tokens=tokens - before, target_text=step_text, seconds=seconds)
         )
         stats.observe_round(drafted=0, matched=[], accepted=0, committed=1)
     stats.draft_s = draft_s
@@ -489,6 +491,58 @@ class TransformersPeer:
                 )
             self._same_vocab = self.draft.tokenizer.get_vocab() == self.target.tokenizer.get_vocab()
 
+    def _generate_kwargs(self, ids: Any, eos: list[int], budget: int, seed: int | None, rule: StepStopRule) -> dict[str, Any]:
+        """``model.generate``'s arguments: the prompt, the budget, the sampling, the step stop rule
+        and this peer's own options (prompt lookup)."""
+        import torch
+
+        tokenizer = self.target.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": budget,
+            "eos_token_id": eos or None,
+            "pad_token_id": pad,
+            **_sampling_kwargs(self.config.target_sampling, seed),
+        }
+        if rule.pattern is not None:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_transformers_stop(tokenizer, ids.shape[1], rule)])
+        if self.name == "hf-prompt-lookup":
+            kwargs["prompt_lookup_num_tokens"] = self.options["prompt_lookup_num_tokens"]
+            if self.options["max_matching_ngram_size"] is not None:
+                kwargs["max_matching_ngram_size"] = self.options["max_matching_ngram_size"]
+        return kwargs
+
+    def _attach_draft(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Assisted generation: the draft model (and both tokenizers when their vocabularies
+        differ) into ``kwargs``, this peer's assistant options set on the draft's generation
+        config; returns the values to put back afterwards."""
+        restore: dict[str, Any] = {}
+        kwargs["assistant_model"] = self.draft.model
+        if not self._same_vocab:  # universal assisted generation: text passes between tokenizers
+            kwargs["tokenizer"], kwargs["assistant_tokenizer"] = self.target.tokenizer, self.draft.tokenizer
+        assistant_config = self.draft.model.generation_config
+        for key in ("num_assistant_tokens", "assistant_confidence_threshold"):
+            if self.options[key] is not None:
+                restore[key] = getattr(assistant_config, key, None)
+                setattr(assistant_config, key, self.options[key])
+        return restore
+
+    def _token_counts(self, generated: list[int], ended: str, widths: list[int], prompt_len: int) -> dict[str, int] | None:
+        """Token-level speculation of one generation from the target's forward passes (their
+        widths): proposed, accepted, passes (None: no pass was seen)."""
+        passes = len(widths)
+        if self.name == "hf-ar":
+            return {"proposed": 0, "accepted": 0, "passes": 0}  # no speculation, as our ar
+        if not passes:
+            return None
+        committed = len(generated) + (ended == "eos")  # tokens the passes committed, EOS included
+        proposed = sum(widths) - prompt_len - (passes - 1)  # beyond the prompt + 1 per pass
+        return {"proposed": max(proposed, 0), "accepted": max(committed - passes, 0), "passes": passes}
+
     def generate(self, question: str, seed: int | None = None, max_new_tokens: int | None = None) -> Result:
         import torch
 
@@ -500,36 +554,10 @@ class TransformersPeer:
         budget = prepared.token_limit if max_new_tokens is None else min(prepared.token_limit, max_new_tokens)
         ids = torch.tensor([tokenizer(prepared.prompt, add_special_tokens=False).input_ids], device=engine.device)
         eos = _eos_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
         rule = _stop_rule(cfg)
-        kwargs: dict[str, Any] = {
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "max_new_tokens": budget,
-            "eos_token_id": eos or None,
-            "pad_token_id": pad,
-            **_sampling_kwargs(cfg.target_sampling, seed),
-        }
-        if rule.pattern is not None:
-            from transformers import StoppingCriteriaList
-
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_transformers_stop(tokenizer, ids.shape[1], rule)])
-        if self.name == "hf-prompt-lookup":
-            kwargs["prompt_lookup_num_tokens"] = self.options["prompt_lookup_num_tokens"]
-            if self.options["max_matching_ngram_size"] is not None:
-                kwargs["max_matching_ngram_size"] = self.options["max_matching_ngram_size"]
-        restore: dict[str, Any] = {}
-        draft_meter = None
-        if self.draft is not None:
-            kwargs["assistant_model"] = self.draft.model
-            if not self._same_vocab:  # universal assisted generation: text passes between tokenizers
-                kwargs["tokenizer"], kwargs["assistant_tokenizer"] = tokenizer, self.draft.tokenizer
-            assistant_config = self.draft.model.generation_config
-            for key in ("num_assistant_tokens", "assistant_confidence_threshold"):
-                if self.options[key] is not None:
-                    restore[key] = getattr(assistant_config, key, None)
-                    setattr(assistant_config, key, self.options[key])
-            draft_meter = _ForwardMeter(self.draft.model)
+        kwargs = self._generate_kwargs(ids, eos, budget, seed, rule)
+        restore = self._attach_draft(kwargs) if self.draft is not None else {}
+        draft_meter = _ForwardMeter(self.draft.model) if self.draft is not None else None
         target_meter = _ForwardMeter(model)
         try:
             start = time.perf_counter()
@@ -547,14 +575,7 @@ class TransformersPeer:
         if generated and generated[-1] in eos:
             generated, ended = generated[:-1], "eos"
         text, finish = _finish(rule, tokenizer.decode(generated, **_DECODE_KW), ended)
-        spec = None
-        passes = len(target_meter.widths)
-        if self.name == "hf-ar":
-            spec = {"proposed": 0, "accepted": 0, "passes": 0}  # no speculation, as our ar
-        elif passes:
-            committed = len(generated) + (ended == "eos")  # tokens the passes committed, EOS included
-            proposed = sum(target_meter.widths) - ids.shape[1] - (passes - 1)  # beyond the prompt + 1 per pass
-            spec = {"proposed": max(proposed, 0), "accepted": max(committed - passes, 0), "passes": passes}
+        spec = self._token_counts(generated, ended, target_meter.widths, ids.shape[1])
         draft_s = draft_meter.seconds if draft_meter is not None else 0.0
         return _result(self.name, cfg, engine, prepared, text, finish, wall, draft_s, spec)
 
@@ -726,7 +747,7 @@ class PeerSet:
             peer.close()
         self._loaded = {}
 
-    def __enter__(self) -> PeerSet:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

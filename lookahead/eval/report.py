@@ -1,4 +1,4 @@
-"""Turn eval records into numbers users can trust: summary.json, summary.md, a rich table, plots.
+"""Turn eval records into numbers users can trust: summary.json, summary.md, the table rows, plots.
 
 Definitions (per run, over the records of this invocation's problems, runs and samples):
 - **accuracy**: per problem, the fraction of its samples graded correct (an error row counts as
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lookahead.answers import same_answer
 from lookahead.config import redacted
-from lookahead.eval.answers import same_answer
 from lookahead.eval.harness import RunSpec, baseline_label
 
 SUMMARY_JSON = "summary.json"
@@ -58,7 +58,21 @@ def _per_problem_time(rows: Sequence[dict[str, Any]]) -> dict[int, float]:
     return {p: sum(t) / len(t) for p, t in times.items()}
 
 
+def _token_speculation(ok: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The token-level speculation counts (``spec_*``) summed over rows, and the acceptance rate."""
+    spec: Counter[str] = Counter()
+    for r in ok:
+        for key, value in (r.get("spec") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                spec[key] += value
+    summary: dict[str, Any] = dict(spec)
+    if spec.get("spec_draft_tokens"):
+        summary["token_acceptance_rate"] = spec.get("spec_accepted_tokens", 0) / spec["spec_draft_tokens"]
+    return summary
+
+
 def _run_summary(run: RunSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's figures over its rows (module docstring: the definitions)."""
     ok = [r for r in rows if r["status"] == "ok"]
     graded = [r for r in rows if r["correct"] is not None]
     by_problem: dict[int, list[bool]] = defaultdict(list)
@@ -75,14 +89,6 @@ def _run_summary(run: RunSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
             depth_rates[depth].append(float(rate))
     rounds = sum(int(r["rounds"]) for r in ok)
     committed = sum(int(r.get("committed_steps") or 0) for r in ok)
-    spec: Counter[str] = Counter()
-    for r in ok:
-        for key, value in (r.get("spec") or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                spec[key] += value
-    spec_summary: dict[str, Any] = dict(spec)
-    if spec.get("spec_draft_tokens"):
-        spec_summary["token_acceptance_rate"] = spec.get("spec_accepted_tokens", 0) / spec["spec_draft_tokens"]
     no_answer = sum(1 for r in ok if r["answer"] is None)
     bad_reference = sum(1 for r in rows if r["reference"] is None)
     return {
@@ -112,7 +118,7 @@ def _run_summary(run: RunSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "acceptance_by_depth": [_mean(depth_rates[d]) for d in sorted(depth_rates)],
         "steps_per_round": committed / rounds if rounds else None,
         "time_split_s": {part: _mean([float(r.get(part) or 0.0) for r in ok]) or 0.0 for part in TIME_PARTS},
-        "token_speculation": spec_summary,
+        "token_speculation": _token_speculation(ok),
         "finish_reasons": dict(Counter(r["finish_reason"] for r in rows)),
         "fairness_warnings": [
             f"overrides {k} (other budget or sampling than the other runs)" for k in run.changes_fairness()
@@ -176,7 +182,8 @@ SHORT_HEADER = ("run", "accuracy", "speedup", "median", "tok/s", "accept", "agre
 
 
 def table_rows(summary: dict[str, Any], short: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the runs table (shared by the markdown and the rich table)."""
+    """Header and rows of the runs table (shared by the markdown and the terminal's table,
+    `lookahead.cli.eval`)."""
     header = list(SHORT_HEADER if short else HEADER)
     rows = []
     for run in summary["runs"]:
@@ -254,26 +261,6 @@ def markdown(summary: dict[str, Any]) -> str:
     if plots:
         lines += ["", *(f"![{p}]({p})" for p in plots)]
     return "\n".join(lines) + "\n"
-
-
-def rich_table(summary: dict[str, Any]) -> Any:
-    """The runs table for the terminal."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from lookahead.cli import terminal_safe
-
-    header, rows = table_rows(summary, short=True)
-    table = Table(
-        title=f"{summary.get('task')}: {summary['problems_with_records']} problems × {summary.get('samples')} samples",
-        caption="speedup: summed wall time vs ar; median: per-problem ratio; accept: accepted/drafted steps; "
-        "agree: same answer as ar",
-    )
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*(Text(terminal_safe(cell)) for cell in row))  # plain text: "lr[gamma=4]" is not markup
-    return table
 
 
 def table_width(summary: dict[str, Any]) -> int:

@@ -26,7 +26,7 @@ loader fails on blank lines and on a field whose type changes between rows, with
 names no line, while a bad row must be reported as ``file:line`` (invalid JSON, invalid UTF-8; a
 UTF-8 byte-order mark is accepted).
 
-Reference answers go through `lookahead.eval.answers.parse_reference` (GSM8K's ``#### N``, a
+Reference answers go through `lookahead.answers.parse_reference` (GSM8K's ``#### N``, a
 ``\\boxed{}`` solution, or the field as is). A row whose reference cannot be parsed stays in the
 set with ``reference=None``: it is generated and timed but not graded, and counted.
 
@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lookahead.answers import parse_reference
 from lookahead.errors import DataError
-from lookahead.eval.answers import parse_reference
 
 
 @dataclass(frozen=True)

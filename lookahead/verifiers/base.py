@@ -1,5 +1,9 @@
 """The `Verifier` protocol: judge (draft step, target step) pairs, one batched call a round.
 
+Every verifier is built by `lookahead.verifiers.create_verifier` with the configured step
+delimiter (`LookaheadConfig.step_delimiter`), kept on `VerifierBase.delimiter`: the verifiers that
+compare step bodies strip it (`step_body`), ``exact`` compares whole steps, delimiter included.
+
 Model-based verifiers (embedding, llm_judge, score) can fail (a server down, out of memory) or be
 slow. They never raise such a failure into the loop: `GuardedVerifier` runs the batch, and on an
 exception or after ``timeout_s`` seconds it rejects every pair of the batch -- the target step is
@@ -11,7 +15,7 @@ still raise their `LookaheadError`.
 Example:
     >>> from lookahead.verifiers import create_verifier
     >>> from lookahead.config import VerifierConfig
-    >>> v = create_verifier(VerifierConfig(name="exact"))
+    >>> v = create_verifier(VerifierConfig(name="exact"), step_delimiter="\\n\\n")
     >>> [x.accepted for x in v.verify(["ctx", "ctx"], ["a\\n\\n", "b\\n\\n"], ["a\\n\\n", "c\\n\\n"])]
     [True, False]
 """
@@ -25,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from lookahead.errors import LookaheadError
+from lookahead.steps import DEFAULT_STEP_DELIMITER
 from lookahead.types import Verdict
 
 FAILURE_PREFIXES = ("failed:", "timeout")
@@ -56,7 +61,7 @@ def rejections(n: int, verifier: str, reason: str) -> list[Verdict]:
     return [Verdict(accepted=False, score=0.0, verifier=verifier, reason=reason) for _ in range(n)]
 
 
-def step_body(step: str, delimiter: str = "\n\n") -> str:
+def step_body(step: str, delimiter: str = DEFAULT_STEP_DELIMITER) -> str:
     """The step without its trailing delimiter and surrounding whitespace (what a model compares)."""
     body = step.strip()
     if delimiter.strip():
@@ -122,7 +127,17 @@ def check_timeout(timeout_s: float | None) -> float | None:
     return float(timeout_s)
 
 
-class GuardedVerifier:
+class VerifierBase:
+    """Base of the verifiers: what `create_verifier` and the loop read from every one of them."""
+
+    name: str  # registry name, recorded in every verdict
+    needs_engines = False  # True: `create_verifier` hands it ``engines=`` (the reasoner's target and draft)
+
+    def __init__(self, delimiter: str = DEFAULT_STEP_DELIMITER) -> None:
+        self.delimiter = str_option(delimiter, "delimiter", repr(DEFAULT_STEP_DELIMITER))  # where a step ends
+
+
+class GuardedVerifier(VerifierBase):
     """Base of the model-based verifiers: batch in a worker thread, reject on failure or timeout.
 
     Subclasses implement `_verify_batch` (same contract as `Verifier.verify`) and set ``name``.
@@ -133,7 +148,8 @@ class GuardedVerifier:
 
     name = "guarded"
 
-    def __init__(self, timeout_s: float | None = None) -> None:
+    def __init__(self, timeout_s: float | None = None, delimiter: str = DEFAULT_STEP_DELIMITER) -> None:
+        super().__init__(delimiter)
         self.timeout_s = check_timeout(timeout_s)  # seconds per verify call; None = no limit
         self.failures = 0  # verify calls that raised or timed out (their pairs were rejected)
         self.timeouts = 0  # of those, calls that ran past timeout_s

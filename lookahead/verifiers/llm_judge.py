@@ -25,7 +25,7 @@ Pairs whose steps are identical, or where a step is empty, are decided without t
 Example:
     >>> from lookahead.verifiers import create_verifier
     >>> v = create_verifier(VerifierConfig(name="llm_judge", options={"engine": "target"}),
-    ...                     {"target": lambda: reasoner.target})              # doctest: +SKIP
+    ...                     {"target": lambda: reasoner.target}, step_delimiter="\\n\\n")  # doctest: +SKIP
     >>> v.verify([""], ["16 - 3 = 13 eggs\\n\\n"], ["She has 13 eggs left.\\n\\n"])[0].score  # doctest: +SKIP
     0.91
 """
@@ -38,7 +38,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lookahead.engines.base import Engine
 from lookahead.errors import ConfigError
+from lookahead.steps import DEFAULT_STEP_DELIMITER
 from lookahead.types import Verdict
 from lookahead.verifiers.base import (
     GuardedVerifier,
@@ -80,9 +82,9 @@ def resolve_engine(engine: Any, engines: Mapping[str, Callable[[], Any]], where:
             raise ConfigError(f"{where}: no {engine} engine is available here; give {{backend: hf, model: PATH}}")
         return engines[engine]
     if isinstance(engine, Mapping):
-        from lookahead.config import EngineConfig, _from_dict
+        from lookahead.config import EngineConfig, dataclass_from_dict
 
-        config = _from_dict(EngineConfig, dict(engine), where)
+        config = dataclass_from_dict(EngineConfig, dict(engine), where)
         config.validate(where)
         built: list[Any] = []
 
@@ -94,7 +96,7 @@ def resolve_engine(engine: Any, engines: Mapping[str, Callable[[], Any]], where:
             return built[0]
 
         return own_engine
-    if hasattr(engine, "generate"):  # an Engine object (library use)
+    if isinstance(engine, Engine):  # an Engine object (library use)
         return lambda: engine
     raise ConfigError(f"{where} must be target, draft or a mapping {{backend: ..., model: ...}} (got {engine!r})")
 
@@ -115,14 +117,14 @@ class LogitJudge(GuardedVerifier):
         labels: Sequence[str] | None = None,
         max_context_chars: int = 4000,
         max_batch: int = 16,
-        delimiter: str = "\n\n",
+        delimiter: str = DEFAULT_STEP_DELIMITER,
         timeout_s: float | None = None,
     ) -> None:
         max_context_chars = int_option(max_context_chars, "max_context_chars", "4000")
         max_batch = int_option(max_batch, "max_batch", "16")
-        delimiter = str_option(delimiter, "delimiter", repr("\n\n"))
+        delimiter = str_option(delimiter, "delimiter", repr(DEFAULT_STEP_DELIMITER))
         template = str_option(template, "template", "auto")
-        super().__init__(timeout_s)
+        super().__init__(timeout_s, delimiter)
         where = f"verifier.options.engine of {self.name}"
         self._get_engine = resolve_engine(engine, engines or {}, where)
         self.template = str(template)  # "auto", "generic", "chat", "qwen3" or a .txt path
@@ -135,7 +137,6 @@ class LogitJudge(GuardedVerifier):
             raise ValueError("max_context_chars must be >= 0 and max_batch >= 1")
         self.max_context_chars = int(max_context_chars)  # context shown to the judge (characters)
         self.max_batch = int(max_batch)  # prompts per forward pass (rows)
-        self.delimiter = delimiter  # the step delimiter, stripped before the judge sees a step
         self._prepared: tuple[Any, str, str, list[str], str] | None = None  # engine, variant, text, labels, prefix
         self._prepare_lock = threading.Lock()
 
@@ -156,10 +157,7 @@ class LogitJudge(GuardedVerifier):
         """Load the judge engine, pick the template variant and check the labels (once)."""
         with self._prepare_lock:
             if self._prepared is None:
-                from lookahead.verifiers.logits import check_logprob_support
-
                 engine = self._get_engine()
-                check_logprob_support(engine)
                 variant = self._variant(engine)
                 if variant in VARIANTS:
                     suffix = "" if variant == "generic" else "_chat"
@@ -169,21 +167,16 @@ class LogitJudge(GuardedVerifier):
                 labels, prefix = self.default_labels(engine, "generic" if variant not in VARIANTS else variant)
                 if self.labels is not None:
                     labels, prefix = self.labels, ""
-                from lookahead.engines.hf import HFEngine
-
-                if isinstance(engine, HFEngine):
-                    from lookahead.verifiers.logits import single_token_ids
-
-                    single_token_ids(engine.tokenizer, labels, where=f"{self.name} label")
+                engine.check_logprob_labels(labels, where=f"{self.name} label")  # can it judge at all, with these?
                 self._prepared = (engine, variant, text, labels, prefix)
         return self._prepared
 
     def _variant(self, engine: Any) -> str:
         if self.template != "auto":
             return self.template
-        if "qwen3" in str(getattr(engine, "name", "")).lower():
+        if "qwen3" in str(engine.name).lower():
             return "qwen3"
-        tokenizer = getattr(engine, "tokenizer", None)
+        tokenizer = engine.tokenizer
         if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
             return "generic"  # an HF base model: no chat template to render
         return "chat"

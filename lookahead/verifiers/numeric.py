@@ -6,9 +6,10 @@ changes the answer. This verifier extracts the numbers of both steps (``1,200`` 
 distinct numbers -- sets, not counts, because a paraphrase often restates a result ("= 9 ... so 9
 eggs are left"). The score is their Jaccard similarity, accepted at ``threshold`` (default 1.0:
 exactly the same numbers). Steps without any number fall back to the normalized-text comparison.
+Both steps are compared without the step delimiter (`step_body`).
 
 Example:
-    >>> v = NumericVerifier()
+    >>> v = NumericVerifier(delimiter="\\n\\n")
     >>> v.verify([""], ["She sells 16 - 3 - 4 = 9 eggs.\\n\\n"], ["9 eggs are left: 16 - 3 - 4 = 9.\\n\\n"])[0].accepted
     True
     >>> v.verify([""], ["9 * 2 = 18 dollars\\n\\n"], ["9 * 2 = 16 dollars\\n\\n"])[0].accepted
@@ -22,8 +23,9 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
+from lookahead.steps import DEFAULT_STEP_DELIMITER
 from lookahead.types import Verdict
-from lookahead.verifiers.base import number_option
+from lookahead.verifiers.base import VerifierBase, number_option, step_body
 from lookahead.verifiers.exact import normalize_step
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?%?")
@@ -51,23 +53,25 @@ def step_numbers(text: str) -> set[str]:
     return found
 
 
-class NumericVerifier:
+class NumericVerifier(VerifierBase):
     """Accept when the two steps state the same numbers (Jaccard of the number sets >= threshold)."""
 
     name = "numeric"
 
-    def __init__(self, threshold: float = 1.0, **options: Any) -> None:
+    def __init__(self, threshold: float = 1.0, delimiter: str = DEFAULT_STEP_DELIMITER, **options: Any) -> None:
         if options:
             raise ValueError(f"unknown options {sorted(options)}; the numeric verifier takes 'threshold'")
         threshold = number_option(threshold, "threshold", "1.0")
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1] (got {threshold})")
+        super().__init__(delimiter)
         self.threshold = threshold  # minimum Jaccard similarity of the two number sets
 
     def verify(self, contexts: Sequence[str], drafts: Sequence[str], targets: Sequence[str]) -> list[Verdict]:
         return [self._judge(d, t) for d, t in zip(drafts, targets, strict=True)]
 
     def _judge(self, draft: str, target: str) -> Verdict:
+        draft, target = step_body(draft, self.delimiter), step_body(target, self.delimiter)
         a, b = step_numbers(draft), step_numbers(target)
         if not a and not b:
             same = bool(normalize_step(draft)) and normalize_step(draft) == normalize_step(target)

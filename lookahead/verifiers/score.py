@@ -18,7 +18,8 @@ answer's first token is the digit). Engine, template, timeout and failure handli
 `LLMJudgeVerifier`.
 
 Example:
-    >>> v = create_verifier(VerifierConfig(name="score"), {"target": lambda: reasoner.target})  # doctest: +SKIP
+    >>> v = create_verifier(VerifierConfig(name="score"), {"target": lambda: reasoner.target},
+    ...                     step_delimiter="\\n\\n")  # doctest: +SKIP
     >>> v.verify(["16 - 3 = 13 eggs are left.\\n\\n"], ["13 - 4 = 9 eggs go to market.\\n\\n"], ["..."])[0].score  # doctest: +SKIP
     7.8
 """
@@ -63,7 +64,7 @@ class ScoreVerifier(LogitJudge):
         if variant != "generic":
             return list(DIGITS), ""
         spaced = [" " + d for d in DIGITS]
-        tokenizer = getattr(engine, "tokenizer", None)
+        tokenizer = engine.tokenizer
         if tokenizer is not None and any(len(tokenizer(s, add_special_tokens=False).input_ids) != 1 for s in spaced):
             return list(DIGITS), " "  # e.g. SmolLM2: " 7" is " " + "7", so read "7" after the space
         return spaced, ""

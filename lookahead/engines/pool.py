@@ -52,7 +52,6 @@ from __future__ import annotations
 import atexit
 import collections
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -68,6 +67,7 @@ import ray
 from ray import exceptions as ray_errors
 
 from lookahead.config import EngineConfig, SamplingParams
+from lookahead.engines.base import EngineBase, row_params
 from lookahead.errors import ConfigError, LookaheadError, ModelLoadError
 from lookahead.types import Completion
 
@@ -158,8 +158,6 @@ class ReplicaWorker:
 
             factory = create_engine
         self.engine = factory(config)
-        # Engines that cannot speculate may lack the keyword; the protocol says they ignore it.
-        self._takes_speculate = "speculate" in inspect.signature(self.engine.generate).parameters
         self.calls: list[int] = []  # rows of every generate() call this incarnation served (rows)
 
     def ready(self) -> dict[str, Any]:
@@ -169,9 +167,7 @@ class ReplicaWorker:
         self, prompts: list[str], params: list[SamplingParams], stop: list[str], speculate: bool
     ) -> list[Completion]:
         self.calls.append(len(prompts))
-        if self._takes_speculate:
-            return self.engine.generate(prompts, params, stop=stop, speculate=speculate)
-        return self.engine.generate(prompts, params, stop=stop)
+        return self.engine.generate(prompts, params, stop=stop, speculate=speculate)
 
     def stats(self) -> dict[str, Any]:
         return {"calls": list(self.calls), "pid": os.getpid()}
@@ -227,7 +223,7 @@ class PoolStats:
 _LIVE_POOLS: weakref.WeakSet[PoolEngine] = weakref.WeakSet()
 
 
-class PoolEngine:
+class PoolEngine(EngineBase):
     """`Engine` whose calls run on Ray actor replicas, merged across calling threads.
 
     Safe to call from many threads at once (``thread_safe = True``): the scheduler uses this to
@@ -251,6 +247,8 @@ class PoolEngine:
         if config.replicas < 1:
             raise ConfigError(f"a pool needs replicas >= 1 (got {config.replicas}); 0 runs the engine in this process")
         self.config = config  # the engine config of every replica (replicas > 0)
+        self.name = f"pool{config.replicas}:{config.model}"  # the served model's name once a replica is up
+        self._owns_ray = False  # did this pool start the Ray session (and must stop it)?
         self.call_timeout_s = call_timeout_s  # seconds before a call counts as hung (s)
         self.call_retries = call_retries  # retries of a failed call per request (count)
         self.max_restarts = max_restarts  # Ray restarts of each actor after it dies (count)
@@ -301,7 +299,9 @@ class PoolEngine:
         """What answers count_tokens / format_chat here: the model's tokenizer, or a cheap engine."""
         single = dataclasses.replace(config, replicas=0)
         if config.backend in TOKENIZER_ONLY_BACKENDS:
-            return _TokenizerText.load(single)
+            from lookahead.engines.hf.text import TokenizerText
+
+            return TokenizerText.load(single)
         from lookahead.engines import create_engine
 
         return create_engine(single)
@@ -369,14 +369,7 @@ class PoolEngine:
         prompts = list(prompts)
         if not prompts:
             return []
-        if isinstance(params, SamplingParams):
-            per_row = [params] * len(prompts)
-        else:
-            per_row = list(params)
-            if len(per_row) != len(prompts):
-                raise ValueError(f"got {len(per_row)} SamplingParams for {len(prompts)} prompts; give one or one per prompt")
-        for p in per_row:
-            p.validate("sampling")
+        per_row = row_params(params, len(prompts))
         stops = tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
         request = _Request(
             prompts=prompts,
@@ -432,7 +425,7 @@ class PoolEngine:
             self._pending.clear()
             self._cond.notify_all()
         for request in pending:
-            self._fail(request, f"engine pool {getattr(self, 'name', self.config.model)} was shut down")
+            self._fail(request, f"engine pool {self.name} was shut down")
         for rep in self._replicas:
             try:
                 ray.kill(rep.handle, no_restart=True)
@@ -449,10 +442,9 @@ class PoolEngine:
             except ray_errors.RayError:
                 pass
             self._placement_group = None
-        if self._text is not None and hasattr(self._text, "shutdown"):
-            self._text.shutdown()
+        self._text.shutdown()
         _LIVE_POOLS.discard(self)
-        if getattr(self, "_owns_ray", False):
+        if self._owns_ray:
             self._owns_ray = False
             _release_ray()
 
@@ -509,10 +501,8 @@ class PoolEngine:
         if rep.index in q.avoid and any(i not in q.avoid for i in live):
             return False  # it failed here; another live replica should try
         home = self._affinity.get(q.affinity)
-        if home is not None and home != rep.index and home not in q.avoid:
-            if self._replicas[home].status == "idle":
-                return False  # its prefix is cached on an idle replica, which will take it
-        return True
+        cached_elsewhere = home is not None and home != rep.index and home not in q.avoid
+        return not (cached_elsewhere and self._replicas[home].status == "idle")  # that idle replica will take it
 
     def _count(self, **increments: int) -> None:
         with self._cond:
@@ -622,7 +612,7 @@ class PoolEngine:
         history = "; ".join(q.errors) if q.errors else reason
         q.future.set_exception(
             EngineCallError(
-                f"engine call to {getattr(self, 'name', self.config.model)} failed after {max(q.attempts, 1)} "
+                f"engine call to {self.name} failed after {max(q.attempts, 1)} "
                 f"attempt(s) (call_retries={self.call_retries}): {history}. If calls are merely slow, raise "
                 "--set call_timeout_s=SECONDS; if replicas keep dying, check their memory and logs",
                 attempts=q.attempts,
@@ -659,38 +649,6 @@ class PoolEngine:
         for q in orphans:
             self._fail(q, f"every replica of {self.name} died (max_restarts={self.max_restarts} each)")
         return False
-
-
-class _TokenizerText:
-    """The text side of an HF-tokenized model (count_tokens, format_chat), without its weights."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-
-    @classmethod
-    def load(cls, config: EngineConfig) -> _TokenizerText:
-        from transformers import AutoTokenizer
-
-        from lookahead.engines.hf import resolve_model
-
-        resolved = resolve_model(config)  # converts a GGUF file once, before the actors look for it
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(resolved.source, local_files_only=resolved.is_hub_id)
-        except Exception as exc:  # transformers raises many types for unreadable folders
-            raise ModelLoadError(f"could not load the tokenizer of {config.model!r} from {resolved.source}: {exc}") from exc
-        return cls(tokenizer)
-
-    # The in-process engine's own methods (they only touch ``self.tokenizer``), so pool and
-    # in-process engines count and render text alike.
-    def count_tokens(self, text: str) -> int:
-        from lookahead.engines.hf import HFEngine
-
-        return HFEngine.count_tokens(self, text)  # type: ignore[arg-type]
-
-    def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        from lookahead.engines.hf import HFEngine
-
-        return HFEngine.format_chat(self, messages)  # type: ignore[arg-type]
 
 
 def _last_line(exc: BaseException) -> str:
