@@ -234,6 +234,19 @@ class LookaheadConfig:
     width: int = 1  # draft steps sampled per node of the round's tree (lookahead.rounds.tree); 1 = a chain
 
     def validate(self) -> LookaheadConfig:
+        """Check every field (and each section's own `validate`); a wrong value raises `ConfigError` naming the fix."""
+        self._check_steps_and_prompt()
+        self._check_runtime()
+        self._check_round_shape()
+        self.target.validate("target")
+        self.draft.validate("draft")
+        self.target_sampling.validate("target_sampling")
+        self.draft_sampling.validate("draft_sampling")
+        self.verifier.validate()
+        return self
+
+    def _check_steps_and_prompt(self) -> None:
+        """Mode, depth, step and budget sizes, the prompt template and the final-answer regex."""
         if self.mode not in MODES:
             raise ConfigError(f"mode {self.mode!r} is unknown; choose one of {', '.join(MODES)}")
         if self.gamma < 1:
@@ -250,12 +263,13 @@ class LookaheadConfig:
             self.prompt_template.format(question="")
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"prompt_template is not a valid format string ({exc}); write {{{{ for a literal brace") from None
-        import re
-
         try:
             re.compile(self.final_answer_pattern)
         except re.error as exc:
             raise ConfigError(f"final_answer_pattern is not a valid regex: {exc}") from None
+
+    def _check_runtime(self) -> None:
+        """Copying, concurrency and retries, the adaptive policy's settings."""
         if self.target.copy.enabled:
             raise ConfigError(
                 "target.copy would change the target's own output (the reference every step is checked "
@@ -277,6 +291,9 @@ class LookaheadConfig:
                 f"adaptive_probe_budget must be in (0, 0.05] (got {self.adaptive_probe_budget}); probes are for "
                 "noticing acceptance rising and should cost little: e.g. --set adaptive_probe_budget=0.02"
             )
+
+    def _check_round_shape(self) -> None:
+        """Which round kinds combine: pipelined, tree (width > 1) and adaptive rounds."""
         if self.pipeline and self.adaptive_gamma:
             # The policy learns a sequential round's costs (drafts, then one batched target call,
             # then the verifier); a pipelined round's times overlap and would mislead it.
@@ -304,12 +321,6 @@ class LookaheadConfig:
                     f"width={self.width} and gamma={self.gamma} make a tree of {nodes} draft steps per round "
                     f"(width + width^2 + ... + width^gamma); at most {MAX_TREE_DRAFTS}: lower width or gamma"
                 )
-        self.target.validate("target")
-        self.draft.validate("draft")
-        self.target_sampling.validate("target_sampling")
-        self.draft_sampling.validate("draft_sampling")
-        self.verifier.validate()
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain data, secrets included: for building engines, never for output."""
