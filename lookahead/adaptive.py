@@ -30,9 +30,12 @@ Probing: while the choice is 0 no acceptance is observed, so every ``interval`` 
 γ = 1 round (a probe) is run instead. A probe commits one step like the ar round it replaces and
 costs about ``extra = c + b(2) - 1 + v`` target steps more, so over ``interval`` rounds the
 overhead is ``extra / interval`` of ar time. With ``interval >= extra / probe_budget`` the
-overhead stays at most ``probe_budget`` (default 2%, well under the 5% target); each failed
-probe (nothing accepted) doubles the interval (up to `MAX_PROBE_INTERVAL`), an accepted one
-resets it.
+overhead stays at most ``probe_budget`` (default 2%, well under the 5% target). Once probes have
+run, ``extra`` is at least their measured cost (seconds over an ar round's, an EMA): the model
+leaves out that a 2-row call lasts as long as its longer row, and bench-default measured probes
+at about twice its figure. Each failed probe (nothing accepted) doubles the interval (up to
+`MAX_PROBE_INTERVAL`), an accepted one halves it: one accepted probe at a low acceptance is no
+sign that acceptance rose, several in a row are.
 
 Example:
     >>> policy = AdaptiveGamma(max_gamma=4)
@@ -115,6 +118,7 @@ class AdaptiveGamma:
         self._probe_failures = 0  # failed probes in a row (backoff exponent)
         self._probes_pending = 0  # probes chosen and not yet observed
         self._probes = 0  # probes chosen so far (rounds)
+        self._probe_extra: float | None = None  # EMA: a probe's seconds over an ar round's, less 1 (ar rounds)
 
     # -- estimates (call with the lock held) ---------------------------------------------------
     def _alpha(self) -> list[float]:
@@ -174,8 +178,19 @@ class AdaptiveGamma:
         if costs is not None:
             c, v = costs
             extra = max(c + self._batch_cost(2) - 1.0 + v, 0.0)
+        if self._probe_extra is not None:
+            # what probes really cost: the model's c + b(2) - 1 + v leaves out that a 2-row call
+            # lasts as long as its longer row (bench-default measured about twice the model's figure)
+            extra = max(extra, self._probe_extra)
         base = max(MIN_PROBE_INTERVAL, math.ceil(extra / self.probe_budget))
         return min(base * 2**self._probe_failures, max(MAX_PROBE_INTERVAL, base))
+
+    def _learn_probe_cost(self, seconds: float) -> None:
+        """A probe's extra cost over the ar round it replaced, in ar rounds (seconds / ar round - 1)."""
+        if 1 in self._call_tok_s and self._step_tokens:
+            ar_round_s = self._call_tok_s[1] * self._step_tokens
+            if ar_round_s > 0:
+                self._probe_extra = _ema(self._probe_extra, max(seconds / ar_round_s - 1.0, 0.0))
 
     # -- the policy ----------------------------------------------------------------------------
     def choose(self) -> int:
@@ -232,7 +247,10 @@ class AdaptiveGamma:
                 self._count(depth, depth <= run)
             if outcome.gamma > 0 and self._probes_pending > 0:
                 self._probes_pending -= 1
-                self._probe_failures = self._probe_failures + 1 if run == 0 else 0
+                self._learn_probe_cost(outcome.draft_s + outcome.target_s + outcome.verify_s)
+                # a failed probe doubles the interval; an accepted one halves it (one accepted
+                # probe at a low acceptance is no sign that acceptance rose; several in a row are)
+                self._probe_failures = self._probe_failures + 1 if run == 0 else max(self._probe_failures - 1, 0)
             self._learn_costs(outcome)
 
     def _learn_costs(self, outcome: RoundOutcome) -> None:

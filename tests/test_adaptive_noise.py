@@ -16,3 +16,19 @@ def test_a_noisy_unit_never_makes_two_rows_cheaper_than_one():
     alpha, c = snapshot["alpha"][0], snapshot["c"]
     ar, gamma1 = snapshot["predicted_speedup"]
     assert gamma1 <= (1 + alpha) / (c + 1.0) + 1e-3  # the γ = 1 round pays at least one full target step (snapshot rounds to 4 places)
+
+
+def test_probes_that_cost_more_than_the_model_says_come_less_often():
+    """Guards bench-default: probes cost about twice the model's c + b(2) - 1 + v (a 2-row call
+    waits for its longer row), so the 2% probe budget was spent twice over; the interval now
+    follows the probes' measured cost."""
+    policy = AdaptiveGamma(max_gamma=1)
+    for _ in range(12):  # drafts never accepted: c = 0.1, b(2) = 1.2, ar round 1 s
+        policy.observe(1, 0, [False], 0.1, 1.2, 2, 0.0, draft_tokens=10, target_tokens=20)
+        policy.observe(0, 0, [], 0.0, 1.0, 1, 0.0, target_tokens=10)
+    modelled = policy.snapshot()["probe_interval"]
+    assert modelled <= 20  # ceil(0.3 / 0.02) = 15 ar rounds per probe
+    while policy.choose() == 0:
+        pass  # the ar rounds before the next probe
+    policy.observe(1, 0, [False], 0.1, 2.9, 2, 0.0, draft_tokens=10, target_tokens=20)  # the probe: 3 s
+    assert policy.snapshot()["probe_interval"] >= 100  # extra 2.0 ar rounds / 2% (then doubled)

@@ -387,7 +387,9 @@ def target_checks(runs: Sequence[dict[str, Any]], model: dict[str, Any]) -> list
     fixed_labels = [f"lr[gamma={g}{extra}]" for g in (1, 2, 4) for extra in ("", ",adaptive_gamma=false")]
     fixed = [speed[label] for label in fixed_labels if label in speed]
     adaptive = next((speed[r["label"]] for r in runs if r["label"] in speed and r["mode"] == "lr"
-                     and str((r.get("overrides") or {}).get("adaptive_gamma")).lower() == "true"), None)  # fmt: skip
+                     and (str((r.get("overrides") or {}).get("adaptive_gamma")).lower() == "true"
+                          or "gamma_rounds" in (r.get("model") or {}))), None)  # fmt: skip
+    # (an adaptive run's model row lists the γ its rounds used: also when the preset turned it on)
     llamacpp = by_mode.get("peer:llamacpp")
     # our speculative modes only: ar over a llama.cpp server runs at that server's own speed
     best_own = max((tok_s[r["label"]] for r in own if r["label"] in tok_s and r["mode"] != "ar"), default=None)
