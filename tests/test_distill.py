@@ -141,7 +141,9 @@ def test_cli_refuses_a_test_split_and_missing_data(tmp_path):
     for bad in (["--lr", "-1"], ["--epochs", "0"], ["--layers", "0"], ["--target-layers", "0,x"]):
         result = runner.invoke(app, ["distill", *bad, "--out", str(tmp_path / "o")])
         assert result.exit_code == 2 and "must be" in result.output, bad
-    result = runner.invoke(app, ["distill", "--out", str(test_file)])
+    train_file = tmp_path / "train.jsonl"  # given, so the check does not depend on a data folder nearby
+    train_file.write_text('{"question": "a"}\n')
+    result = runner.invoke(app, ["distill", "--data", str(train_file), "--out", str(test_file)])
     assert result.exit_code == 2 and "is a file" in result.output
 
 
