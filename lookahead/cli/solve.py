@@ -67,8 +67,8 @@ def _break_even(policy: dict[str, Any]) -> float | None:
     if c is None or v is None:
         return None
     b2 = costs.get(2, costs.get("2"))
-    if b2 is None:  # no 2-row target call measured: cost proportional to rows (the policy's own guess)
-        b2 = 2.0
+    if b2 is None:  # no 2-row call measured yet: the policy priced it from a prior; its predicted speedups say why
+        return None
     return float(c) + float(b2) - 1.0 + float(v)
 
 
