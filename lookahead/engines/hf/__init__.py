@@ -18,7 +18,6 @@ from lookahead.engines.hf.batch_costs import (
     MAX_PLANNED_BATCH,
     MIN_PADDED_ROWS,
     BatchCostCurve,
-    cached_batch_costs,
     measure_batch_costs,
     plan_batch,
 )
@@ -72,7 +71,6 @@ __all__ = [
     "TokenizerText",
     "accept_or_resample",
     "cache_root",
-    "cached_batch_costs",
     "convert_gguf",
     "copy_candidates",
     "embedded_gguf_path",

@@ -115,11 +115,6 @@ class BatchCostCurve:
             logger.warning("could not save %s: %s", self.path, exc)
 
 
-def cached_batch_costs(model: PreTrainedModel, source: str, dtype: str, root: Path) -> list[float]:
-    """`measure_batch_costs`, remembered in ``<root>/batch-costs.json`` per model and machine."""
-    return BatchCostCurve(model, source, dtype, root).needed()
-
-
 def plan_batch(live: list[int], current: int, costs: Sequence[float] | BatchCostCurve | None) -> list[int]:
     """Batch positions to keep for the next decode steps: the ``live`` ones plus fillers.
 
