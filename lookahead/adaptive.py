@@ -37,6 +37,14 @@ at about twice its figure. Each failed probe (nothing accepted) doubles the inte
 `MAX_PROBE_INTERVAL`), an accepted one halves it: one accepted probe at a low acceptance is no
 sign that acceptance rose, several in a row are.
 
+Load: ``choose(load=n, batch_costs=curve)`` is given the rows of other problems that the round's
+target call would share its batch with (`lookahead.engines.base.EngineBase.occupancy`) and the
+engine's measured decode cost by rows. With n > 0 it maximises the speedup AT THAT LOAD
+(`lookahead.speedup.predicted_speedup_at_load`, SmartSpec's goodput argument): a drafted row takes
+a batch slot that costs what a row of another problem costs, so under full batches (or on a CPU,
+where every row costs) the choice falls to γ = 0 on its own, and comes back when the load falls.
+Probes still run at their interval.
+
 Example:
     >>> policy = AdaptiveGamma(max_gamma=4)
     >>> gamma = policy.choose()            # 1 during warm-up
@@ -50,11 +58,11 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lookahead.speedup import batch_cost_at, predicted_speedup
+from lookahead.speedup import batch_cost_at, predicted_speedup, predicted_speedup_at_load
 
 PRIOR_WEIGHT = 2.0  # pseudo-rounds behind the prior acceptance of each depth (rounds)
 HORIZON = 200.0  # trials per depth after which old rounds fade (rounds)
@@ -119,6 +127,7 @@ class AdaptiveGamma:
         self._probes_pending = 0  # probes chosen and not yet observed
         self._probes = 0  # probes chosen so far (rounds)
         self._probe_extra: float | None = None  # EMA: a probe's seconds over an ar round's, less 1 (ar rounds)
+        self._load = 0  # rows of other problems in the call the latest choice would join (rows)
 
     # -- estimates (call with the lock held) ---------------------------------------------------
     def _alpha(self) -> list[float]:
@@ -164,13 +173,18 @@ class AdaptiveGamma:
         v = (self._verify_s or 0.0) / (unit * self._step_tokens)
         return c, v
 
-    def _speedups(self) -> list[float] | None:
+    def _speedups(self, load: int = 0, batch_costs: Sequence[float] | None = None) -> list[float] | None:
         costs = self._costs()
         if costs is None:
             return None
         c, v = costs
         alpha = self._alpha()
-        return [predicted_speedup(alpha, g, c, self._batch_cost, v) for g in range(self.max_gamma + 1)]
+        gammas = range(self.max_gamma + 1)
+        if load <= 0:
+            return [predicted_speedup(alpha, g, c, self._batch_cost, v) for g in gammas]
+        curve = load_curve(batch_costs)
+        b = self._batch_cost if curve is None else curve
+        return [predicted_speedup_at_load(alpha, g, c, b, v, load) for g in gammas]
 
     def _probe_interval(self) -> int:
         costs = self._costs()
@@ -193,15 +207,21 @@ class AdaptiveGamma:
                 self._probe_extra = _ema(self._probe_extra, max(seconds / ar_round_s - 1.0, 0.0))
 
     # -- the policy ----------------------------------------------------------------------------
-    def choose(self) -> int:
-        """γ for the next round (0 = an ar round), maximising the predicted speedup."""
+    def choose(self, load: int = 0, batch_costs: Sequence[float] | None = None) -> int:
+        """γ for the next round (0 = an ar round), maximising the predicted speedup.
+
+        ``load``: rows of other problems the round's target call would share its batch with;
+        ``batch_costs``: the engine's seconds per decode step by rows (index 0 unused), for b(k)
+        at that load (module docstring, "Load"); without it the policy's own estimates are used.
+        """
         with self._lock:
+            self._load = max(int(load), 0)
             if self._draft_tok_s is None:
                 gamma = 1  # warm-up: measure the draft, a 2-row target call and depth-1 acceptance
             elif 1 not in self._call_tok_s:
                 gamma = 0  # warm-up: measure the unit, a batch-1 target call
             else:
-                speedups = self._speedups()
+                speedups = self._speedups(self._load, batch_costs)
                 assert speedups is not None
                 gamma = max(range(len(speedups)), key=lambda g: (speedups[g], -g))
                 if gamma == 0:
@@ -285,6 +305,7 @@ class AdaptiveGamma:
             speedups = self._speedups()
             return {
                 "gamma": self._last,  # the latest choice
+                "load": self._load,  # rows of other problems the latest choice's target call shared
                 "alpha": [round(a, 4) for a in self._alpha()],  # conditional acceptance per depth
                 "depth_trials": [round(t, 2) for t in self._trials],  # decayed trials per depth
                 "c": None if costs is None else round(costs[0], 4),  # draft / batch-1 target step cost
@@ -297,6 +318,31 @@ class AdaptiveGamma:
                 "probes": self._probes,  # γ = 1 rounds run while the choice was 0
                 "probe_interval": self._probe_interval() if costs is not None else None,  # ar rounds per probe now
             }
+
+
+def load_curve(batch_costs: Sequence[float] | None) -> Callable[[int], float] | None:
+    """b(k), relative to one row, from an engine's seconds per decode step by rows (index 0
+    unused); None when there is no usable curve.
+
+    The curve is made non-decreasing from the right (an engine pads to a cheaper larger batch, so
+    k rows never cost more than k + 1: `lookahead.engines.hf.batch_costs.plan_batch`); past its
+    end every row costs the average row of its last point (b(k) = b(m)·k/m): a flat extension
+    would make rows beyond the measured ones look free.
+    """
+    if not batch_costs or len(batch_costs) < 3:
+        return None
+    seconds = [float(x) for x in list(batch_costs)[1:]]
+    if not all(0 < x < math.inf for x in seconds):
+        return None
+    for i in range(len(seconds) - 2, -1, -1):
+        seconds[i] = min(seconds[i], seconds[i + 1])
+    relative = [max(x / seconds[0], 1.0) for x in seconds]
+    top = len(relative)
+
+    def b(k: int) -> float:
+        return relative[k - 1] if k <= top else relative[-1] * k / top
+
+    return b
 
 
 def _ema(old: float | None, new: float) -> float:

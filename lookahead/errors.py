@@ -27,3 +27,8 @@ class PromptError(LookaheadError):
 
 class DataError(LookaheadError):
     """A dataset file that is missing or a row that lacks the expected field."""
+
+
+class GenerationCancelled(LookaheadError):
+    """The generation was cancelled (a closed stream, a disconnected client, a second Ctrl-C) while
+    an engine call of it waited; the reasoner ends it with finish reason "cancelled"."""

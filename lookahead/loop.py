@@ -58,7 +58,8 @@ from lookahead.config import (
 )
 from lookahead.engines import create_engine
 from lookahead.engines.base import Engine
-from lookahead.errors import ConfigError, PromptError
+from lookahead.engines.batching import Batcher, BatchingEngine, batched
+from lookahead.errors import ConfigError, GenerationCancelled, PromptError
 from lookahead.prompts import Messages, Prompt, build_messages, normalize_messages
 from lookahead.rounds import ROUNDS, chain
 from lookahead.rounds.pipelined import RoundInFlight
@@ -92,6 +93,12 @@ class LookaheadReasoner:
 
     Engines are created from the config unless given; the draft is created lazily (``ar`` and
     ``sd`` never load it). Use it as a context manager, or call `close`, to free the engines.
+
+    Concurrency: `generate` from many threads, `agenerate` from many tasks and `generate_batch`
+    run their problems at once. An engine that is not thread-safe (an in-process model) is put
+    behind the reasoner's `Batcher`, which merges the engine calls of every problem in flight
+    into shared batches (`lookahead.engines.batching`); so ``reasoner.target`` and
+    ``reasoner.draft`` are always safe to call from many threads.
     """
 
     def __init__(
@@ -102,12 +109,13 @@ class LookaheadReasoner:
         verifier: Verifier | None = None,
     ) -> None:
         self.config = config.validate()
-        self._target = target
-        self._draft = draft
+        self.batcher = Batcher(max_batch_rows=config.target.max_batch_rows)  # merges in-process engine calls
+        self._wrapped: dict[int, Engine] = {}  # id(engine) -> the engine as many threads may call it
+        self._target = self._batched(target) if target is not None else None
+        self._draft = self._batched(draft) if draft is not None else None
         self._verifiers: dict[tuple[str, str], Verifier] = {}  # by `verifier_key`, created on first use
         if verifier is not None:
             self._verifiers[verifier_key(config)] = verifier
-        self._lock = threading.RLock()  # engines keep caches: one generation at a time
         self._policies: dict[tuple[int, str, bool], AdaptiveGamma] = {}  # adaptive γ, by `policy_for` key
         self._policy_lock = threading.Lock()  # scheduler threads may create policies at once
         self._workers: ThreadPoolExecutor | None = None  # pipeline: runs target rows, created on first use
@@ -128,8 +136,15 @@ class LookaheadReasoner:
     @property
     def target(self) -> Engine:
         if self._target is None:
-            self._target = create_engine(self._target_config(), **self._pool_settings())
+            self._target = self._batched(create_engine(self._target_config(), **self._pool_settings()))
         return self._target
+
+    def _batched(self, engine: Engine) -> Engine:
+        """``engine`` behind the reasoner's batcher unless it is thread-safe (one wrapper per engine:
+        a draft that is the target stays the same object)."""
+        if id(engine) not in self._wrapped:
+            self._wrapped[id(engine)] = batched(engine, self.batcher)
+        return self._wrapped[id(engine)]
 
     def _target_config(self) -> EngineConfig:
         """``config.target``, with ``speculation.draft_model`` defaulting to the draft's model.
@@ -149,7 +164,7 @@ class LookaheadReasoner:
     @property
     def draft(self) -> Engine:
         if self._draft is None:
-            self._draft = create_engine(self.config.draft, **self._pool_settings())
+            self._draft = self._batched(create_engine(self.config.draft, **self._pool_settings()))
         return self._draft
 
     def _pool_settings(self) -> dict[str, Any]:
@@ -205,10 +220,10 @@ class LookaheadReasoner:
                 self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookahead-target")
             return self._workers
 
-    @property
-    def generation_lock(self) -> threading.RLock:
-        """Held while a generation runs with in-process engines (their caches allow one at a time)."""
-        return self._lock
+    def cache_usage(self) -> dict[str, dict[str, int]]:
+        """What the loaded engines' caches hold now, by role (``target``, ``draft``), next to their bounds."""
+        loaded = {"target": self._target, "draft": self._draft}
+        return {role: e.cache_usage() for role, e in loaded.items() if e is not None and e.cache_usage()}
 
     def close(self) -> None:
         with self._workers_lock:
@@ -217,7 +232,9 @@ class LookaheadReasoner:
             workers.shutdown(wait=True, cancel_futures=True)
         for engine in {id(e): e for e in (self._target, self._draft) if e is not None}.values():
             engine.shutdown()
+        self.batcher.close()
         self._target = self._draft = None
+        self._wrapped.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -251,21 +268,37 @@ class LookaheadReasoner:
         config = with_overrides(self.config, overrides)
         if not speculation:
             mode = "ar"
-        with self._lock:
-            state = self.start(prompt, mode, config)
+        state = self.start(prompt, mode, config)
         return ResultStream(self, state)
 
     async def agenerate(
         self, prompt: Prompt, *, mode: str | None = None, speculation: bool = True, **overrides: Any
     ) -> Result:
-        """`generate` in a worker thread, for asyncio code (generations still run one at a time)."""
+        """`generate` in a worker thread, for asyncio code (concurrent tasks share the engines' batches)."""
         import asyncio  # lazily: only asyncio callers pay for importing it (and its socket/ssl)
 
         return await asyncio.to_thread(self.generate, prompt, mode=mode, speculation=speculation, **overrides)
 
-    def generate_batch(self, prompts: Sequence[Prompt], *, mode: str | None = None, **overrides: Any) -> list[Result]:
-        """Solve several questions, in order (one after another in this process)."""
-        return [self.generate(p, mode=mode, **overrides) for p in prompts]
+    def generate_batch(
+        self, prompts: Sequence[Prompt], *, mode: str | None = None, concurrency: int | None = None, **overrides: Any
+    ) -> list[Result]:
+        """Solve several questions at once (at most ``concurrency`` in flight, default: all of them up
+        to the target's ``max_batch_rows``); results in input order. The first problem that fails
+        raises its error after every other problem has finished."""
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        if concurrency is None:
+            concurrency = min(len(prompts), self.config.target.max_batch_rows)
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="lookahead-batch") as pool:
+            futures = [pool.submit(self.generate, p, mode=mode, **overrides) for p in prompts]
+        for future in futures:  # every problem has finished here
+            error = future.exception()
+            if error is not None:
+                raise error
+        return [f.result() for f in futures]
 
     # -- the loop ------------------------------------------------------------------------------
     def start(self, prompt: Prompt, mode: str | None = None, config: LookaheadConfig | None = None) -> ProblemState:
@@ -306,12 +339,21 @@ class LookaheadReasoner:
     def advance(self, state: ProblemState) -> Iterator[StepRecord]:
         """Run rounds until a stop rule fires, yielding committed steps."""
         play_round = ROUNDS[self._round_kind(state)]
-        context = self._round_context(state)
-        while state.finish_reason is None:
-            round_start = time.perf_counter()
-            proposal = play_round(context, state)
-            yield from self.commit(state, proposal, time.perf_counter() - round_start)
-            carry_ahead(state, proposal.ahead_of, proposal.ahead)  # pipelined: steps drafted beyond the round
+        own_workers = _OwnWorkers()
+        context = self._round_context(state, own_workers)
+        with self.batcher.client(state.cancel), own_workers:  # its calls join the batches; cancel leaves them
+            while state.finish_reason is None:
+                if state.cancel.is_set():
+                    state.finish_reason = "cancelled"
+                    return
+                round_start = time.perf_counter()
+                try:
+                    proposal = play_round(context, state)
+                except GenerationCancelled:
+                    state.finish_reason = "cancelled"
+                    return
+                yield from self.commit(state, proposal, time.perf_counter() - round_start)
+                carry_ahead(state, proposal.ahead_of, proposal.ahead)  # pipelined: steps drafted beyond the round
 
     def _round_kind(self, state: ProblemState) -> str:
         """Which strategy of `ROUNDS` runs this problem's rounds.
@@ -327,15 +369,23 @@ class LookaheadReasoner:
             return "pipelined"
         return "tree" if state.config.width > 1 else "chain"
 
-    def _round_context(self, state: ProblemState) -> RoundContext:
+    def _round_context(self, state: ProblemState, own_workers: _OwnWorkers | None = None) -> RoundContext:
         """What this problem's rounds may call: the engines, its verifier, the target's workers, and
-        its adaptive-γ policy (``adaptive_gamma`` in a step-speculation mode)."""
+        its adaptive-γ policy (``adaptive_gamma`` in a step-speculation mode).
+
+        Pipelined rows of an in-process target run on ``own_workers``, one thread of the problem's
+        own: its rows run in order (a row after a rejection is never started) while the rows of
+        other problems in flight merge with them in the batcher.
+        """
         adaptive = state.config.adaptive_gamma and uses_step_speculation(state.mode)
+        load_workers = self._target_workers
+        if own_workers is not None and isinstance(self.target, BatchingEngine):
+            load_workers = own_workers
         return RoundContext(
             target=self.target,
             load_draft=lambda: self.draft,
             load_verifier=lambda: self.verifier_for(state.config),
-            load_workers=self._target_workers,
+            load_workers=load_workers,
             policy=self.policy_for(state.config, state.mode) if adaptive else None,
         )
 
@@ -447,6 +497,26 @@ class LookaheadReasoner:
         return mode
 
 
+class _OwnWorkers:
+    """One problem's own target-row thread (created on first use, shut when its rounds end)."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __call__(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookahead-rows")
+        return self._pool
+
+    def __enter__(self) -> _OwnWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 def _trace(record: StepRecord, proposal: Proposal, depth: int) -> None:
     """Fill in the draft step, target step and verdict at ``depth`` that led to a committed step."""
     drafts, targets, verdicts = proposal.drafts, proposal.targets, proposal.verdicts
@@ -495,17 +565,21 @@ class ResultStream:
         return self._iterator
 
     def _run(self) -> Iterator[StepRecord]:
-        with self._reasoner.generation_lock:
-            start = time.perf_counter()
-            try:
-                yield from self._reasoner.advance(self.state)
-            finally:
-                if self.state.finish_reason is None:
-                    self.state.finish_reason = "cancelled"
-                self.result = self._reasoner.result(self.state, time.perf_counter() - start)
+        start = time.perf_counter()
+        try:
+            yield from self._reasoner.advance(self.state)
+        finally:
+            if self.state.finish_reason is None:
+                self.state.finish_reason = "cancelled"
+            self.result = self._reasoner.result(self.state, time.perf_counter() - start)
+
+    def cancel(self) -> None:
+        """Ask the generation to stop from any thread: an engine call of it that waits in a batch
+        leaves at once, a running one finishes; the iteration then ends (finish "cancelled")."""
+        self.state.cancel.set()
 
     def close(self) -> None:
-        """Stop generating (frees the reasoner for other requests); ``result`` keeps the steps so far."""
+        """Stop generating (in the iterating thread); ``result`` keeps the steps so far."""
         if self._iterator is not None:
             self._iterator.close()  # type: ignore[attr-defined]
         elif self.result is None:

@@ -1,18 +1,17 @@
 """Keep K problems in flight at once over one reasoner: the batch runner behind eval and benchmarks.
 
-Why: one problem at a time leaves a pooled engine mostly idle (a round waits for its draft
-steps, then for one small target batch). With K problems in flight their engine calls meet in
-the pool's merged batches (`lookahead.engines.pool.PoolEngine`), so the target decodes K rounds' rows
-in one call and throughput grows with K while each problem's output stays what it would be alone.
+Why: one problem at a time leaves an engine mostly idle (a round waits for its draft steps, then
+for one small target batch). With K problems in flight their engine calls meet in merged
+batches -- the reasoner's batcher in front of in-process engines (`lookahead.engines.batching`),
+a Ray pool's replicas (`lookahead.engines.pool.PoolEngine`), or a server that batches concurrent
+requests -- so the target decodes K rounds' rows in one call and throughput grows with K while
+each problem's output stays what it would be alone.
 
 `run_many` runs each job (question or chat messages, mode, per-request overrides) on one of K
-worker threads through the reasoner's own verbs -- ``start``, ``advance``, ``result`` -- WITHOUT
-the reasoner's generation lock. That is only safe when every engine the jobs use is thread-safe
-(``thread_safe = True``: `PoolEngine`, and the SGLang / OpenAI-compatible engines over a server);
-with in-process engines ``concurrency > 1`` raises a
-`ConfigError`, and ``concurrency = 1`` takes the reasoner's lock per job (a server sharing the
-reasoner stays safe). Verifiers are shared by the threads: the built-in ones (exact, normalized,
-numeric) are stateless; a verifier that keeps state must guard it itself.
+worker threads through the reasoner's own verbs -- ``start``, ``advance``, ``result``. The
+reasoner's engines are always safe to call from many threads (an in-process one sits behind its
+batcher). Verifiers are shared by the threads: the built-in ones are safe; a verifier that keeps
+state must guard it itself.
 
 Outcomes: every job gets exactly one `JobOutcome` (its `Result`, or the error that ended it: a
 bad override, a `PromptError`, an `EngineCallError` after the pool's retries ... -- one job's
@@ -20,7 +19,7 @@ failure never stops the others). ``on_result`` receives them in job order by def
 (``ordered=False``: as they finish), each with its job index.
 
 Ctrl-C: the first stops feeding new jobs and lets the ones in flight finish; the second cancels
-those at their next committed step (their outcome holds the steps so far and a `JobCancelled`
+those at their next engine call (their outcome holds the steps so far and a `JobCancelled`
 error). Every finished job has been passed to ``on_result`` before `KeyboardInterrupt` is
 re-raised, so an eval loop that writes one JSON line per outcome loses nothing.
 
@@ -140,12 +139,12 @@ class _Run:
         self.stop_feeding = threading.Event()  # first Ctrl-C: start no new job
         self.cancel = threading.Event()  # second Ctrl-C: end the jobs in flight at their next step
         self.interrupts = 0  # Ctrl-C presses seen during the run
-        self.serial_lock: Any = contextlib.nullcontext()  # the reasoner's lock with unsafe engines
+        self.in_flight: dict[int, Any] = {}  # job index -> its ProblemState while it runs
 
     # ---- setup in the calling thread --------------------------------------------------------
 
     def prepare(self) -> list[JobOutcome]:
-        """Resolve each job's config, load the engines and verifiers it needs, check thread safety.
+        """Resolve each job's config, load the engines and verifiers it needs.
 
         A job whose overrides are invalid fails here, alone; the engines are created here (not
         lazily by K threads at once), and a failure to load one raises for the whole run.
@@ -166,18 +165,11 @@ class _Run:
             if uses_step_speculation(mode):
                 needs_draft = True
                 verifier_configs.setdefault(verifier_key(cfg), cfg)
-        engines = [self.reasoner.target] + ([self.reasoner.draft] if needs_draft else [])
+        self.reasoner.target  # noqa: B018 -- load the engines now, not lazily by K threads at once
+        if needs_draft:
+            self.reasoner.draft  # noqa: B018
         for cfg in verifier_configs.values():
             self.reasoner.verifier_for(cfg)  # create shared verifiers once, before the threads start
-        unsafe = [e.name for e in engines if not e.thread_safe]
-        if unsafe and self.concurrency > 1:
-            raise ConfigError(
-                f"concurrency {self.concurrency} > 1 needs engines in a pool or behind a server, but {', '.join(unsafe)} "
-                "run in this process: --set target.replicas=N --set draft.replicas=N (Ray actors), a server "
-                "(backend sglang / openai with url), or --set concurrency=1"
-            )
-        if unsafe:
-            self.serial_lock = self.reasoner.generation_lock  # one generation at a time
         return failed
 
     # ---- the run ------------------------------------------------------------------------------
@@ -207,7 +199,7 @@ class _Run:
                 except Exception as exc:  # noqa: BLE001 -- the caller's on_result raised: stop, then re-raise it
                     callback_error = callback_error or exc
                     self.stop_feeding.set()
-                    self.cancel.set()
+                    self.cancel_in_flight()
             for w in workers:
                 w.join()
         if callback_error is not None:
@@ -242,8 +234,15 @@ class _Run:
         if self.interrupts == 1:
             logger.warning("interrupted: starting no new job; Ctrl-C again to cancel the jobs in flight")
         else:
-            self.cancel.set()
-            logger.warning("cancelling the jobs in flight at their next step")
+            self.cancel_in_flight()
+            logger.warning("cancelling the jobs in flight at their next engine call")
+
+    def cancel_in_flight(self) -> None:
+        """End the jobs in flight at their next engine call (a waiting call leaves its batch now)."""
+        self.cancel.set()
+        with self.feed_lock:
+            for state in self.in_flight.values():
+                state.cancel.set()
 
     def receive(self, outcome: JobOutcome) -> None:
         if not self.ordered:
@@ -282,19 +281,24 @@ class _Run:
         job, cfg = self.jobs[index], self.configs[index]
         start = time.perf_counter()
         try:
-            with self.serial_lock:
-                state = self.reasoner.start(job.prompt, job.mode, cfg)
-                steps = self.reasoner.advance(state)
-                try:
-                    for _ in steps:
-                        if self.cancel.is_set():
-                            break
-                finally:
-                    steps.close()
-                cancelled = state.finish_reason is None
-                if cancelled:
-                    state.finish_reason = "cancelled"
-                result = self.reasoner.result(state, time.perf_counter() - start)
+            state = self.reasoner.start(job.prompt, job.mode, cfg)
+            with self.feed_lock:
+                self.in_flight[index] = state
+                if self.cancel.is_set():
+                    state.cancel.set()
+            steps = self.reasoner.advance(state)
+            try:
+                for _ in steps:
+                    if self.cancel.is_set():
+                        break
+            finally:
+                steps.close()
+                with self.feed_lock:
+                    self.in_flight.pop(index, None)
+            cancelled = state.finish_reason in (None, "cancelled")
+            if state.finish_reason is None:
+                state.finish_reason = "cancelled"
+            result = self.reasoner.result(state, time.perf_counter() - start)
         except Exception as exc:  # noqa: BLE001 -- one job's failure (PromptError, EngineCallError, ...) is its own
             return JobOutcome(index, None, exc, time.perf_counter() - start)
         error = JobCancelled(f"job {index} was cancelled after {len(result.steps)} steps") if cancelled else None

@@ -41,6 +41,14 @@ k + 1 rows and the verifier when k >= 1, and commits ``1 + Σ_i Π_{k<=i} p·α_
 which is the formula above for p = 1 (the default). On the CPU pair p is about 0.5: measured
 rounds are cheaper than "γ complete draft steps" predicts, and so is their gain.
 
+**Under load** (SmartSpec's goodput argument, arXiv 2406.14066): when the round's target call
+shares its batch with ``n`` rows of other problems (continuous batching: each of them commits
+one step per call), a round of depth γ makes the whole batch commit ``n + E[steps | γ]`` steps
+for ``γ·c + b(n+γ+1) + v``, and an ``ar`` round ``n + 1`` for ``b(n+1)``. The speedup at load n
+is the ratio of the two (`predicted_speedup_at_load`); n = 0 is S(γ). On a GPU under capacity
+b is flat and drafting still pays; once extra rows cost what they carry (a full batch, a CPU)
+the extra γ rows earn less than they cost and the best γ falls to 0.
+
 The best γ maximises S(γ) over 0..γ_max. Speculating pays only if the gain of depth 1,
 α_1, exceeds its extra cost c + b(2) - 1 + v(1): with α ≈ 0 the best γ is 0 whatever the costs.
 
@@ -156,6 +164,26 @@ def predicted_speedup(alpha: Sequence[float], gamma: int, c: float, batch_cost: 
     if cost <= 0:
         return math.inf
     return expected_steps(alpha, gamma, complete) / cost
+
+
+def predicted_speedup_at_load(alpha: Sequence[float], gamma: int, c: float, batch_cost: BatchCost,
+                              verify_cost: VerifyCost, load: int = 0, token_speedup: float = 1.0,
+                              draft_token_speedup: float | None = None, complete: float = 1.0) -> float:
+    """Steps per unit of cost of a batch shared with ``load`` rows of other problems, over an ``ar``
+    round in the same batch (module docstring, "Under load"); ``load=0`` is `predicted_speedup`."""
+    if load < 0:
+        raise ValueError(f"load must be >= 0 (got {load})")
+    if load == 0:
+        return predicted_speedup(alpha, gamma, c, batch_cost, verify_cost, token_speedup, draft_token_speedup, complete)
+
+    def shifted(k: int) -> float:  # the call's cost with the load's rows in it
+        return batch_cost_at(batch_cost, load + k)
+
+    cost = round_cost(gamma, c, shifted, verify_cost, token_speedup, draft_token_speedup, complete)
+    ar_cost = round_cost(0, c, shifted, verify_cost, token_speedup, draft_token_speedup, complete)
+    if cost <= 0:
+        return math.inf
+    return ((load + expected_steps(alpha, gamma, complete)) / cost) / ((load + 1) / ar_cost)
 
 
 def best_gamma(alpha: Sequence[float], c: float, batch_cost: BatchCost, verify_cost: VerifyCost,

@@ -11,9 +11,15 @@ cell gets an equal share of the time left, requests not started within it are co
 ``skipped``, and requests still running at the hard limit are cut off (counted as errors).
 
 Reported per cell: p50/p95/p99 latency of the 200 answers, requests/s and completion tokens/s
-(200 answers over the cell's wall time), and the counts of 200, 429 (expected once more than the
-server's ``--max-concurrency`` requests arrive together: reported apart) and other errors
-(unexpected). Writes ``OUT.json`` (the exact command at the top) and ``OUT.png``.
+(200 answers over the cell's wall time), the counts of 200, 429 (expected once more than the
+server's ``--max-concurrency`` running plus ``--max-queue`` waiting requests arrive together:
+reported apart) and other errors (unexpected), the server's peak resident memory during the cell
+(sampled from /proc every 0.1 s), its batcher and prefix-cache figures after the cell (/health),
+and ``mismatches``: 200 answers whose text differs from the same question's answer in the mode's
+FIRST cell (run the smallest concurrency first, 1 = each request alone: with greedy decoding the
+text must not depend on the load). Writes ``OUT.json`` (the exact command at the top) and
+``OUT.png``; ``--speedup-of ar`` adds each cell's throughput relative to that mode's at the same
+concurrency, and each cell's throughput relative to its mode's first cell.
 
 Example:
     .venv/bin/python scripts/load_test.py --config tiny --max-seconds 60 --out /tmp/load-tiny   # fake engines
@@ -54,6 +60,8 @@ class Outcome:
     status: int  # HTTP status; 0 = no response (connection error, cut off at the hard limit)
     latency_s: float  # seconds from sending to the whole answer read
     completion_tokens: int = 0  # usage.completion_tokens of a 200 answer
+    question: int = -1  # index of the question asked
+    text: str | None = None  # the answer's text (200)
     queue_s: float = 0.0  # lookahead.queue_s of a 200: seconds waiting for the reasoner
     service_s: float = 0.0  # lookahead.wall_time_s of a 200: seconds generating
     acceptance_rate: float | None = None  # lookahead.acceptance_rate of a 200 (lr only)
@@ -82,6 +90,9 @@ class Cell:
     mean_queue_s: float | None = None  # server side: mean seconds waiting for the reasoner
     mean_service_s: float | None = None  # server side: mean seconds generating
     acceptance_rate: float | None = None  # mean step acceptance of the 200 answers (lr)
+    mismatches: int = 0  # 200 answers whose text differs from the same question's in the mode's first cell
+    peak_rss_mb: float | None = None  # the server's peak resident memory during the cell (MiB)
+    server: dict[str, Any] = field(default_factory=dict)  # /health after the cell: batches and caches
     statuses: dict[str, int] = field(default_factory=dict)  # every status seen ("0" = no answer)
     error_samples: list[str] = field(default_factory=list)  # up to 3 distinct unexpected errors
 
@@ -144,6 +155,16 @@ class Server:
         self.log.flush()
         return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
 
+    def rss_mb(self) -> float | None:
+        """The server's resident memory now (MiB), or None off Linux / once it has exited."""
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
     def stop(self) -> int | None:
         """SIGINT (uvicorn's graceful shutdown), then SIGKILL if it hangs; the exit code."""
         if self.process.poll() is None:
@@ -171,6 +192,7 @@ def one_request(server: Server, body: dict[str, Any], hard_deadline: float) -> O
     return Outcome(
         200,
         latency,
+        text=payload["choices"][0]["message"]["content"],
         completion_tokens=int(payload["usage"]["completion_tokens"]),
         queue_s=float(stats.get("queue_s", 0.0)),
         service_s=float(stats.get("wall_time_s", 0.0)),
@@ -205,16 +227,38 @@ def run_cell(
                 **extra,
             }
             outcome = one_request(server, body, hard_deadline)
+            outcome.question = index % len(questions)
             with lock:
                 outcomes.append(outcome)
 
+    peak: list[float] = []
+    sampling = threading.Event()
+
+    def sample_memory() -> None:
+        while not sampling.wait(0.1):
+            rss = server.rss_mb()
+            if rss is not None:
+                peak.append(rss)
+
     start = time.monotonic()
     threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=max(hard_deadline - time.monotonic(), 0) + 5)
-    return summarize_cell(mode, concurrency, requests, outcomes, skipped, time.monotonic() - start)
+    sampling.set()
+    sampler.join()
+    cell = summarize_cell(mode, concurrency, requests, outcomes, skipped, time.monotonic() - start)
+    cell.peak_rss_mb = round(max(peak), 1) if peak else None
+    cell.outcomes = outcomes  # type: ignore[attr-defined] -- for the text comparison, not written out
+    try:
+        health = server.request("GET", "/health", None, timeout=5)[1]
+        cell.server = {k: health[k] for k in ("batches", "caches") if isinstance(health, dict) and k in health}
+    except (OSError, http.client.HTTPException):
+        pass
+    return cell
 
 
 def summarize_cell(mode: str, concurrency: int, requests: int, outcomes: list[Outcome], skipped: int, wall: float) -> Cell:
@@ -280,6 +324,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gsm8k", type=int, default=0, help="cycle through the first N GSM8K test questions instead")
     parser.add_argument("--data-dir", default=None, help="folder with gsm8k/test.jsonl (default ../shared/data)")
     parser.add_argument("--server-max-concurrency", type=int, default=8, help="lookahead serve --max-concurrency")
+    parser.add_argument("--server-max-queue", type=int, default=None, help="lookahead serve --max-queue (default: its own)")
+    parser.add_argument("--speedup-of", default=None, help="a mode: report every cell's throughput relative to it")
     parser.add_argument("--server-timeout", type=float, default=None, help="lookahead serve --timeout (default: its own)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured requests per mode before measuring")
     parser.add_argument("--out", default="docs/benchmarks/server", help="output path without extension (.json, .png)")
@@ -293,6 +339,8 @@ def serve_command(args: argparse.Namespace, port: int) -> list[str]:
     for item in args.overrides:
         command += ["--set", item]
     command += ["--host", "127.0.0.1", "--port", str(port), "--max-concurrency", str(args.server_max_concurrency)]
+    if args.server_max_queue is not None:
+        command += ["--max-queue", str(args.server_max_queue)]
     if args.server_timeout is not None:
         command += ["--timeout", str(args.server_timeout)]
     return command + ["--log-level", "warning"]
@@ -308,15 +356,20 @@ def measure(server: Server, args: argparse.Namespace, plan: list[tuple[str, int]
             if warm.status != 200:
                 raise SystemExit(f"warm-up request in mode {mode} failed: {warm.error}\n{server.log_tail()}")
     cells: list[Cell] = []
+    alone: dict[str, dict[int, str]] = {}  # mode -> question -> text in the mode's first cell
     for i, (mode, concurrency) in enumerate(plan):
         now = time.monotonic()
         cell_deadline = now + max(hard_deadline - now, 0) / (len(plan) - i)
         cell = run_cell(server, mode, concurrency, args.requests, questions, extra, cell_deadline, hard_deadline)
+        texts = {o.question: o.text for o in cell.outcomes if o.status == 200}  # type: ignore[attr-defined]
+        reference = alone.setdefault(mode, texts)
+        cell.mismatches = sum(1 for q, text in texts.items() if q in reference and reference[q] != text)
         cells.append(cell)
         print(
             f"{mode:>3} c={concurrency:<3} 200={cell.ok:<3} 429={cell.rejected_429:<3} err={cell.errors:<3} "
             f"skipped={cell.skipped:<3} p50={fmt(cell.p50_s)} p95={fmt(cell.p95_s)} p99={fmt(cell.p99_s)} "
-            f"{cell.requests_per_s:.2f} req/s {cell.completion_tokens_per_s:.1f} tok/s",
+            f"{cell.requests_per_s:.2f} req/s {cell.completion_tokens_per_s:.1f} tok/s "
+            f"mismatches={cell.mismatches} rss={cell.peak_rss_mb} MiB",
             file=sys.stderr,
         )
     return cells
@@ -367,17 +420,36 @@ def main() -> None:
             "max_tokens": args.max_tokens,
             "questions": len(questions),
             "server_max_concurrency": args.server_max_concurrency,
+            "server_max_queue": args.server_max_queue,
             "warmup": args.warmup,
         },
         "total_s": round(time.monotonic() - started, 2),
         "hit_max_seconds": any(c.skipped for c in cells) or time.monotonic() >= hard_deadline,
         "server_exit_code": server_rc,
         "cells": [asdict(c) for c in cells],
+        "ratios": ratios(cells, args.speedup_of),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}", file=sys.stderr)
+
+
+def ratios(cells: list[Cell], baseline: str | None) -> list[dict[str, Any]]:
+    """Per cell: tokens/s over its mode's first cell (scaling), and over ``baseline``'s cell at the
+    same concurrency (speedup), where those exist."""
+    first: dict[str, float] = {}
+    base = {c.concurrency: c.completion_tokens_per_s for c in cells if c.mode == baseline}
+    out = []
+    for c in cells:
+        first.setdefault(c.mode, c.completion_tokens_per_s)
+        row: dict[str, Any] = {"mode": c.mode, "concurrency": c.concurrency}
+        if first[c.mode] > 0:
+            row["over_first_cell"] = round(c.completion_tokens_per_s / first[c.mode], 3)
+        if base.get(c.concurrency):
+            row[f"over_{baseline}"] = round(c.completion_tokens_per_s / base[c.concurrency], 3)
+        out.append(row)
+    return out
 
 
 def fmt(seconds: float | None) -> str:

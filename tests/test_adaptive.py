@@ -144,7 +144,7 @@ def test_gamma_zero_round_makes_no_draft_call():
     reasoner, target, draft = make(T, D)
 
     class AlwaysAr(AdaptiveGamma):
-        def choose(self) -> int:
+        def choose(self, load: int = 0, batch_costs=None) -> int:
             return 0
 
     key = (3, repr(reasoner.config.verifier), False)

@@ -325,7 +325,6 @@ def test_ctrl_c_keeps_records_says_how_to_resume_and_exits_130(tmp_path, monkeyp
     [
         (["--modes", "ar,turbo"], "mode 'turbo' is unknown"),
         (["--modes", "lr[gama=1]"], "lr[gama=1]"),  # the label is shown, not eaten as markup
-        (["--concurrency", "4"], "target.replicas=N"),  # in-process engines cannot be shared by K problems
         (["--samples", "0"], "--samples must be >= 1"),
         (["--question-field", "question"], "set.jsonl:1: the row has no field 'question'"),
     ],

@@ -6,6 +6,7 @@ the loop's edge cases and timings, tiny random Llamas (tests/tiny.py) for the lo
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -248,12 +249,22 @@ def test_same_engine_for_draft_and_target_runs_sequentially():
     assert 4 in engine.calls  # P, P+d1, P+d2, P+d3 in ONE batched call
 
 
-def test_close_stops_the_target_worker():
-    """close() shuts the target worker down; a new generation after it starts a fresh one."""
+def test_in_process_rows_run_on_the_problems_own_thread():
+    """An in-process target: a problem's pipelined rows run on its own thread (in order), which ends
+    with the problem; the reasoner keeps no shared worker pool for them."""
     reasoner, _, _ = make(T, T)
+    assert reasoner.generate("q").text == "".join(T)
+    assert reasoner._workers is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("lookahead-rows")]
+
+
+def test_close_stops_the_target_workers():
+    """close() shuts the shared target workers of a thread-safe target down."""
+    cfg = config_from_dict({"gamma": 2, "pipeline": True, "target": {"backend": "fake"}, "draft": {"backend": "fake"}})
+    reasoner = LookaheadReasoner(cfg, target=SafeFake(T), draft=FakeEngine(T))
     reasoner.generate("q")
     worker = reasoner._workers
-    assert worker is not None and worker._max_workers == 1  # in-process engine: one thread
+    assert worker is not None
     reasoner.close()
     assert reasoner._workers is None and worker._shutdown
 

@@ -308,8 +308,8 @@ def test_no_api_key_means_no_auth(serve):
 
 
 def test_requests_beyond_max_concurrency_get_429_at_once(serve):
-    """Two admitted (one running, one waiting for the reasoner); the third is refused immediately."""
-    running = serve(ServerSettings(max_concurrency=2), "mode=ar")
+    """Two admitted (one running, one waiting for a running slot); the third is refused immediately."""
+    running = serve(ServerSettings(max_concurrency=1, max_queue=1), "mode=ar")
     slow(running)
     results: list[int] = []
     workers = [threading.Thread(target=lambda: results.append(running.chat({"messages": USER})[0])) for _ in range(2)]

@@ -47,8 +47,11 @@ def serve_command(
         typer.Option(envvar="LOOKAHEAD_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' (not on /health)."),
     ] = None,
     max_concurrency: Annotated[
-        int, typer.Option(help="Requests admitted at once (1 running, the rest waiting); more get 429.")
+        int, typer.Option(help="Requests running at once; their engine calls share batches.")
     ] = 8,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests waiting for a running slot (first come, first served); more get 429.")
+    ] = 64,
     timeout: Annotated[float, typer.Option(help="Seconds per request before it is cancelled with 504.")] = 300.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes; larger gets 413.")] = 1_048_576,
     model_name: Annotated[
@@ -65,7 +68,8 @@ def serve_command(
     try:
         cfg = load_config(config, list(set_ or []))
         settings = _settings(cfg, port, log_level, model_name=model_name, api_key=api_key,
-                             max_concurrency=max_concurrency, timeout_s=timeout, max_body_bytes=max_body_bytes)
+                             max_concurrency=max_concurrency, max_queue=max_queue, timeout_s=timeout,
+                             max_body_bytes=max_body_bytes)
         quiet_libraries(cfg)
         with console.status("loading models..."):
             reasoner = LookaheadReasoner.from_config(cfg)
@@ -77,7 +81,7 @@ def serve_command(
         err_console.print(f"[yellow]warning: binding {host} without --api-key: anyone who can reach it can use the model[/]")
     console.print(
         f"serving [bold]{settings.model_name}[/] (mode {cfg.mode}) at http://{host}:{port}/v1 · "
-        f"max concurrency {settings.max_concurrency} · timeout {settings.timeout_s:g} s"
+        f"{settings.max_concurrency} running at once, {settings.max_queue} waiting · timeout {settings.timeout_s:g} s"
         + (" · API key required" if settings.api_key else ""),
         soft_wrap=True,
     )

@@ -10,6 +10,9 @@ or calls ``engine.prepare_speculation()`` on any engine instead of probing with 
 
 - ``thread_safe`` (default False): `generate` may be called from several threads at once;
 - ``batch_costs`` (default None = unknown): seconds of one decode step by batch size;
+- ``cache_usage()`` (default {}): what the engine's caches hold now, next to their bounds;
+- ``occupancy()`` (default 0 = unknown): rows of other callers the next call would share a batch
+  with (`lookahead.engines.batching.BatchingEngine`, `lookahead.engines.pool.PoolEngine`);
 - ``tokenizer`` (default None): the engine's local tokenizer;
 - ``prepare_speculation()`` (default: nothing to do): load and check what
   ``generate(..., speculate=True)`` needs, before the first question;
@@ -118,6 +121,16 @@ class EngineBase:
     tokenizer: Any = None
     """The engine's local tokenizer (a transformers tokenizer for ``hf``; a
     `lookahead.engines.http.RemoteTokenizer` for the remote engines), or None."""
+
+    def cache_usage(self) -> dict[str, int]:
+        """What the engine's own caches hold now, next to their bounds (e.g. the HF engine's prefix
+        cache: rows, max_rows, tokens, max_tokens); {} for an engine that reports none."""
+        return {}
+
+    def occupancy(self) -> int:
+        """Rows of other callers that the caller's next call would share a batch with, where the
+        engine merges calls (the adaptive policy drafts less under load); 0 where unknown."""
+        return 0
 
     def prepare_speculation(self) -> None:
         """Load and check now what ``generate(..., speculate=True)`` needs (e.g. a draft model),

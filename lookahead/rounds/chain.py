@@ -83,7 +83,9 @@ def ar_round(context: RoundContext, state: ProblemState) -> Proposal:
 def chain_round(context: RoundContext, state: ProblemState) -> Proposal:
     """One sequential round: propose, expand, judge (γ chosen by the adaptive policy, if any)."""
     policy = context.policy
-    gamma = policy.choose() if policy is not None else state.config.gamma
+    gamma = state.config.gamma
+    if policy is not None:  # under load, the rows the target call would share decide too
+        gamma = policy.choose(load=context.target.occupancy(), batch_costs=context.target.batch_costs)
     state.stats.observe_gamma(gamma)
     spent = _Spent.since(state)
     drafts = propose(context, state, gamma)  # gamma = 0: no draft call, an ar round

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lookahead.config import LookaheadConfig, SamplingParams, uses_token_speculation
+from lookahead.errors import GenerationCancelled
 from lookahead.prompts import Messages
 from lookahead.stats import RoundStats
 from lookahead.steps import is_complete_step
@@ -56,6 +58,8 @@ class ProblemState:
     # pipeline: draft steps e_2, e_3, ... the previous round drafted ahead from exactly the text
     # committed now; this round takes them as its first draft steps without drafting them again
     carried_steps: list[str] = field(default_factory=list)
+    # set from any thread to stop: a call of it waiting in a batch leaves, the rounds end ("cancelled")
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
     def speculates(self) -> bool:
@@ -199,6 +203,8 @@ class RoundContext:
                 raise ValueError(f"verifier returned {len(verdicts)} verdicts for {len(drafts)} pairs")
             if any(is_failure(v) for v in verdicts):  # it failed or timed out and rejected on its own
                 state.stats.verifier_failures += 1
+        except GenerationCancelled:
+            raise
         except Exception as exc:  # noqa: BLE001 -- a broken verifier must not kill the run: reject, count, go on
             state.stats.verifier_failures += 1
             verdicts = [Verdict(accepted=False, score=0.0, verifier=verifier.name, reason=f"failed: {exc}") for _ in drafts]

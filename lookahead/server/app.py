@@ -49,7 +49,7 @@ ERRORS = {  # status -> when the server answers it (the OpenAPI descriptions)
     401: "Missing or wrong 'Authorization: Bearer KEY' (only with --api-key)",
     404: "Unknown model",
     413: "Body larger than --max-body-bytes",
-    429: "--max-concurrency requests already admitted; retry after Retry-After seconds",
+    429: "--max-concurrency requests running and --max-queue waiting; retry after Retry-After seconds",
     499: "The client closed the connection (recorded in the metrics; the client sees nothing)",
     500: "An engine failed",
     503: "The server is shutting down",

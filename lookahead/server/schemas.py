@@ -415,8 +415,19 @@ class Health(_Exact):
     status: Literal["ok"]
     model: str
     mode: str = Field(description="The configured mode.")
-    in_flight: int = Field(description="Requests admitted and not finished.")
-    max_concurrency: int
+    in_flight: int = Field(description="Requests admitted and not finished (running or waiting).")
+    running: int = Field(description="Requests running now; their engine calls share batches.")
+    waiting: int = Field(description="Requests admitted and waiting for a running slot.")
+    max_concurrency: int = Field(description="Most requests running at once (--max-concurrency).")
+    max_queue: int = Field(description="Most requests waiting beyond those (--max-queue); more get 429.")
+    batches: dict[str, float] = Field(
+        description="The in-process batcher's counters: engine calls, rows, merged calls, mean and max rows, "
+        "cancelled calls, seconds queued and busy, calls waiting, clients."
+    )
+    caches: dict[str, dict[str, int]] = Field(
+        description="Per loaded engine (target, draft), what its caches hold next to their bounds "
+        "(the in-process engine's prefix cache: rows, max_rows, tokens, max_tokens)."
+    )
 
 
 REQUEST_MODELS = (ChatCompletionRequest, CompletionRequest)  # documented by hand (bodies are read by decode_body)

@@ -1,16 +1,18 @@
 """The work behind the routes: settings, admission, one generation per worker thread, streaming,
 timeouts and cancellation (`Service` holds them; the routes in app.py call its methods).
 
-The reasoner runs one generation at a time, so at most ``max_concurrency`` requests are admitted
-(one running, the others waiting for the reasoner) and any beyond get 429. Each admitted request
-runs start to end in its own worker thread (the reasoner's lock belongs to the thread that
-iterates a stream); a timeout (504) or a client that goes away sets a flag the worker checks
-after every committed step, and the worker then closes the stream so the reasoner is freed.
+Admission: at most ``max_concurrency`` requests RUN at once, and their engine calls share the
+reasoner's batches (`lookahead.engines.batching`: the rows of every running request meet in one
+engine call); at most ``max_queue`` more wait for a running slot, first come first served; any
+beyond get 429. Each admitted request runs start to end in its own worker thread. A timeout (504)
+or a client that goes away cancels the generation: a waiting request leaves the queue, a running
+one leaves the batch at its next engine call, and the worker closes its stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -47,6 +49,8 @@ from lookahead.types import Result, StepRecord
 
 logger = logging.getLogger("lookahead.server")
 
+MODEL_FREE_VERIFIERS = ("exact", "normalized", "numeric")  # per-request verifiers that load nothing
+
 FINISH_REASONS = {"eos": "stop", "answer": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 
 # --------------------------------------------------------------------------------------------
@@ -59,16 +63,23 @@ class ServerSettings:
 
     model_name: str = ""  # the `model` clients must send; "" = derived from target.model
     api_key: str | None = field(default=None, repr=False)  # bearer token on /v1/* and /metrics; None = no auth
-    max_concurrency: int = 8  # requests admitted at once: 1 running + the rest waiting (requests)
+    max_concurrency: int = 8  # requests running at once, sharing the engines' batches (requests)
+    max_queue: int = 64  # requests admitted beyond those, waiting for a running slot (requests)
     timeout_s: float = 300.0  # per request, from admission to the last byte (seconds)
     max_body_bytes: int = 1_048_576  # largest request body accepted, else 413 (bytes)
 
     def validate(self) -> ServerSettings:
-        for value, option in ((self.max_concurrency, "--max-concurrency"), (self.max_body_bytes, "--max-body-bytes")):
+        for value, option in (
+            (self.max_concurrency, "--max-concurrency"),
+            (self.max_queue, "--max-queue"),
+            (self.max_body_bytes, "--max-body-bytes"),
+        ):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{option} must be a whole number (got {value!r})")
         if self.max_concurrency < 1:
             raise ConfigError(f"--max-concurrency must be >= 1 (got {self.max_concurrency})")
+        if self.max_queue < 0:
+            raise ConfigError(f"--max-queue must be >= 0 (got {self.max_queue}); 0 refuses every request beyond the running ones")
         if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)):
             raise ConfigError(f"--timeout must be a number of seconds (got {self.timeout_s!r})")
         if not math.isfinite(self.timeout_s):
@@ -93,23 +104,57 @@ def default_model_name(config: LookaheadConfig) -> str:
 
 
 class Admission:
-    """At most `limit` requests admitted at once; the rest are refused (never queued)."""
+    """At most ``limit`` requests running and ``queue`` waiting; first come, first served.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit  # requests admitted at once
-        self.active = 0  # requests admitted and not finished (their worker still runs)
-        self._lock = threading.Lock()
+    `try_acquire` admits a request (False: refuse it, 429); its worker then waits in `turn` until
+    every request admitted before it has started and a running slot is free; `release` ends it
+    (running or still waiting).
+    """
 
-    def try_acquire(self) -> bool:
-        with self._lock:
-            if self.active >= self.limit:
-                return False
+    def __init__(self, limit: int, queue: int = 0) -> None:
+        self.limit = limit  # requests running at once
+        self.queue = queue  # requests waiting beyond those
+        self.active = 0  # requests admitted and not finished (running or waiting)
+        self.running = 0  # requests that have their running slot
+        self._waiting: collections.deque[object] = collections.deque()  # tickets in arrival order
+        self._cond = threading.Condition()
+
+    def try_acquire(self) -> object | None:
+        """A ticket for a new request, or None when running and waiting slots are all taken."""
+        with self._cond:
+            if self.active >= self.limit + self.queue:
+                return None
             self.active += 1
+            ticket = object()
+            self._waiting.append(ticket)
+            return ticket
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def turn(self, ticket: object, cancel: threading.Event) -> bool:
+        """Wait until ``ticket`` is first in line and a slot is free; False if cancelled meanwhile."""
+        with self._cond:
+            while not (self._waiting and self._waiting[0] is ticket and self.running < self.limit):
+                if cancel.is_set():
+                    self._waiting.remove(ticket)
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(timeout=0.1)
+            self._waiting.popleft()
+            self.running += 1
+            self._cond.notify_all()
             return True
 
-    def release(self) -> None:
-        with self._lock:
+    def release(self, ticket: object, ran: bool) -> None:
+        with self._cond:
             self.active -= 1
+            if ran:
+                self.running -= 1
+            elif ticket in self._waiting:
+                self._waiting.remove(ticket)
+            self._cond.notify_all()
 
 
 Event = tuple[str, Any]  # ("started", prompt_tokens) | ("step", StepRecord) | ("done", Result) | ("error", exc)
@@ -118,9 +163,9 @@ Event = tuple[str, Any]  # ("started", prompt_tokens) | ("step", StepRecord) | (
 class Generation:
     """One admitted request's generation, run start to end in ONE worker thread.
 
-    The reasoner's lock is held by the thread that iterates a `ResultStream`, so creating,
-    iterating and closing the stream all happen in the worker; the event loop reads `events`
-    and asks it to stop through `cancel` (checked after every committed step).
+    The worker waits for its running slot (`Admission.turn`), then creates, iterates and closes
+    the stream; the event loop reads `events` and asks it to stop through `cancel`, which is the
+    generation's own cancel event: a call of it waiting in a batch leaves at once.
     """
 
     def __init__(
@@ -130,12 +175,17 @@ class Generation:
         options: dict[str, Any],
         max_tokens: int | None,
         loop: asyncio.AbstractEventLoop,
+        admission: Admission | None = None,
+        ticket: object | None = None,
     ) -> None:
         self.reasoner = reasoner
+        self.admission = admission  # where it waits for its running slot (None: it runs at once)
+        self.ticket = ticket  # its place in the admission queue
+        self.ran = False  # did it get its running slot?
         self.prompt = prompt  # the question, or chat messages
         self.options = options  # mode, speculation and config overrides for reasoner.stream
         self.max_tokens = max_tokens  # the request's max_tokens, checked against the context
-        self.cancel = threading.Event()  # set by the event loop: stop after the current step
+        self.cancel = threading.Event()  # set by the event loop: leave the queue, or the batch at the next call
         self.events: asyncio.Queue[Event] = asyncio.Queue()  # read on the event loop
         self.started_at = time.perf_counter()  # admission time (perf_counter seconds)
         self.queue_s = 0.0  # seconds from admission until the generation could start
@@ -150,11 +200,13 @@ class Generation:
 
     def run(self) -> None:
         """The worker: stream the steps out as events; always ends with "done" or "error"."""
+        if self.admission is not None:
+            self.ran = self.admission.turn(self.ticket, self.cancel)
         if self.cancel.is_set():
             self._emit("error", APIError(504, "cancelled before it started", "timeout_error", code="timeout"))
             return
         try:
-            stream = self.reasoner.stream(self.prompt, **self.options)  # waits for the reasoner
+            stream = self.reasoner.stream(self.prompt, **self.options)
         except LookaheadError as exc:
             self._emit("error", exc)
             return
@@ -162,13 +214,14 @@ class Generation:
             logger.exception("generation failed before its first step")
             self._emit("error", exc)
             return
+        stream.state.cancel = self.cancel  # one event: the event loop's cancel reaches the batch
         failure: BaseException | None = None
         try:
             self._check_context(stream.state.prompt_tokens)
             if not self.cancel.is_set():
                 self.queue_s = time.perf_counter() - self.started_at
                 self._emit("started", stream.state.prompt_tokens)
-                for step in stream:  # the first step waits for the reasoner's lock
+                for step in stream:
                     self._emit("step", step)
                     if self.cancel.is_set():
                         break
@@ -178,7 +231,7 @@ class Generation:
             logger.exception("generation failed")
             failure = exc
         finally:
-            stream.close()  # in this thread: the reasoner's lock is released here
+            stream.close()  # in this thread, which iterated it
         if failure is not None:
             self._emit("error", failure)
         else:
@@ -214,7 +267,7 @@ def lookahead_stats(result: Result, queue_s: float = 0.0) -> dict[str, Any]:
         "target_s": stats.get("target_s", 0.0),
         "verify_s": stats.get("verify_s", 0.0),
         "wall_time_s": round(result.wall_time_s, 4),
-        "queue_s": round(queue_s, 4),  # seconds waiting for the reasoner before starting
+        "queue_s": round(queue_s, 4),  # seconds waiting for a running slot before starting
         "answer": result.answer,
     }
 
@@ -273,13 +326,14 @@ class Service:
         self.settings = settings
         self.model_name = settings.model_name or default_model_name(reasoner.config)  # the served name
         self.metrics = Metrics()
-        self.admission = Admission(settings.max_concurrency)
+        self.admission = Admission(settings.max_concurrency, settings.max_queue)
         self.executor: ThreadPoolExecutor | None = self.new_executor()  # None once the lifespan has ended
         self.generations: set[Generation] = set()  # admitted and not finished
         self.started_at = int(time.time())  # unix seconds
 
     def new_executor(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.settings.max_concurrency, thread_name_prefix="lookahead-gen")
+        workers = self.settings.max_concurrency + self.settings.max_queue  # waiting requests wait in their worker
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookahead-gen")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
@@ -314,7 +368,12 @@ class Service:
             "model": self.model_name,
             "mode": self.reasoner.config.mode,
             "in_flight": self.admission.active,
+            "running": self.admission.running,
+            "waiting": self.admission.waiting,
             "max_concurrency": self.admission.limit,
+            "max_queue": self.admission.queue,
+            "batches": self.reasoner.batcher.snapshot(),
+            "caches": self.reasoner.cache_usage(),
         }
 
     # -- parsing ---------------------------------------------------------------------------------
@@ -400,6 +459,17 @@ class Service:
                 param = "max_tokens" if key == "max_total_tokens" else key
                 raise APIError(400, str(exc), param=param, code="invalid_value") from None
             overrides[key] = value
+        verifier = overrides.get("verifier")
+        configured = self.reasoner.config.verifier.name
+        if verifier is not None and verifier != configured and verifier not in MODEL_FREE_VERIFIERS:
+            raise APIError(
+                400,
+                f"verifier {verifier!r} would load a model while other requests run; this server's verifier is "
+                f"{configured!r}: send that, one of {', '.join(MODEL_FREE_VERIFIERS)}, or start the server with "
+                f"--set verifier.name={verifier}",
+                param="verifier",
+                code="invalid_value",
+            )
         return overrides
 
     # -- running ---------------------------------------------------------------------------------
@@ -408,24 +478,27 @@ class Service:
         return await (self.run_streaming if request.body.stream else self.run_whole)(http, request)
 
     def admit(self, request: CompletionJob) -> Generation:
-        if not self.admission.try_acquire():
+        ticket = self.admission.try_acquire()
+        if ticket is None:
             self.metrics.rejected.inc()
             busy = APIError(
                 429,
-                f"the server is busy: {self.admission.limit} requests are already admitted (--max-concurrency); "
-                "retry shortly",
+                f"the server is busy: {self.admission.limit} requests are running (--max-concurrency) and "
+                f"{self.admission.queue} waiting (--max-queue); retry shortly",
                 "rate_limit_error",
                 code="too_many_requests",
             )
             busy.headers["Retry-After"] = "1"
             raise busy
         loop = asyncio.get_running_loop()
-        generation = Generation(self.reasoner, request.prompt, request.options, request.max_tokens, loop)
+        generation = Generation(
+            self.reasoner, request.prompt, request.options, request.max_tokens, loop, self.admission, ticket
+        )
         self.generations.add(generation)
         self.metrics.in_flight.inc()
 
-        def finished(_: object) -> None:  # in the worker thread, once it has freed the reasoner
-            self.admission.release()
+        def finished(_: object) -> None:  # in the worker thread, once its stream is closed
+            self.admission.release(ticket, generation.ran)
             self.metrics.in_flight.dec()
             self.generations.discard(generation)
 
@@ -570,7 +643,7 @@ class Service:
                         yield event
                     return
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = 499  # the client went away: free the reasoner after the current step
+            outcome = 499  # the client went away: its generation leaves the batch at its next engine call
             raise
         finally:
             generation.cancel.set()  # no-op once the worker is done

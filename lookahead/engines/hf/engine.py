@@ -240,6 +240,10 @@ class HFEngine(EngineBase):
         """Does the engine reuse KV rows across calls (``EngineConfig.prefix_cache``)?"""
         return self.remembered.enabled
 
+    def cache_usage(self) -> dict[str, int]:
+        """The prefix cache's rows and tokens now, next to their bounds."""
+        return self.remembered.usage()
+
     @property
     def prefix_cache_rows(self) -> int:
         return self.remembered.max_rows

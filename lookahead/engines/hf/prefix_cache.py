@@ -80,6 +80,15 @@ class PrefixCache:
         self.max_tokens = max_tokens  # ... holding at most this many tokens in all (tokens)
         self.rows: list[RememberedRow] = []  # least recently used first
 
+    def usage(self) -> dict[str, int]:
+        """Rows and tokens held now, next to their bounds."""
+        return {
+            "rows": len(self.rows),
+            "max_rows": self.max_rows,
+            "tokens": sum(len(e.token_ids) for e in self.rows),
+            "max_tokens": self.max_tokens,
+        }
+
     def clear(self) -> None:
         self.rows = []
 
