@@ -231,6 +231,7 @@ def run_cell(
             with lock:
                 outcomes.append(outcome)
 
+    before = batcher_counters(server)
     peak: list[float] = []
     sampling = threading.Event()
 
@@ -258,7 +259,25 @@ def run_cell(
         cell.server = {k: health[k] for k in ("batches", "caches") if isinstance(health, dict) and k in health}
     except (OSError, http.client.HTTPException):
         pass
+    after = cell.server.get("batches", {})
+    if before and after:  # this cell's share of the server's counters
+        delta = {k: round(after[k] - before[k], 3) for k in ("calls", "rows", "merged_calls", "queue_wait_s", "busy_s",
+                                                              "row_tokens", "slot_tokens") if k in after and k in before}
+        if delta.get("calls"):
+            delta["mean_rows"] = round(delta["rows"] / delta["calls"], 3)
+        if delta.get("slot_tokens"):
+            delta["fill"] = round(delta["row_tokens"] / delta["slot_tokens"], 3)
+        cell.server["cell_batches"] = delta
     return cell
+
+
+def batcher_counters(server: Server) -> dict[str, Any]:
+    """The server's batcher counters now (/health), or {} when it reports none."""
+    try:
+        health = server.request("GET", "/health", None, timeout=5)[1]
+    except (OSError, http.client.HTTPException):
+        return {}
+    return health.get("batches", {}) if isinstance(health, dict) else {}
 
 
 def summarize_cell(mode: str, concurrency: int, requests: int, outcomes: list[Outcome], skipped: int, wall: float) -> Cell:

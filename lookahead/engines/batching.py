@@ -26,8 +26,11 @@ Rules it keeps:
   draft's lanes run side by side, as pipelined rounds expect;
 - **gathering**: when a call is picked while some callers are still working between their
   calls (a round's Python: committing a step, checking a verdict), the driver waits for them up
-  to ``batch_window_s`` so their rows join this call instead of the next one. A lone caller
-  never waits (it is the only client), so one problem alone runs exactly as without the layer;
+  to ``batch_window_s`` -- counted from the later of the oldest call's arrival and the end of
+  the lane's previous engine call, whose callers are exactly the ones about to come back -- so
+  their rows join this call instead of the next one (without it the clients split into cohorts
+  that alternate, each call carrying a fraction of them). A lone caller never waits (it is the
+  only client), so one problem alone runs exactly as without the layer;
 - each caller gets exactly its rows back (greedy output of a problem is the same alone or in a
   batch: the HF engine's padded layout keeps every row's positions and attention);
 - an engine error in a merged call is retried call by call, so only the caller whose rows
@@ -68,7 +71,7 @@ from lookahead.types import Completion
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_ROWS = 16  # most rows of one merged call (rows)
-DEFAULT_BATCH_WINDOW_S = 0.02  # most a picked call waits for callers still between calls (s)
+DEFAULT_BATCH_WINDOW_S = 0.03  # most a picked call waits for callers still between calls (s)
 CANCEL_POLL_S = 0.05  # how often a waiting caller checks its cancel event (s)
 COST_EMA = 0.2  # weight of a new merged call in the observed cost by rows
 
@@ -97,6 +100,8 @@ class BatcherStats:
     max_rows: int = 0  # most rows in one call (rows)
     cancelled: int = 0  # calls withdrawn because their caller was cancelled (count)
     wait_s: float = 0.0  # seconds callers spent queued, in all (s)
+    row_tokens: int = 0  # tokens the rows of merged generate calls produced (tokens)
+    slot_tokens: int = 0  # rows x the longest row's tokens, summed over those calls (tokens)
     busy_s: float = 0.0  # seconds the driver spent in engine calls (s)
 
 
@@ -107,6 +112,7 @@ class _Lane:
     pending: deque[_Call] = field(default_factory=deque)
     running: list[_Call] = field(default_factory=list)  # the calls of the engine call in progress
     thread: threading.Thread | None = None
+    finished_at: float = 0.0  # when its latest engine call ended (monotonic s)
 
 
 class Batcher:
@@ -245,7 +251,7 @@ class Batcher:
         first = lane.pending[0]
         same = [c for c in lane.pending if c.group == first.group]
         rows = sum(len(c.rows) for c in same)
-        age = time.monotonic() - first.enqueued
+        age = time.monotonic() - max(first.enqueued, lane.finished_at)
         if rows < self.max_batch_rows and age < self.batch_window_s and self._busy_clients() > 0:
             return [], self.batch_window_s - age  # callers between calls: let them join this one
         batch, taken = [], 0
@@ -286,7 +292,14 @@ class Batcher:
                 self.stats.merged_calls += int(len(batch) > 1)
                 self.stats.max_rows = max(self.stats.max_rows, rows)
             lane.running = []
+            lane.finished_at = time.monotonic()
             self._cond.notify_all()
+
+    def count_tokens(self, row_tokens: int, slot_tokens: int) -> None:
+        """Count one generate call's tokens: produced, and rows x its longest row (see ``fill``)."""
+        with self._cond:
+            self.stats.row_tokens += row_tokens
+            self.stats.slot_tokens += slot_tokens
 
     def snapshot(self) -> dict[str, Any]:
         """The counters and the queue now (plain JSON types, for /metrics and logs)."""
@@ -300,6 +313,11 @@ class Batcher:
                 "max_rows": s.max_rows,
                 "cancelled": s.cancelled,
                 "queue_wait_s": round(s.wait_s, 3),
+                # how full the calls' decode iterations were: a row that ends early waits for the
+                # longest row of its call (round-level batching), so 1.0 = all rows equally long
+                "fill": round(s.row_tokens / s.slot_tokens, 3) if s.slot_tokens else 1.0,
+                "row_tokens": s.row_tokens,
+                "slot_tokens": s.slot_tokens,
                 "busy_s": round(s.busy_s, 3),
                 "waiting_calls": sum(len(lane.pending) for lane in self._lanes.values()),
                 "clients": self._clients,
@@ -453,6 +471,7 @@ class BatchingEngine(EngineBase):
 
     def _observe(self, rows: int, seconds: float, out: Sequence[Completion]) -> None:
         iterations = max((c.completion_tokens for c in out), default=0)
+        self.batcher.count_tokens(sum(c.completion_tokens for c in out), rows * iterations)
         if iterations > 0 and seconds > 0:
             per = seconds / iterations
             old = self._costs.get(rows)
