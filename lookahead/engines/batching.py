@@ -498,6 +498,12 @@ class BatchingEngine(EngineBase):
         self.inner.shutdown()
 
 
+def unwrapped(engine: Engine) -> Engine:
+    """The engine behind a `BatchingEngine` (for code that must reach the model itself, while no
+    generation runs: measuring it); any other engine as it is."""
+    return engine.inner if isinstance(engine, BatchingEngine) else engine
+
+
 def batched(engine: Engine, batcher: Batcher) -> Engine:
     """``engine`` as callers may use it from many threads: itself when it is thread-safe (a pool,
     a server client), else behind ``batcher``."""

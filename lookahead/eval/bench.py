@@ -222,8 +222,10 @@ def batch_cost_unmeasurable(config: LookaheadConfig) -> str | None:
 
 def measure_batch_cost(engine: Any, max_batch: int = MAX_BATCH) -> dict[str, Any]:
     """One decode step of ``engine``'s model at batch 1..max_batch: seconds and relative to batch 1."""
+    from lookahead.engines.batching import unwrapped
     from lookahead.engines.hf import HFEngine, measure_batch_costs
 
+    engine = unwrapped(engine)  # the reasoner's target sits behind its batcher
     if not isinstance(engine, HFEngine) or engine.model is None:
         raise ConfigError(f"the target engine {getattr(engine, 'name', engine)!r} is not a loaded transformers model")
     seconds = measure_batch_costs(engine.model, max_batch=max_batch)[1:]
