@@ -21,10 +21,18 @@ Rules a merged call keeps:
 - a request goes back to the replica that served its prompt prefix last, when that replica is
   idle (prefix-cache affinity), else to any idle replica.
 
+Placement: each replica gets one bundle of a Ray placement group (its GPUs, or a token CPU share)
+with strategy SPREAD, so on a cluster (``ray_address``) the replicas land on different nodes as far
+as the nodes go. ``ray_address`` is checked first: where nothing answers, a `ConfigError` at once.
+
 Fault tolerance (each failure charges one attempt to every request in the call; a request fails
 after ``call_retries + 1`` attempts, alone, with `EngineCallError`; other requests go on):
 - an actor that dies mid-call is restarted by Ray (``max_restarts``); its requests are retried,
   on another replica when there is one;
+- a node that goes away takes its replicas down: their calls are retried on the replicas of the
+  other nodes; Ray restarts each lost replica where its bundle fits again (a CPU replica: any
+  node), and one that no live node can take within ``placement_timeout_s`` (its GPU was on the
+  lost node) is given up: the pool goes on with the others;
 - a call that takes longer than ``call_timeout_s`` counts as hung: the replica is killed and
   restarted (a sync actor runs one call at a time, so a hung one would block it) and its
   requests are retried;
@@ -55,6 +63,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import threading
 import time
 import weakref
@@ -78,6 +87,13 @@ EngineFactory = Callable[[EngineConfig], Any]
 
 AFFINITY_PREFIX_CHARS = 256  # prompt characters that identify a problem for replica affinity (chars)
 AFFINITY_MAX_ENTRIES = 4096  # remembered prompt prefixes (entries); the oldest are forgotten
+PLACEMENT_STRATEGY = "SPREAD"
+"""How the replicas' placement bundles are laid over a cluster: one replica per node as far as the
+nodes go (losing a node loses as few replicas as possible), several per node beyond that."""
+CPU_REPLICA_CPUS = 0.01  # CPUs a CPU replica reserves (CPUs): a token, as a bundle cannot be empty;
+# what it really uses is its share of threads (`ReplicaWorker`), so replicas > num_cpus still fit
+RESTART_POLL_S = 0.5  # how often a replica's restart is looked at while waiting for it (s)
+CONNECT_TIMEOUT_S = 5.0  # seconds to reach a Ray address given by ray_address before calling it unreachable (s)
 TOKENIZER_ONLY_BACKENDS = ("hf", "sglang", "vllm")
 """Backends whose text side (tokens, chat template) is the model's HF tokenizer: the pool loads
 only the tokenizer in this process. Other backends (``fake``, remote clients) are cheap to build
@@ -120,8 +136,15 @@ def _acquire_ray(address: str | None) -> bool:
                     logging_level=logging.WARNING,
                 )
             else:
+                _check_reachable(address)
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, RuntimeError, ValueError, ray_errors.AuthenticationError) as exc:
+            if _token_refused(exc):
+                raise ConfigError(
+                    f"the Ray cluster at {address!r} refused this process (Ray token authentication): set "
+                    "RAY_AUTH_MODE=token and give it the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN), "
+                    "as for every `ray start --address=...` that joins it"
+                ) from None
             where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
             raise ConfigError(
                 f"could not start or join {where}: {exc}; set ray_address to 'auto' on a cluster node, "
@@ -129,6 +152,46 @@ def _acquire_ray(address: str | None) -> bool:
             ) from None
         _RAY_USERS = 1
         return True
+
+
+def _token_refused(exc: BaseException | None) -> bool:
+    """Did joining fail on Ray's token authentication? (ray.init wraps it in a ConnectionError.)"""
+    for _ in range(8):  # the chain: ConnectionError <- RuntimeError (its text holds the last attempt's traceback)
+        if exc is None:
+            return False
+        if isinstance(exc, ray_errors.AuthenticationError) or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _check_reachable(address: str) -> None:
+    """Raise `ConfigError` at once when nothing answers at ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``); ``ray.init`` would retry it for many minutes. "auto" is left to Ray.
+
+    Ray dials a loopback host (127.0.0.1, localhost) through this machine's node IP, so that
+    address must answer too: a cluster whose nodes listen on loopback only is out of reach.
+    """
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", or malformed: ray.init says what is wrong
+    host = host.strip("[]")
+    targets = [host]
+    if not address.startswith("ray://") and host in ("127.0.0.1", "localhost", "::1"):
+        from ray.util import get_node_ip_address
+
+        targets.append(get_node_ip_address())
+    for target in dict.fromkeys(targets):
+        try:
+            with socket.create_connection((target, int(port)), timeout=CONNECT_TIMEOUT_S):
+                pass
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            via = f" (Ray dials it as {target}:{port}, this machine's node IP)" if target != host else ""
+            raise ConfigError(
+                f"cannot reach a Ray cluster at ray_address={address!r}{via}: {why}; start one there "
+                "(ray start --head --port=PORT), fix the address, or leave ray_address empty (null) to start Ray locally"
+            ) from None
 
 
 def _release_ray() -> None:
@@ -161,7 +224,12 @@ class ReplicaWorker:
         self.calls: list[int] = []  # rows of every generate() call this incarnation served (rows)
 
     def ready(self) -> dict[str, Any]:
-        return {"name": self.engine.name, "context_length": self.engine.context_length(), "pid": os.getpid()}
+        return {
+            "name": self.engine.name,
+            "context_length": self.engine.context_length(),
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),  # the Ray node this incarnation runs on (hex id)
+        }
 
     def generate(
         self, prompts: list[str], params: list[SamplingParams], stop: list[str], speculate: bool
@@ -170,7 +238,7 @@ class ReplicaWorker:
         return self.engine.generate(prompts, params, stop=stop, speculate=speculate)
 
     def stats(self) -> dict[str, Any]:
-        return {"calls": list(self.calls), "pid": os.getpid()}
+        return {"calls": list(self.calls), "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -242,6 +310,7 @@ class PoolEngine(EngineBase):
         max_restarts: int = 3,
         batch_window_s: float = 0.003,
         startup_timeout_s: float = 1800.0,
+        placement_timeout_s: float = 60.0,
         engine_factory: EngineFactory | None = None,
     ) -> None:
         if config.replicas < 1:
@@ -254,6 +323,7 @@ class PoolEngine(EngineBase):
         self.max_restarts = max_restarts  # Ray restarts of each actor after it dies (count)
         self.batch_window_s = batch_window_s  # how long an idle replica waits for more requests (s)
         self.startup_timeout_s = startup_timeout_s  # seconds a replica may take to (re)load (s)
+        self.placement_timeout_s = placement_timeout_s  # seconds a replica that lost its node may wait for another (s)
         self.stats = PoolStats()
         self._cond = threading.Condition()
         self._pending: collections.deque[_Request] = collections.deque()
@@ -307,35 +377,35 @@ class PoolEngine(EngineBase):
         return create_engine(single)
 
     def _start_replicas(self, factory: EngineFactory | None) -> None:
+        """Reserve one placement bundle per replica (spread over the nodes), then start the actors in them."""
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         cfg = self.config
         single = dataclasses.replace(cfg, replicas=0)
-        options: dict[str, Any] = {"max_restarts": self.max_restarts, "max_task_retries": 0, "num_cpus": 0}
-        cpu_threads = None
-        if cfg.num_gpus > 0:
-            from ray.util.placement_group import placement_group
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-            # Reserve every replica's GPUs at once, so a cluster that is too small fails now
-            # with a clear message instead of leaving some replicas pending forever.
-            self._placement_group = placement_group([{"GPU": cfg.num_gpus}] * cfg.replicas, strategy="PACK")
-            ready, _ = ray.wait([self._placement_group.ready()], timeout=min(self.startup_timeout_s, 120.0))
-            if not ready:
-                raise ConfigError(
-                    f"the Ray cluster cannot place {cfg.replicas} replicas with num_gpus={cfg.num_gpus} each "
-                    f"(cluster resources: {ray.cluster_resources()}); lower replicas or num_gpus"
-                )
-        else:
-            cpu_threads = max(1, (os.cpu_count() or 1) // cfg.replicas)  # share this machine's cores
-            options["scheduling_strategy"] = "SPREAD"
+        on_gpu = cfg.num_gpus > 0
+        bundle = {"GPU": cfg.num_gpus} if on_gpu else {"CPU": CPU_REPLICA_CPUS}
+        # Every replica's bundle is reserved at once, so a cluster that is too small fails now with a
+        # clear message instead of leaving some replicas pending forever.
+        self._placement_group = placement_group([bundle] * cfg.replicas, strategy=PLACEMENT_STRATEGY)
+        ready, _ = ray.wait([self._placement_group.ready()], timeout=min(self.startup_timeout_s, 120.0))
+        if not ready:
+            raise ConfigError(
+                f"the Ray cluster cannot place {cfg.replicas} replicas needing {bundle} each "
+                f"(cluster resources: {ray.cluster_resources()}); lower replicas or num_gpus, or add nodes"
+            )
+        cpu_threads = None if on_gpu else max(1, (os.cpu_count() or 1) // cfg.replicas)  # share this machine's cores
         actor_cls = ray.remote(ReplicaWorker)
         for i in range(cfg.replicas):
-            opts = dict(options)
-            if self._placement_group is not None:
-                opts["num_gpus"] = cfg.num_gpus
-                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            handle = actor_cls.options(
+                max_restarts=self.max_restarts,
+                max_task_retries=0,
+                num_cpus=0 if on_gpu else CPU_REPLICA_CPUS,
+                num_gpus=cfg.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self._placement_group, placement_group_bundle_index=i
-                )
-            handle = actor_cls.options(**opts).remote(single, factory, cpu_threads)
+                ),
+            ).remote(single, factory, cpu_threads)
             self._replicas.append(_Replica(index=i, handle=handle))
 
     def _await_all_ready(self) -> dict[str, Any]:
@@ -387,6 +457,11 @@ class PoolEngine(EngineBase):
             self._cond.notify_all()
         return request.future.result()
 
+    def occupancy(self) -> int:
+        """Rows waiting for a replica now: what the caller's next call would share a batch with."""
+        with self._cond:
+            return sum(len(q.prompts) for q in self._pending)
+
     def count_tokens(self, text: str) -> int:
         with self._text_lock:
             return self._text.count_tokens(text)
@@ -399,11 +474,12 @@ class PoolEngine(EngineBase):
         return self._context_length
 
     def replica_stats(self) -> list[dict[str, Any]]:
-        """Per replica: ``calls`` (rows of each call since its last restart), ``pid``, ``status``."""
+        """Per replica: ``status``; for a running one also ``calls`` (rows of each call since its last
+        restart), ``pid`` and ``node`` (the Ray node id it runs on)."""
         out = []
         for rep in self._replicas:
             entry: dict[str, Any] = {"replica": rep.index, "status": rep.status}
-            if rep.status != "dead":
+            if rep.status in ("idle", "busy"):  # a starting one may be waiting for a node: do not block on it
                 try:
                     entry.update(ray.get(rep.handle.stats.remote(), timeout=self.call_timeout_s))
                 except ray_errors.RayError as exc:
@@ -620,20 +696,47 @@ class PoolEngine(EngineBase):
         )
 
     def _await_restart(self, rep: _Replica) -> bool:
-        """Wait until Ray has restarted ``rep``; mark it dead (and maybe fail everything) if it cannot."""
+        """Wait until Ray has restarted ``rep``; mark it dead (and maybe fail everything) if it cannot.
+
+        It cannot when Ray gives up on the actor (restarts used up), when it takes longer than
+        ``startup_timeout_s``, or when its node is gone and no live node can take its placement
+        bundle within ``placement_timeout_s`` (e.g. the GPU it needs was on that node). Meanwhile the
+        other replicas serve every request (a "starting" replica takes none).
+        """
         with self._cond:
             self._set_status(rep, "starting")
         deadline = time.monotonic() + self.startup_timeout_s
+        unplaced_since: float | None = None  # when its bundle was first seen without a node (monotonic s)
+        ref = rep.handle.ready.remote()
         while True:
             try:
-                ray.get(rep.handle.ready.remote(), timeout=max(deadline - time.monotonic(), 0.001))
+                ray.get(ref, timeout=max(min(RESTART_POLL_S, deadline - time.monotonic()), 0.001))
                 return True
+            except ray_errors.GetTimeoutError:  # still loading, or waiting for a node
+                pass
             except ray_errors.ActorUnavailableError:  # restarting right now: ask again
-                if self._closed or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.05)
-            except ray_errors.RayError as exc:  # ActorDiedError (restarts used up), timeout
+                time.sleep(RESTART_POLL_S)
+                ref = rep.handle.ready.remote()
+            except ray_errors.RayError as exc:  # ActorDiedError: restarts used up, or killed
                 logger.error("%s: replica %d is gone for good: %s", self.name, rep.index, _last_line(exc))
+                break
+            now = time.monotonic()
+            if self._closed:
+                break
+            if now >= deadline:
+                logger.error("%s: replica %d did not restart within %.0f s; going on without it",
+                             self.name, rep.index, self.startup_timeout_s)  # fmt: skip
+                break
+            if self._bundle_placed(rep.index):
+                unplaced_since = None
+            elif unplaced_since is None:
+                unplaced_since = now
+            elif now - unplaced_since >= self.placement_timeout_s:
+                logger.error(
+                    "%s: replica %d lost its node and no live node could take it within %.0f s "
+                    "(it needs %s); going on with the other replicas",
+                    self.name, rep.index, self.placement_timeout_s, self._placement_group.bundle_specs[rep.index],
+                )  # fmt: skip
                 break
         if not self._closed:
             try:
@@ -649,6 +752,17 @@ class PoolEngine(EngineBase):
         for q in orphans:
             self._fail(q, f"every replica of {self.name} died (max_restarts={self.max_restarts} each)")
         return False
+
+    def _bundle_placed(self, index: int) -> bool:
+        """Does replica ``index``'s placement bundle sit on a live node? (False while Ray looks for
+        a new node after losing one.)"""
+        from ray.util.placement_group import placement_group_table
+
+        try:
+            table = placement_group_table(self._placement_group)
+        except ray_errors.RayError:
+            return True  # cannot tell: leave it to startup_timeout_s
+        return bool(table.get("bundles_to_node_id", {}).get(index))
 
 
 def _last_line(exc: BaseException) -> str:
