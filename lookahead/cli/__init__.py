@@ -21,6 +21,7 @@ from lookahead.cli.calibrate import calibrate_command
 from lookahead.cli.distill import distill_command
 from lookahead.cli.eval import eval_command
 from lookahead.cli.serve import serve_command
+from lookahead.cli.simulate import profile_command, simulate_command
 from lookahead.cli.solve import solve_command
 
 app = typer.Typer(
@@ -48,6 +49,8 @@ app.command("serve")(serve_command)
 app.command("eval")(eval_command)
 app.command("bench")(bench_command)
 app.command("calibrate")(calibrate_command)
+app.command("profile")(profile_command)
+app.command("simulate")(simulate_command)
 
 
 def main() -> None:

@@ -1,0 +1,308 @@
+"""``lookahead profile``: measure a cost profile from your own engines, for ``lookahead simulate``.
+
+Everything goes through the engines the config builds (in-process ``hf``, or ``sglang`` /
+``openai`` servers), with the calls the loop makes:
+
+- **batch-cost curve** (``decode_s``): one engine call of n rows at two lengths (``--short`` and
+  ``--long`` new tokens, no stop string), at every batch size the loop uses (1 .. the rows of a
+  round, γ + 1, and the sizes of ``--batch-sizes``); seconds per decode step = the difference of
+  the two calls over the difference of their longest rows (prefill and per-call costs cancel).
+  The curve is made non-decreasing (an engine pads to the cheapest batch at or above a size);
+- **prefill** (``prefill_s_per_token``): a long fresh prompt against a short one, one new token;
+- **per-call cost** (``call_s``): the short call less its decode steps;
+- the same three for the **draft** (its ratio to the target's step is the draft cost ratio c);
+- **judge** (``call_s``, ``pair_s``): the configured verifier on 1 and ``--pairs`` synthetic pairs;
+- **workload** (from ``--limit`` problems of ``--task``): an ``ar`` run gives each problem's
+  prompt tokens and step lengths (the simulation replays exactly these problems), an ``lr`` run
+  at ``--gamma`` the conditional step acceptance per depth and the share of complete draft steps,
+  and with ``--token-sd`` an ``sd`` run the token acceptance length and the cost of a
+  verification pass (relative to a plain decode step, from the ``sd`` and ``ar`` runs' target
+  seconds per token).
+
+Every number is written with its source ("measured: ... on <machine>, <date>"). A measured batch
+cost is a minimum over ``--repeats`` calls; on a shared machine, rerun when the machine is quiet.
+
+Example:
+    >>> profile = measure_profile(load_config("default"), task="gsm8k", limit=3)   # doctest: +SKIP
+    >>> save_profile(profile, Path("my-cpu.yaml"))                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lookahead.config import LookaheadConfig, SamplingParams, configured, uses_token_speculation
+from lookahead.errors import ConfigError, DataError
+from lookahead.simulate.profile import EngineCosts, JudgeCosts, Profile, Workload, check_profile
+from lookahead.types import Result
+
+Say = Callable[[str], None]
+MIN_STEP_S = 1e-7  # a decode step measured at or below this (noise around a cost-free engine) counts as this (s)
+FILLER = "the quick brown fox jumps over the lazy dog and counts one two three four five six seven".split()
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass
+class CallTimes:
+    """What `measure_engine` found for one engine."""
+
+    decode_s: dict[int, float]  # seconds of one decode step by rows (s)
+    prefill_s_per_token: float  # seconds per uncached prompt token (s)
+    call_s: float  # fixed seconds per call (s)
+
+
+def _words(n: int, rng: random.Random) -> str:
+    return " ".join(rng.choice(FILLER) for _ in range(n))
+
+
+def _timed(engine: Any, prompts: list[str], tokens: int, repeats: int) -> tuple[float, int]:
+    """Best seconds of one call over ``repeats`` tries, and its longest row's new tokens."""
+    best, longest = float("inf"), 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = engine.generate(prompts, SamplingParams(max_new_tokens=tokens), stop=())
+        seconds = time.perf_counter() - start
+        if seconds < best:
+            best, longest = seconds, max(c.completion_tokens for c in out)
+    return best, longest
+
+
+def measure_engine(engine: Any, sizes: Sequence[int], short: int = 4, long: int = 24, repeats: int = 2,
+                   seed: int = 0, say: Say = _quiet) -> CallTimes:
+    """Decode step by rows, prefill per token and per-call cost of ``engine`` (module docstring)."""
+    rng = random.Random(seed)
+    base = _words(40, rng)
+    decode: dict[int, float] = {}
+    intercept = 0.0
+    for n in sorted(set(sizes)):
+        say(f"{engine.name}: {n} row(s)")
+        prompts = [f"{base} {i}: {_words(4, rng)}" for i in range(n)]
+        engine.generate(prompts, SamplingParams(max_new_tokens=1), stop=())  # prefill them once: both timed calls reuse it
+        t_short, m_short = _timed(engine, prompts, short, repeats)
+        t_long, m_long = _timed(engine, prompts, long, repeats)
+        if m_long <= m_short:
+            raise ConfigError(f"{engine.name} ended its rows after {m_long} tokens; measuring needs rows that run to --long")
+        decode[n] = max((t_long - t_short) / (m_long - m_short), MIN_STEP_S)
+        if n == 1:
+            intercept = max(t_short - decode[1] * max(m_short - 1, 0), 0.0)
+    curve, top = {}, 0.0
+    for n in sorted(decode):  # more rows never cost less: the engine pads to the cheapest size at or above
+        top = max(top, decode[n])
+        curve[n] = round(top, 9)
+    prefill = _prefill(engine, rng, repeats)
+    return CallTimes(curve, round(prefill, 9), round(intercept, 6))  # (the timed calls' prompts were cached)
+
+
+def _prefill(engine: Any, rng: random.Random, repeats: int) -> float:
+    """Seconds per prompt token: a long fresh prompt against a short fresh one, one new token each."""
+    times = []
+    for length in (16, 400):
+        best = float("inf")
+        tokens = 0
+        for _ in range(repeats):
+            prompt = f"{rng.random()} {_words(length, rng)}"  # fresh: nothing of it is cached
+            tokens = engine.count_tokens(prompt)
+            start = time.perf_counter()
+            engine.generate([prompt], SamplingParams(max_new_tokens=1), stop=())
+            best = min(best, time.perf_counter() - start)
+        times.append((tokens, best))
+    (n0, t0), (n1, t1) = times
+    return max((t1 - t0) / max(n1 - n0, 1), 0.0)
+
+
+def measure_judge(verifier: Any, pairs: int = 8, repeats: int = 2) -> tuple[float, float]:
+    """(seconds per call, seconds per pair) of ``verifier`` on synthetic pairs of different steps."""
+    rng = random.Random(1)
+
+    def timed(n: int) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            drafts = [f"{_words(20, rng)}\n\n" for _ in range(n)]
+            targets = [f"{_words(20, rng)}\n\n" for _ in range(n)]
+            start = time.perf_counter()
+            verifier.verify([_words(60, rng)] * n, drafts, targets)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    one, many = timed(1), timed(pairs)
+    pair = max((many - one) / max(pairs - 1, 1), 0.0)
+    return round(max(one - pair, 0.0), 6), round(pair, 7)
+
+
+# -- the workload: short runs of the loop on a task ---------------------------------------------
+def _solve(reasoner: Any, questions: Sequence[str], mode: str, say: Say, **overrides: Any) -> list[Result]:
+    results = []
+    for i, question in enumerate(questions):
+        say(f"{mode} run: problem {i + 1}/{len(questions)}")
+        results.append(reasoner.generate(question, mode=mode, **overrides))
+    return results
+
+
+def depth_acceptance(results: Sequence[Result], gamma: int) -> tuple[list[float], list[int]]:
+    """Conditional step acceptance per depth from the traces, and the trials per depth.
+
+    A trial at depth i is a round that judged a draft step at depth i after accepting depths
+    1 .. i-1 (the committed accepted steps, then the fallback step that carries the rejecting verdict).
+    """
+    trials, wins = [0] * gamma, [0] * gamma
+    for result in results:
+        rounds: dict[int, list[Any]] = {}
+        for step in result.steps:
+            rounds.setdefault(step.round, []).append(step)
+        for steps in rounds.values():
+            run = sum(1 for s in steps if s.source == "draft")
+            judged = run + (1 if any(s.source == "target" and s.draft_text is not None for s in steps) else 0)
+            for depth in range(min(judged, gamma)):
+                trials[depth] += 1
+                wins[depth] += depth < run
+    alpha = [round(w / t, 4) if t else None for w, t in zip(wins, trials, strict=True)]
+    known = [a for a in alpha if a is not None]
+    fill = known[-1] if known else 0.0
+    return [a if a is not None else fill for a in alpha], trials
+
+
+def _step_lengths(result: Result) -> list[int]:
+    return [max(s.tokens, 1) for s in result.steps]
+
+
+def measure_workload(reasoner: Any, questions: Sequence[str], gamma: int, token_sd: bool, say: Say = _quiet
+                     ) -> tuple[Workload, dict[str, float]]:
+    """The workload section from short ``ar`` / ``lr`` (/ ``sd``) runs, and the runs' target seconds per token."""
+    ar = _solve(reasoner, questions, "ar", say)
+    lr = _solve(reasoner, questions, "lr", say, gamma=gamma, adaptive_gamma=False, pipeline=False, width=1)
+    alpha, trials = depth_acceptance(lr, gamma)
+    drafted = sum(r.stats["drafted_steps"] for r in lr)
+    calls = sum(r.stats.get("draft_calls", 0) for r in lr)
+    per_token = {"ar": _target_s_per_token(ar)}
+    load = Workload(
+        prompt_tokens=round(sum(r.prompt_tokens for r in ar) / len(ar)),
+        acceptance=alpha,
+        problems=[_step_lengths(r) for r in ar],
+        draft_complete=round(drafted / calls, 4) if calls else 1.0,
+    )
+    when = f"measured: lookahead profile on {platform.node() or 'this machine'}, {dt.date.today().isoformat()}"
+    load.sources = {
+        "prompt_tokens": f"{when}: mean rendered prompt of the ar run",
+        "problems": f"{when}: the target tokens of each committed step of the ar run, {len(ar)} problems",
+        "acceptance": f"{when}: lr run at gamma={gamma}, conditional acceptance per depth over {trials} trials",
+        "draft_complete": f"{when}: lr run, judged draft steps / draft calls ({drafted}/{calls})",
+    }
+    if token_sd:
+        sd = _solve(reasoner, questions, "sd", say)
+        passes = sum(r.stats["spec_verify_passes"] for r in sd)
+        accepted = sum(r.stats["spec_accepted_tokens"] for r in sd)
+        load.target_acceptance_length = round((accepted + passes) / passes, 4) if passes else 1.0
+        load.draft_acceptance_length = load.target_acceptance_length
+        per_token["sd"] = _target_s_per_token(sd)
+        load.sources["target_acceptance_length"] = f"{when}: sd run, (accepted + passes) / passes of the target's calls"
+        load.sources["draft_acceptance_length"] = "assumed: the target's (the draft's own was not measured)"
+    return load, per_token
+
+
+def _target_s_per_token(results: Sequence[Result]) -> float:
+    seconds = sum(r.stats["target_s"] for r in results)
+    tokens = sum(r.completion_tokens for r in results)
+    return seconds / tokens if tokens else 0.0
+
+
+# -- the whole profile -----------------------------------------------------------------------------
+def loop_sizes(config: LookaheadConfig, gamma: int, extra: Sequence[int] = ()) -> list[int]:
+    """The batch sizes the loop's target calls use: 1 .. γ + 1 rows per problem, times the concurrency."""
+    sizes = set(range(1, gamma + 2)) | {(gamma + 1) * config.concurrency} | set(extra)
+    return sorted(n for n in sizes if 1 <= n <= max(config.target.max_batch_rows, gamma + 1))
+
+
+def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: str, gamma: int = 2,
+                    sizes: Sequence[int] = (), token_sd: bool = False, repeats: int = 2, pairs: int = 8,
+                    say: Say = _quiet, engines: dict[str, Any] | None = None) -> Profile:
+    """A checked `Profile` of the config's engines and verifier on ``questions`` (module docstring).
+
+    ``engines``: ``target`` / ``draft`` engines to measure instead of the config's (library use, tests).
+    """
+    from lookahead.loop import LookaheadReasoner
+
+    if not questions:
+        raise DataError("no problems to measure the workload on; give --limit >= 1")
+    config = configured(config, {"mode": "lr", "gamma": max(gamma, 1)})
+    when = f"measured: lookahead profile on {platform.node() or 'this machine'} ({platform.machine()}), {dt.date.today().isoformat()}"
+    with LookaheadReasoner(config, **(engines or {})) as reasoner:
+        say("measuring the target")
+        target = measure_engine(reasoner.target, loop_sizes(config, gamma, sizes), repeats=repeats, say=say)
+        say("measuring the draft")
+        draft = measure_engine(reasoner.draft, [1, 2], repeats=repeats, seed=1, say=say)
+        say("measuring the verifier")
+        judge_call, judge_pair = measure_judge(reasoner.verifier, pairs, repeats)
+        load, per_token = measure_workload(reasoner, questions, gamma, token_sd, say)
+        spec_cost = 1.0
+        if token_sd and per_token.get("sd") and per_token["ar"]:
+            spec_cost = max(load.target_acceptance_length * per_token["sd"] / per_token["ar"], 1.0)
+        names = (reasoner.target.name, reasoner.draft.name)
+    measured = [
+        _engine_costs(times, cfg, name, when, repeats, spec_cost, token_sd)
+        for times, cfg, name in ((target, config.target, names[0]), (draft, config.draft, names[1]))
+    ]
+    device = measured[0].device
+    judge = JudgeCosts(model=f"verifier {config.verifier.name}", device=device, call_s=judge_call, pair_s=judge_pair,
+                       max_batch_rows=config.target.max_batch_rows)
+    judge.sources = {"call_s": f"{when}: {config.verifier.name} on 1 synthetic pair", "pair_s": f"{when}: on {pairs} pairs vs 1"}
+    profile = Profile(
+        name=f"measured-{task}",
+        description=f"Measured by lookahead profile: target {names[0]}, draft {names[1]}, verifier {config.verifier.name}.",
+        target=measured[0],
+        draft=measured[1],
+        judge=judge,
+        workloads={task: load},
+        config=_simulated_config(config, gamma),
+        runs=["ar", "sd", f"lr[gamma={gamma}]", f"lr+sd[gamma={gamma}]", f"lr[adaptive_gamma=true,gamma={gamma}]"],
+        sources={"config": "the measured config's loop settings"},
+    )
+    return check_profile(profile)
+
+
+def _engine_costs(times: CallTimes, cfg: Any, name: str, when: str, repeats: int, spec_cost: float,
+                  token_sd: bool) -> EngineCosts:
+    """One engine's section: a server is a ``continuous`` device of its own (its URL), an in-process
+    engine shares the ``cpu`` (or ``gpu0``) device of the process, ``merged`` by the reasoner's batcher."""
+    server = cfg.backend in ("sglang", "openai")
+    local = "cpu" if cfg.device == "cpu" else "gpu0"
+    costs = EngineCosts(
+        model=f"{name} ({cfg.backend}, {cfg.dtype}, {cfg.device})",
+        device=(cfg.url or cfg.backend) if server else local,
+        batching="continuous" if server else "merged",
+        decode_s=times.decode_s,
+        prefill_s_per_token=times.prefill_s_per_token,
+        call_s=times.call_s,
+        max_batch_rows=cfg.max_batch_rows,
+        spec_step_cost=round(spec_cost, 4),
+        spec_num_tokens=cfg.speculation.num_tokens,
+    )
+    costs.sources = {
+        "decode_s": f"{when}: one call of n rows, {repeats} tries, (long - short call) / (long - short tokens), made non-decreasing",
+        "prefill_s_per_token": f"{when}: a 400-word fresh prompt against a 16-word one, one new token",
+        "call_s": f"{when}: the short 1-row call (its prompt cached) less its decode steps",
+        "spec_step_cost": (f"{when}: sd run's target s/token x token acceptance length / ar run's s/token"
+                           if token_sd else "not measured (give --token-sd): 1.0"),
+    }
+    return costs
+
+
+def _simulated_config(config: LookaheadConfig, gamma: int) -> dict[str, Any]:
+    """The measured config's loop settings that a simulation keeps (the engines are modelled)."""
+    keys = ("max_step_tokens", "stop_at_final_answer", "adaptive_prior_acceptance", "adaptive_probe_budget")
+    out = {k: getattr(config, k) for k in keys}
+    out["gamma"] = gamma
+    return out
+
+
+def uses_sd(modes: Sequence[str]) -> bool:
+    """Does any of ``modes`` speculate tokens (then the profile needs --token-sd)?"""
+    return any(uses_token_speculation(m) for m in modes)

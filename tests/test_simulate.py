@@ -1,0 +1,304 @@
+"""`lookahead simulate` / `lookahead profile`: the modelled engines' costs and texts, the virtual
+clock under concurrency, the profile's checks, the report, the CLI. Virtual time: seconds total."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from lookahead.cli.simulate import profile_command, simulate_command
+from lookahead.errors import ConfigError
+from lookahead.simulate import load_profile, profile_names, simulate, write_report
+from lookahead.simulate.measure import depth_acceptance, measure_profile
+from lookahead.simulate.modelled import Script, World, all_parked
+from lookahead.simulate.profile import profile_from_dict
+from lookahead.simulate.run import base_config, parse_runs, simulate_run
+
+TOY = {
+    "name": "toy",
+    "target": {"model": "t", "device": "gpu0", "batching": "continuous", "decode_s": {1: 0.02, 8: 0.022, 64: 0.04},
+               "prefill_s_per_token": 0.0001, "call_s": 0.001},
+    "draft": {"model": "d", "device": "gpu1", "batching": "continuous", "decode_s": {1: 0.004, 64: 0.008},
+              "prefill_s_per_token": 0.00001},
+    "judge": {"model": "j", "device": "gpu2", "call_s": 0.01, "pair_s": 0.002},
+    "workloads": {"w": {"prompt_tokens": 100, "acceptance": [0.6, 0.5], "steps": 8, "step_tokens": 30,
+                        "target_acceptance_length": 1.6}},
+    "config": {"gamma": 2},
+}
+
+
+def toy(**changes):
+    data = copy.deepcopy(TOY)
+    for path, value in changes.items():
+        node = data
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return profile_from_dict(data)
+
+
+def one_run(profile, spec, k=1, problems=4):
+    _, load = profile.workload()
+    cfg = base_config(profile, Script(load, problems))
+    return simulate_run(profile, load, parse_runs(spec, cfg)[0], k, problems, cfg)
+
+
+# -- profiles ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["paper-qwen3-32b-h100", "qwen3-8b-1gpu-h100"])
+def test_shipped_profiles_name_a_source_for_every_number(name):
+    """Issue 23: the shipped profiles carry their sources (no input reported as 'not stated')."""
+    profile = load_profile(name)
+    for workload in profile.workloads:
+        unstated = [i["input"] for i in profile.inputs(workload) if i["source"] == "not stated in the profile"
+                    and i["input"].split(".")[-1] not in ("model", "device", "batching", "max_batch_rows", "spread", "problems")]
+        assert not unstated, unstated
+    assert name in profile_names()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"target__prefill_s_per_token": None}, ["target.prefill_s_per_token is missing", "lookahead profile"]),
+        ({"draft__call_s": -0.1}, ["draft.call_s must be >= 0"]),
+        ({"target__decode_s": {1: 0.02, 8: 0.01}}, ["target.decode_s decreases", "8 rows"]),
+        ({"workloads__w__acceptance": [0.5, 1.2]}, ["acceptance[1]", "[0, 1]"]),
+        ({"target__batching": "magic"}, ["target.batching", "continuous"]),
+        ({"judge__colour": 3}, ["unknown profile key 'judge.colour'"]),
+        ({"target__decode_s": {2: 0.02}}, ["no batch size 1"]),
+    ],
+)
+def test_bad_profile_is_one_line_naming_the_field(change, words):
+    """Bad input: a missing / negative cost, a decreasing curve, acceptance outside [0, 1] -> one line naming the field."""
+    with pytest.raises(ConfigError) as err:
+        toy(**change)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+# -- the modelled engines ------------------------------------------------------------------------
+def test_ar_alone_costs_what_the_cost_model_says():
+    """K = 1, ar: each step = (tokens - 1) decode steps + its call's round trip; the prompt is prefilled once."""
+    profile = toy()
+    fig = one_run(profile, "ar", problems=1)
+    steps = Script(profile.workload()[1], 1).steps[0]
+    expected = 100 * 0.0001 + sum((len(s) - 1) * 0.02 + 0.001 for s in steps)
+    assert fig["makespan_s"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_merged_device_runs_one_call_at_a_time_and_merges_concurrent_ones():
+    """merged (in-process): 4 problems in flight share merged target calls; a call = call_s + prefill + decode steps."""
+    profile = toy(target__batching="merged", draft__batching="merged")
+    alone = one_run(profile, "ar", k=1, problems=4)
+    shared = one_run(profile, "ar", k=4, problems=4)
+    assert shared["lanes"]["target"]["mean_rows"] > 2
+    assert shared["throughput_tokens_s"] > 2 * alone["throughput_tokens_s"]
+
+
+def test_merged_engines_through_the_real_batcher_merge_as_modelled():
+    """--batcher: the reasoner's batcher (lookahead.engines.batching) merges the in-process calls; ar under load as the world models it."""
+    profile = toy(target__batching="merged", draft__batching="merged")
+    _, load = profile.workload()
+    cfg = base_config(profile, Script(load, 8))
+    run = parse_runs("ar", cfg)[0]
+    modelled = simulate_run(profile, load, run, 4, 8, cfg, batcher=False)
+    real = simulate_run(profile, load, run, 4, 8, cfg, batcher=True)
+    assert real["lanes"]["target"]["mean_rows"] > 2.5
+    assert real["throughput_tokens_s"] == pytest.approx(modelled["throughput_tokens_s"], rel=0.05)
+
+
+def test_lr_commits_the_ar_text_and_drafts_match_at_the_profile_acceptance():
+    """Greedy + exact judge: lr's simulated texts equal ar's; depth-1 acceptance follows the profile's α."""
+    profile = toy(workloads__w__acceptance=[0.6], workloads__w__steps=40)
+    _, load = profile.workload()
+    cfg = base_config(profile, Script(load, 6))
+    from lookahead.scheduler import Job, run_many
+    from lookahead.simulate.modelled import ModelledEngine, ModelledJudge
+    from lookahead.simulate.run import SimulatedReasoner
+
+    texts = {}
+    for mode in ("ar", "lr"):
+        world = World.from_profile(profile)
+        script = Script(load, 6)
+        reasoner = SimulatedReasoner(cfg, world, target=ModelledEngine("target", profile.target, world, script),
+                                     draft=ModelledEngine("draft", profile.draft, world, script),
+                                     verifier=ModelledJudge(profile.judge, world))
+        with world.running():
+            outcomes = run_many(reasoner, [Job(f"<problem {j}>", mode) for j in range(6)], concurrency=3)
+        texts[mode] = [o.result.text for o in outcomes]
+        results = [o.result for o in outcomes]
+    assert texts["lr"] == texts["ar"]
+    alpha, trials = depth_acceptance(results, 2)
+    assert trials[0] > 100 and alpha[0] == pytest.approx(0.6, abs=0.1)
+
+
+def test_the_clock_waits_for_every_thread_and_restores_perf_counter():
+    """Virtual time: identical figures on every run (the clock moves only when every thread is parked); time.perf_counter back after."""
+    real = time.perf_counter
+    profile = toy()
+    first = one_run(profile, "lr[pipeline=true]", k=4, problems=6)
+    second = one_run(profile, "lr[pipeline=true]", k=4, problems=6)
+    assert first["makespan_s"] == second["makespan_s"] and first["clock_forced"] == 0
+    assert time.perf_counter is real and all_parked() in (True, False)
+
+
+def test_speedup_follows_acceptance_and_adaptive_falls_back_to_ar():
+    """α = 1 with a cheap draft: lr well above ar; α = 0: fixed-γ lr below ar, adaptive γ near ar (it stops drafting)."""
+    good = simulate(toy(workloads__w__acceptance=[1.0], draft__decode_s={1: 0.001}), runs="ar,lr", ks=[1], problems=3)
+    assert next(r for r in good["runs"] if r["run"] == "lr")["speedup"] > 1.5
+    bad = simulate(toy(workloads__w__acceptance=[0.0], workloads__w__steps=40), runs="ar,lr,lr[adaptive_gamma=true]",
+                   ks=[1], problems=3)
+    speed = {r["run"]: r["speedup"] for r in bad["runs"]}
+    assert speed["lr"] < 0.95 and speed["lr[adaptive_gamma=true]"] > 0.9
+    assert bad["stops_paying_at_k"]["lr"] == 1
+
+
+def test_report_is_labelled_with_inputs_sources_and_a_plot(tmp_path):
+    """JSON + PNG: labelled SIMULATION, every input with its source, orchestration per round measured, ours vs the reference."""
+    profile = toy(reference_run="lr", our_runs=["lr[gamma=1]"])
+    report = simulate(profile, runs="ar,lr,lr[gamma=1],sd,lr+sd", ks=[1, 2], problems=2)
+    png = write_report(report, tmp_path / "sim.json", command="lookahead simulate ...")
+    data = json.loads((tmp_path / "sim.json").read_text())
+    assert data["label"].startswith("SIMULATION") and data["command"] == "lookahead simulate ..."
+    assert png.is_file() and png.stat().st_size > 1000
+    assert {i["input"] for i in data["inputs"]} >= {"target.decode_s", "judge.pair_s", "workloads.w.acceptance"}
+    assert all(r["orchestration_s_per_round"] > 0 for r in data["runs"])
+    assert [row["k"] for row in data["reference_vs_ours"]] == [1, 2]
+    assert next(r for r in data["runs"] if r["run"] == "sd" and r["k"] == 1)["speedup"] > 1.2
+
+
+def test_runs_that_change_the_modelled_parts_are_refused():
+    """A run cannot override the engines or the verifier (the profile models them): one line with the fix."""
+    profile = toy()
+    cfg = base_config(profile, Script(profile.workload()[1], 2))
+    with pytest.raises(ConfigError, match="edit the profile"):
+        parse_runs("lr[verifier=numeric]", cfg)
+    with pytest.raises(ConfigError, match="mode 'turbo' is unknown"):
+        parse_runs("turbo", cfg)
+
+
+# -- lookahead profile ---------------------------------------------------------------------------
+def test_profile_measured_on_fake_engines_is_read_by_simulate(tmp_path):
+    """lookahead profile in process (scripted engines, a per-token delay): a checked profile simulate replays."""
+    from lookahead.config import config_from_dict
+    from lookahead.engines.fake import DEFAULT_SCRIPT, FakeEngine
+    from lookahead.simulate import save_profile
+
+    target, draft = FakeEngine(DEFAULT_SCRIPT), FakeEngine(DEFAULT_SCRIPT, name="fake-draft")
+    target.delay_per_token, draft.delay_per_token = 0.0004, 0.0001  # seconds per token and row: costs to measure
+    cfg = config_from_dict({"target": {"backend": "fake"}, "draft": {"backend": "fake"}, "max_step_tokens": 64})
+    profile = measure_profile(cfg, ["q1", "q2"], task="toy", gamma=2, repeats=1, sizes=[4],
+                              engines={"target": target, "draft": draft})
+    assert profile.workloads["toy"].acceptance == [1.0, 1.0]  # the fake draft writes the target's script
+    assert len(profile.workloads["toy"].problems) == 2 and sorted(profile.target.decode_s) == [1, 2, 3, 4]
+    save_profile(profile, tmp_path / "p.yaml", header="test")
+    again = load_profile(tmp_path / "p.yaml")
+    report = simulate(again, runs="ar,lr", ks=[1], problems=2)
+    assert {r["run"] for r in report["runs"]} == {"ar", "lr"}
+
+
+def test_profile_of_servers_names_each_server_a_continuous_device(tmp_path):
+    """lookahead profile over (mock) SGLang and OpenAI-compatible servers: each server is its own continuous device."""
+    from lookahead.config import config_from_dict
+
+    from mock_servers import MockServer
+    from tiny import train_tokenizer
+
+    tok = train_tokenizer(300)
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>\n{{ m['content'] }}\n{% endfor %}{{ '<assistant>\\n' }}"
+    tok.save_pretrained(str(tmp_path / "tok"))
+    steps = ["A1.\n\n", "A2 is longer.\n\n", "A3.\n\n", "Answer \\boxed{4}."]
+    with MockServer(steps) as target_srv, MockServer(steps) as draft_srv:
+        engine = {"model": "mock-model", "options": {"tokenizer": str(tmp_path / "tok"), "retry_backoff_s": 0.01}}
+        cfg = config_from_dict({
+            "max_step_tokens": 64, "max_total_tokens": 400,
+            "target": {"backend": "sglang", "url": target_srv.url, **engine},
+            "draft": {"backend": "openai", "url": draft_srv.url, **engine},
+        })
+        profile = measure_profile(cfg, ["q"], task="mock", gamma=2, repeats=1)
+        urls = (target_srv.url, draft_srv.url)
+    assert profile.target.batching == profile.draft.batching == "continuous"
+    assert (profile.target.device, profile.draft.device) == urls
+    load = profile.workloads["mock"]
+    assert load.acceptance[0] == 1.0 and len(load.problems) == 1 and len(load.problems[0]) == 4  # the script's 4 steps
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+def cli(*args):
+    app = typer.Typer()
+    app.command("simulate")(simulate_command)
+    app.command("profile")(profile_command)
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_simulate_prints_a_table_and_a_json_line(tmp_path):
+    """lookahead simulate --json: the table, the reference comparison, one JSON line last."""
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(TOY))
+    result = cli("simulate", "--profile", str(path), "--runs", "ar,lr", "--k", "1", "--problems", "2",
+                 "--out", str(tmp_path / "r.json"), "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output.strip().splitlines()[-1])
+    assert payload["label"].startswith("SIMULATION") and (tmp_path / "r.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--runs", "warp"], "mode 'warp' is unknown"),
+        (["--k", "0"], "--k must list loads >= 1"),
+        (["--profile", "no-such-profile"], "neither a file nor a shipped profile"),
+        (["--workload", "moon"], "workload 'moon' is not in profile"),
+        (["--acceptance", "1.5"], "--acceptance[0] must be a probability in [0, 1]"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path):
+    """Bad input: one line naming the fix, exit 2, no traceback."""
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(TOY))
+    base = ["simulate", "--profile", str(path), "--k", "1", "--problems", "1"]
+    if "--profile" in args:
+        base = ["simulate", "--k", "1"]
+    result = cli(*base, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_cli_bad_profile_file_exits_2(tmp_path):
+    """A profile with acceptance outside [0, 1]: one line naming the field, exit 2."""
+    data = copy.deepcopy(TOY)
+    data["workloads"]["w"]["acceptance"] = [1.5]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = cli("simulate", "--profile", str(path), "--k", "1")
+    assert result.exit_code == 2 and "workloads.w.acceptance[0]" in result.output
+
+
+def test_compare_measured_puts_the_bench_next_to_the_simulation():
+    """--compare: per run, simulated vs measured seconds per problem and speedup, error = simulated / measured - 1."""
+    from lookahead.simulate.run import compare_measured
+
+    report = simulate(toy(), runs="ar,lr", ks=[1], problems=2)
+    sim = {r["run"]: r for r in report["runs"]}
+    bench = {"command": "lookahead bench ...", "runs": [
+        {"label": "ar", "mean_wall_time_s": sim["ar"]["latency_mean_s"] * 2, "speedup": 1.0},
+        {"label": "lr", "mean_wall_time_s": sim["lr"]["latency_mean_s"], "speedup": sim["lr"]["speedup"]},
+    ]}
+    rows = {r["run"]: r for r in compare_measured(report, bench)}
+    assert rows["ar"]["error"] == pytest.approx(-0.5, abs=1e-3) and rows["lr"]["error"] == pytest.approx(0.0, abs=1e-3)
+    assert report["measured"]["max_abs_error"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_what_if_acceptance_replaces_the_workloads_and_says_so():
+    """--acceptance: the simulated acceptance and its source in the report are the what-if value."""
+    report = simulate(toy(), runs="ar,lr", ks=[1], problems=2, acceptance=[1.0])
+    source = next(i for i in report["inputs"] if i["input"] == "workloads.w.acceptance")
+    assert source["value"] == [1.0] and source["source"].startswith("what-if")
