@@ -12,7 +12,8 @@ through `HTTPClient`, which
 - gives each request ``EngineConfig.timeout_s`` seconds; a timeout while waiting for the answer is
   not retried (the server may still be generating; retrying would only add load);
 - sends ``Authorization: Bearer <key>`` from ``EngineConfig.api_key`` or ``$LOOKAHEAD_API_KEY``;
-- runs "one request per prompt" protocols concurrently (`HTTPClient.map`, a thread pool).
+- runs "one request per prompt" protocols concurrently (`HTTPClient.map`, a thread pool);
+- reads plain-text answers too (`HTTPClient.get_text`: vLLM's Prometheus ``/metrics``).
 
 It also holds `RemoteTokenizer`, the tokenization shared by both remote engines: a local
 transformers tokenizer when one can be loaded (exact and free), else the server's ``/tokenize``
@@ -54,10 +55,12 @@ logger = logging.getLogger(__name__)
 API_KEY_ENV = "LOOKAHEAD_API_KEY"
 """Environment variable read for the bearer token when ``EngineConfig.api_key`` is None."""
 
-CLIENT_OPTIONS = ("tokenizer", "retry_backoff_s", "max_concurrency", "top_logprobs", "api", "cache_prompt")
+CLIENT_OPTIONS = ("tokenizer", "retry_backoff_s", "max_concurrency", "top_logprobs", "api", "cache_prompt", "batch")
 """``EngineConfig.options`` keys read by the remote clients themselves. Every other key of a
-remote engine's ``options`` is an SGLang server argument (`ServerArgs` field name), used by the
-in-process SGLang engine and by ``scripts/launch_sglang.py``, and ignored by the HTTP clients."""
+remote engine's ``options`` is a server argument (an SGLang `ServerArgs` field name, a
+``llama-server`` or vLLM flag), used by the in-process SGLang engine and by the launch scripts
+(``scripts/launch_sglang.py``, ``launch_llamacpp.py``, ``launch_vllm.py``), and ignored by the
+HTTP clients."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -147,8 +150,12 @@ class HTTPClient:
     def post(self, path: str, payload: dict[str, Any]) -> Any:
         return self.request("POST", path, payload)
 
-    def request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        """Send one request (with retries) and return the decoded JSON answer."""
+    def get_text(self, path: str) -> str:
+        """``GET path`` answered in plain text (e.g. Prometheus ``/metrics``), with the same retries."""
+        return self.request("GET", path, as_text=True)
+
+    def request(self, method: str, path: str, payload: dict[str, Any] | None = None, *, as_text: bool = False) -> Any:
+        """Send one request (with retries) and return the decoded JSON answer (``as_text``: the body as text)."""
         url = f"{self.base_url}{path}"
         tries = self.max_retries + 1
         last_problem = ""
@@ -167,6 +174,8 @@ class HTTPClient:
             else:
                 status = response.status_code
                 if status < 400:
+                    if as_text:
+                        return response.text
                     try:
                         return response.json()
                     except ValueError:

@@ -46,6 +46,37 @@ longest top-list token that starts the candidate; **a candidate missing from the
 -inf** (its probability is below the k-th most likely token's; raise ``options.top_logprobs``, and
 the server's logprob limit, to see further down).
 
+**vLLM** (``/v1/models`` says ``owned_by: vllm``; ``options.api: vllm`` forces it) gets the
+``/v1/completions`` route plus what vLLM adds to it:
+
+- ``options.batch`` (vLLM only): ``"concurrent"`` (default) sends one request per row, as above;
+  ``"list"`` sends the rows that share their sampling parameters as ONE request with a list of
+  prompts (``choices[i].index`` = the row) and ``return_token_ids: true``, so each row's prompt and
+  completion tokens are counted from its own ``prompt_token_ids`` / ``token_ids`` (vLLM's
+  ``usage`` sums the rows; ``cached_tokens`` then stays 0). On this CPU both cost the same (a
+  round of 3 rows: docs/vllm-cpu.md), and concurrent requests keep per-row usage, cached tokens
+  and per-request metrics, hence the default;
+- ``stop_reason`` names the matched stop string (or a token id / null for EOS), as above;
+- ``usage.prompt_tokens_details.cached_tokens`` when the server runs with
+  ``--enable-prompt-tokens-details`` (its automatic prefix caching is on by default);
+- `next_token_logprobs` asks for the candidates' first token ids themselves
+  (``logprob_token_ids``, ``logprobs: 1``, ``return_tokens_as_token_ids: true``) and reads
+  ``top_logprobs[0]["token_id:<id>"]``: exact values for every candidate, no top-k cut (vLLM
+  floors -inf at -9999, read back as -inf). A server that speculates answers such a request with
+  HTTP 500 ("list index out of range" in ``_create_completion_logprobs``, vLLM 0.32 with
+  ``--speculative-config`` ngram): there the engine asks for the top ``options.top_logprobs``
+  instead, as for any server;
+- **server-side speculative decoding** (``--speculative-config``): the engine sees from
+  ``/metrics`` whether the server speculates (``vllm:spec_decode_num_draft_tokens`` is there). Per
+  request, with ``--per-request-spec-decode-metrics summary``, a one-prompt answer carries
+  ``metrics.speculative_decoding`` (``num_draft_tokens``, ``num_accepted_draft_tokens``,
+  ``num_spec_steps``) -> ``Completion.spec_draft_tokens`` / ``spec_accepted_tokens`` /
+  ``spec_verify_passes``. Otherwise (list requests, or servers without that flag) the engine
+  reads the counters ``vllm:spec_decode_num_draft_tokens_total``, ``..._num_accepted_tokens_total``
+  and ``..._num_drafts_total`` before and after each call and spreads the difference over the
+  call's rows by their generated tokens (other clients' requests in the meantime are counted
+  too). ``generate(speculate=...)`` cannot switch it per call: vLLM speculates in every request.
+
 The base ``url`` may be given with or without a trailing ``/v1``; the model name is
 ``EngineConfig.model`` (``"auto"`` = the first id of ``/v1/models``). Tokenization: a local
 transformers tokenizer from ``options.tokenizer`` or the model name (cached hub id / folder), else
@@ -53,7 +84,10 @@ the server's ``/tokenize`` (vLLM, SGLang, llama.cpp). ``context_length``: ``/v1/
 ``data[0].max_model_len`` (vLLM, SGLang), else the local tokenizer's limit, else None.
 
 Sources relied on: vLLM ``CompletionResponseChoice.stop_reason`` ("the stop string or token id
-that caused the completion to stop, None if ... EOS"), vLLM/SGLang ``ModelCard.max_model_len``,
+that caused the completion to stop, None if ... EOS"), vLLM ``CompletionRequest``
+(``logprob_token_ids``, ``return_tokens_as_token_ids``, ``return_token_ids``),
+``PerRequestMetrics.speculative_decoding`` and ``v1/spec_decode/metrics.py`` (the Prometheus
+counters; vLLM 0.32), vLLM/SGLang ``ModelCard.max_model_len``,
 SGLang ``CompletionResponseChoice.matched_stop``, llama.cpp server ``tools/server/README.md``
 (``POST /completion`` options and response, ``GET /props``, ``GET /v1/models`` ``owned_by``), the
 OpenAI legacy completions ``logprobs.top_logprobs`` format.
@@ -63,10 +97,13 @@ Example:
     >>> judge = OpenAIEngine.from_config(EngineConfig(backend="openai", url="http://127.0.0.1:8000",
     ...                                               model="Qwen/Qwen2.5-7B-Instruct"))   # doctest: +SKIP
     >>> judge.next_token_logprobs(["Same meaning? Answer yes or no:"], [" yes", " no"])  # doctest: +SKIP
+    >>> spec_counters("vllm:spec_decode_num_draft_tokens_total{engine=\"0\"} 8.0\n")
+    {'draft': 8.0}
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -91,10 +128,35 @@ logger = logging.getLogger(__name__)
 SERVER_HINT = (
     "start an OpenAI-compatible server there (vllm serve MODEL, python -m sglang.launch_server, llama-server; "
     "for the shipped presets: python scripts/launch_llamacpp.py --preset cpu-llamacpp, or "
-    "python scripts/launch_sglang.py --preset gpu-qwen3-32b) or fix the engine's url"
+    "python scripts/launch_vllm.py --preset cpu-vllm, or python scripts/launch_sglang.py --preset gpu-qwen3-32b) "
+    "or fix the engine's url"
 )
 DEFAULT_TOP_LOGPROBS = 20
-APIS = ("auto", "openai", "llamacpp")  # options.api: which completion route generate() uses
+APIS = ("auto", "openai", "llamacpp", "vllm")  # options.api: which server's protocol generate() speaks
+BATCHES = ("concurrent", "list")  # options.batch (vLLM): a call's rows as concurrent requests or list prompts
+SPEC_COUNTERS = {  # vLLM's Prometheus counters (without the _total suffix) -> our names
+    "vllm:spec_decode_num_draft_tokens": "draft",  # tokens proposed (tokens)
+    "vllm:spec_decode_num_accepted_tokens": "accepted",  # of those, accepted (tokens)
+    "vllm:spec_decode_num_drafts": "passes",  # verification steps that checked a draft (passes)
+}
+VLLM_LOGPROB_FLOOR = -9999.0  # vLLM writes -inf as this
+
+
+def spec_counters(metrics: str) -> dict[str, float]:
+    """vLLM's speculative-decoding counters in a Prometheus ``/metrics`` text, summed over label
+    sets (one server, one model): ``{"draft", "accepted", "passes"}``, empty when it does not speculate."""
+    totals: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0].removesuffix("_total")
+        if name in SPEC_COUNTERS:
+            try:
+                value = float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                continue
+            totals[SPEC_COUNTERS[name]] = totals.get(SPEC_COUNTERS[name], 0.0) + value
+    return totals
 
 
 class OpenAIEngine(RemoteEngine[HTTPClient]):
@@ -106,14 +168,16 @@ class OpenAIEngine(RemoteEngine[HTTPClient]):
 
     def __init__(
         self, client: HTTPClient, model: str, tokenizer: RemoteTokenizer, context: int | None = None, top_logprobs: int = 20,
-        api: str = "openai", cache_prompt: bool = True,
+        api: str = "openai", cache_prompt: bool = True, batch: str = "concurrent", speculates: bool = False,
     ) -> None:
-        name = f"{'llamacpp' if api == 'llamacpp' else 'openai'}:{model.rstrip('/').split('/')[-1]}"
-        super().__init__(client, tokenizer, name, context)
+        super().__init__(client, tokenizer, f"{api}:{model.rstrip('/').split('/')[-1]}", context)
         self.model = model  # the model name sent with every request
         self.top_logprobs = top_logprobs  # logprobs asked for in next_token_logprobs (count)
-        self.api = api  # "openai": /v1/completions; "llamacpp": llama.cpp's native /completion
+        self.api = api  # "openai" / "vllm": /v1/completions; "llamacpp": llama.cpp's native /completion
         self.cache_prompt = cache_prompt  # llamacpp: let a slot reuse its KV cache (faster, not bit-exact)
+        self.batch = batch  # vllm: "concurrent" (one request per row) or "list" (one request, a list of prompts)
+        self.speculates = speculates  # vllm: the server runs speculative decoding (its /metrics says so)
+        self.per_request_spec = False  # vllm: answers carry metrics.speculative_decoding (seen once)
         self._warned_ambiguous = False
 
     @property
@@ -126,9 +190,11 @@ class OpenAIEngine(RemoteEngine[HTTPClient]):
         if not cfg.url:
             raise ConfigError("the openai backend needs url: the server's base URL, e.g. --set target.url=http://127.0.0.1:8000")
         opts = client_options(cfg.options)
-        api = str(opts.get("api", "auto")).lower()
+        api, batch = (str(opts.get(key, default)).lower() for key, default in (("api", "auto"), ("batch", BATCHES[0])))
         if api not in APIS:
             raise ConfigError(f"options.api {opts.get('api')!r} is unknown; choose one of {', '.join(APIS)}")
+        if batch not in BATCHES:
+            raise ConfigError(f"options.batch {opts.get('batch')!r} is unknown; choose one of {', '.join(BATCHES)}")
         base = cfg.url.rstrip("/").removesuffix("/v1")
         client = open_client(cfg, opts, base_url=base, server="OpenAI-compatible", hint=SERVER_HINT)
         with closed_on_error(client):
@@ -136,14 +202,23 @@ class OpenAIEngine(RemoteEngine[HTTPClient]):
             model = str(card.get("id")) if cfg.model == "auto" else cfg.model
             tokenizer = connect_tokenizer(opts, client, [model, card.get("root")], model)
             if api == "auto":
-                api = "llamacpp" if card.get("owned_by") == "llamacpp" else "openai"
+                api = {"llamacpp": "llamacpp", "vllm": "vllm"}.get(str(card.get("owned_by")), "openai")
             context = card.get("max_model_len") or (cls._llamacpp_context(client) if api == "llamacpp" else None)
             context = context or tokenizer_context(tokenizer.local)
+            speculates = api == "vllm" and bool(cls._spec_snapshot(client))
         top = int(opts.get("top_logprobs", DEFAULT_TOP_LOGPROBS))
         cache_prompt = opts.get("cache_prompt", True)
         if not isinstance(cache_prompt, bool):
             raise ConfigError(f"options.cache_prompt must be true or false, not {cache_prompt!r}")
-        return cls(client, model, tokenizer, int(context) if context else None, top, api, cache_prompt)
+        return cls(client, model, tokenizer, int(context) if context else None, top, api, cache_prompt, batch, speculates)
+
+    @staticmethod
+    def _spec_snapshot(client: HTTPClient) -> dict[str, float]:
+        """vLLM's speculative-decoding counters now (empty: no /metrics, or no speculation)."""
+        try:
+            return spec_counters(client.get_text("/metrics"))
+        except LookaheadError:
+            return {}
 
     @staticmethod
     def _llamacpp_context(client: HTTPClient) -> int | None:
@@ -188,26 +263,37 @@ class OpenAIEngine(RemoteEngine[HTTPClient]):
         stop: Sequence[str] = (),
         speculate: bool = False,
     ) -> list[Completion]:
-        """One concurrent request per prompt; ``speculate`` is ignored (a server-side setting)."""
+        """One concurrent request per prompt (vLLM with ``options.batch: list``: one request per
+        group of rows sharing their sampling parameters); ``speculate`` is ignored (a server setting)."""
         started, prompts, per_row, stops = prepare_batch(prompts, params, stop)
         client = self._open()
-
-        def one(row: tuple[str, SamplingParams]) -> Completion:
-            prompt, p = row
-            if self.api == "llamacpp":
-                return self._native_completion(client.post("/completion", self._native_request(prompt, p, stops)), started)
-            body = client.post("/v1/completions", self._request(prompt, p, stops))
-            return self._completion(body, stops, started)
-
-        return client.map(one, list(zip(prompts, per_row, strict=False)))
+        rows = list(zip(prompts, per_row, strict=False))
+        as_list = self.api == "vllm" and self.batch == "list" and len(rows) > 1
+        # list prompts never carry per-request metrics: their acceptance comes from /metrics
+        from_metrics = self.speculates and (as_list or not self.per_request_spec)
+        before = self._spec_snapshot(client) if from_metrics else None
+        if self.api == "llamacpp":
+            out = client.map(lambda row: self._native_completion(
+                client.post("/completion", self._native_request(row[0], row[1], stops)), started), rows)
+        elif as_list:
+            out = self._list_completions(client, rows, stops, started)
+        else:
+            out = client.map(lambda row: self._completion(
+                client.post("/v1/completions", self._request(row[0], row[1], stops)), stops, started), rows)
+        if before is not None and (as_list or not self.per_request_spec):
+            self._spread_spec(out, before, self._spec_snapshot(client))
+        return out
 
     def next_token_logprobs(
         self, prompts: Sequence[str], candidates: Sequence[str], *, max_batch: int = 16
     ) -> list[dict[str, float]]:
         """Log-probability of each candidate's first token right after each prompt (-inf when it is
-        not among the server's top ``options.top_logprobs``); one dict per prompt, input order.
-        One concurrent request per prompt (the server batches them; ``max_batch`` is not used)."""
+        not among the server's top ``options.top_logprobs``; vLLM: exact for every candidate); one
+        dict per prompt, input order. One concurrent request per prompt (the server batches them;
+        ``max_batch`` is not used)."""
         candidates = list(candidates)
+        if self.api == "vllm" and not self.speculates:  # vLLM 0.32 fails logprob_token_ids while it speculates
+            return self._vllm_logprobs(list(prompts), candidates)
         pieces = [self._first_piece(c) for c in candidates]
         client = self._open()
 
@@ -220,6 +306,78 @@ class OpenAIEngine(RemoteEngine[HTTPClient]):
             return {c: self._lookup(top, c, piece) for c, piece in zip(candidates, pieces, strict=False)}
 
         return client.map(one, list(prompts))
+
+    # -- vLLM ------------------------------------------------------------------------------------
+    def _list_completions(
+        self, client: HTTPClient, rows: list[tuple[str, SamplingParams]], stops: list[str], started: float
+    ) -> list[Completion]:
+        """The rows as list-prompt requests, one per group of rows with the same sampling
+        parameters (groups sent concurrently); each row counted from its own token ids."""
+        groups: dict[str, list[int]] = {}
+        for i, (_, p) in enumerate(rows):
+            groups.setdefault(json.dumps(self._request("", p, stops), sort_keys=True), []).append(i)
+        out: list[Completion | None] = [None] * len(rows)
+
+        def send(indices: list[int]) -> None:
+            request = self._request("", rows[indices[0]][1], stops)
+            request.update(prompt=[rows[i][0] for i in indices], return_token_ids=True)
+            body = client.post("/v1/completions", request)
+            choices = body.get("choices") if isinstance(body, dict) else None
+            if not isinstance(choices, list) or len(choices) != len(indices):
+                raise LookaheadError(f"{self.name}: a {len(indices)}-prompt request came back with "
+                                     f"{len(choices) if isinstance(choices, list) else 'no'} choices: {str(body)[:200]}")
+            for position, choice in enumerate(choices):
+                row = indices[int(choice.get("index", position))]
+                prompt_ids, ids = choice.get("prompt_token_ids"), choice.get("token_ids")
+                out[row] = self._choice(choice, body, stops, started, len(prompt_ids) if isinstance(prompt_ids, list) else 0,
+                                        len(ids) if isinstance(ids, list) else None, 0)
+
+        client.map(send, list(groups.values()))
+        return [c for c in out if c is not None]
+
+    def _vllm_logprobs(self, prompts: list[str], candidates: list[str]) -> list[dict[str, float]]:
+        """Exact first-token log-probabilities of the candidates (vLLM ``logprob_token_ids``)."""
+        if not all(candidates):
+            raise ConfigError("next_token_logprobs got an empty candidate; give non-empty strings")
+        ids = [self.tokenizer.first_token(c)[0] for c in candidates]
+        client = self._open()
+
+        def one(prompt: str) -> dict[str, float]:
+            request = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
+                       "logprob_token_ids": sorted(set(ids)), "return_tokens_as_token_ids": True}
+            choice = (client.post("/v1/completions", request).get("choices") or [{}])[0]
+            top = ((choice.get("logprobs") or {}).get("top_logprobs") or [None])[0] or {}
+            values = {c: float(top.get(f"token_id:{i}", -math.inf)) for c, i in zip(candidates, ids, strict=False)}
+            return {c: (-math.inf if v <= VLLM_LOGPROB_FLOOR else v) for c, v in values.items()}
+
+        return client.map(one, prompts)
+
+    def _request_spec(self, body: dict[str, Any]) -> tuple[int, int, int] | None:
+        """``(drafted, accepted, passes)`` from a one-prompt vLLM answer's per-request metrics."""
+        metrics = body.get("metrics") if isinstance(body, dict) else None
+        spec = metrics.get("speculative_decoding") if isinstance(metrics, dict) else None
+        if not isinstance(spec, dict):
+            return None
+        self.per_request_spec = True
+        return (int(spec.get("num_draft_tokens") or 0), int(spec.get("num_accepted_draft_tokens") or 0),
+                int(spec.get("num_spec_steps") or 0))
+
+    @staticmethod
+    def _spread_spec(out: list[Completion], before: dict[str, float], after: dict[str, float]) -> None:
+        """Share the call's counter increase over its rows, by generated tokens (largest remainder)."""
+        weights = [max(c.completion_tokens, 0) for c in out]
+        total = sum(weights)
+        if not out or total == 0:
+            return
+        for key, field in (("draft", "spec_draft_tokens"), ("accepted", "spec_accepted_tokens"),
+                           ("passes", "spec_verify_passes")):
+            delta = max(int(round(after.get(key, 0.0) - before.get(key, 0.0))), 0)
+            shares = [delta * w // total for w in weights]
+            order = sorted(range(len(out)), key=lambda i: -(delta * weights[i] % total))
+            for i in order[: delta - sum(shares)]:
+                shares[i] += 1
+            for completion, share in zip(out, shares, strict=False):
+                setattr(completion, field, share)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _request(self, prompt: str, p: SamplingParams, stops: list[str]) -> dict[str, Any]:
@@ -277,10 +435,22 @@ class OpenAIEngine(RemoteEngine[HTTPClient]):
         return self._built(text, finish, matched, prompt_tokens, body.get("tokens_predicted"), cached, started)
 
     def _completion(self, body: dict[str, Any], stops: list[str], started: float) -> Completion:
+        """A one-prompt ``/v1/completions`` answer as a `Completion` (usage of the request)."""
         choices = body.get("choices") if isinstance(body, dict) else None
         if not choices:
             raise LookaheadError(f"{self.name}: the server answered without choices: {str(body)[:200]}")
-        choice = choices[0]
+        usage = body.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        completion = self._choice(choices[0], body, stops, started, int(usage.get("prompt_tokens") or 0),
+                                  usage.get("completion_tokens"), int(details.get("cached_tokens") or 0))
+        spec = self._request_spec(body) if self.api == "vllm" else None
+        if spec is not None:
+            completion.spec_draft_tokens, completion.spec_accepted_tokens, completion.spec_verify_passes = spec
+        return completion
+
+    def _choice(self, choice: dict[str, Any], body: dict[str, Any], stops: list[str], started: float,
+                prompt_tokens: int, completion_tokens: Any, cached: int) -> Completion:  # fmt: skip
+        """One choice of an answer ``body`` as a `Completion` (stop string restored)."""
         text = str(choice.get("text") or "")
         reason = choice.get("finish_reason")
         matched = None
@@ -291,10 +461,7 @@ class OpenAIEngine(RemoteEngine[HTTPClient]):
             finish = "stop" if matched else "eos"
         else:
             raise LookaheadError(f"{self.name}: the server ended a completion with finish_reason {reason!r}")
-        usage = body.get("usage") or {}
-        details = usage.get("prompt_tokens_details") or {}
-        return self._built(text, finish, matched, int(usage.get("prompt_tokens") or 0), usage.get("completion_tokens"),
-                           int(details.get("cached_tokens") or 0), started)  # fmt: skip
+        return self._built(text, finish, matched, prompt_tokens, completion_tokens, cached, started)
 
     def _built(self, text: str, finish: str, matched: str | None, prompt_tokens: int, completion_tokens: Any,
                cached: int, started: float) -> Completion:  # fmt: skip
