@@ -61,6 +61,19 @@ def row_params(params: SamplingParams | Sequence[SamplingParams], n: int) -> lis
     return out
 
 
+def merge_key_parts(
+    prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams], stop: Sequence[str] | str
+) -> tuple[list[str], list[SamplingParams], tuple[str, ...]]:
+    """A call's rows, one `SamplingParams` per row and its non-empty stop strings, as the engines
+    that merge calls (the Ray pool, the in-process batcher) queue them; a single string is refused."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, not one string")
+    prompts = list(prompts)
+    per_row = row_params(params, len(prompts)) if prompts else []
+    stops = tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
+    return prompts, per_row, stops
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str  # short label for logs and traces, e.g. "hf:SmolLM2-135M-Instruct"

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lookahead.config import SamplingParams
-from lookahead.engines.base import Engine, EngineBase, row_params
+from lookahead.engines.base import Engine, EngineBase, merge_key_parts
 from lookahead.errors import GenerationCancelled
 from lookahead.types import Completion
 
@@ -384,13 +384,9 @@ class BatchingEngine(EngineBase):
         stop: Sequence[str] = (),
         speculate: bool = False,
     ) -> list[Completion]:
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, not one string")
-        prompts = list(prompts)
+        prompts, per_row, stops = merge_key_parts(prompts, params, stop)
         if not prompts:
             return []
-        per_row = row_params(params, len(prompts))
-        stops = tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
         speculate = bool(speculate)
 
         def run(batch: list[_Call]) -> list[Completion]:

@@ -76,7 +76,7 @@ import ray
 from ray import exceptions as ray_errors
 
 from lookahead.config import EngineConfig, SamplingParams
-from lookahead.engines.base import EngineBase, row_params
+from lookahead.engines.base import EngineBase, merge_key_parts
 from lookahead.errors import ConfigError, LookaheadError, ModelLoadError
 from lookahead.types import Completion
 
@@ -434,13 +434,9 @@ class PoolEngine(EngineBase):
         speculate: bool = False,
     ) -> list[Completion]:
         """Queue the rows, wait for the merged call that carries them, return them in order."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, not one string")
-        prompts = list(prompts)
+        prompts, per_row, stops = merge_key_parts(prompts, params, stop)
         if not prompts:
             return []
-        per_row = row_params(params, len(prompts))
-        stops = tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
         request = _Request(
             prompts=prompts,
             params=per_row,
