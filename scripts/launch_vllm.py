@@ -38,6 +38,9 @@ with the engine; every other option is a vLLM flag (``dtype: bfloat16`` -> ``--d
 ``--speculative-config '{"method": "ngram", ...}'``). ``--speculative-config JSON`` sets the
 target's on the command line; with speculation the target also gets
 ``--per-request-spec-decode-metrics summary`` (the engine reads each request's acceptance).
+``--target-url`` serves the target elsewhere, so a plain and a speculating target can run side
+by side (``--only target --target-url http://127.0.0.1:8102 --speculative-config ...``; point a
+run at it with ``--set target.url=http://127.0.0.1:8102``).
 
 The server binds the url's host only; keep it 127.0.0.1 (``VLLM_HOST_IP`` keeps vLLM's own
 engine connections there too; ``ss -ltn`` shows nothing beyond loopback). It takes 70-110 s to
@@ -151,14 +154,15 @@ def weights_dir(role: str, spec: str, convert: bool) -> str:
 
 
 def plan_servers(source: str, python: str, only: list[str] | None = None, convert: bool = True,
-                 speculative_config: str | None = None) -> list[ServerPlan]:  # fmt: skip
-    """The vLLM servers to start for a preset, in start order (target, draft)."""
+                 speculative_config: str | None = None, target_url: str | None = None) -> list[ServerPlan]:  # fmt: skip
+    """The vLLM servers to start for a preset, in start order (target, draft); ``target_url``
+    replaces the target's url (a second target, e.g. one that speculates, beside the first)."""
     path, data = read_preset(source)
     plans: dict[str, ServerPlan] = {}
     for role, section in engine_sections(path, data).items():
         if role not in ROLES or (only and role not in only):
             continue
-        url = str(section["url"]).rstrip("/").removesuffix("/v1")
+        url = str(target_url if role == "target" and target_url else section["url"]).rstrip("/").removesuffix("/v1")
         parsed = urlparse(url)
         if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
             raise ConfigError(f"{path}: {role}.url {url!r} must look like http://HOST:PORT")
@@ -241,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-python", default=sys.executable, help="Python 3.11-3.14 that --install builds the venv from")
     parser.add_argument("--torch-index", default=TORCH_INDEX, help="extra pip index holding torch+cpu ('' = none)")
     parser.add_argument("--speculative-config", default=None, help="JSON for the target's --speculative-config")
+    parser.add_argument("--target-url", default=None, help="serve the target here instead of at the preset's url")
     args = parser.parse_args(argv)
     venv = (args.venv or default_venv()).expanduser()
     if args.install:
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             if problem:
                 raise ConfigError(problem)
         planned[:] = plan_servers(args.preset, str(venv_python(venv)), only_roles(args.only, ROLES), not args.dry_run,
-                                  args.speculative_config)  # fmt: skip
+                                  args.speculative_config, args.target_url)  # fmt: skip
         warning = binding_warning(planned)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vllm_mock import VLLMMockServer
 
 from lookahead import LookaheadReasoner, config_from_dict
 from lookahead.config import EngineConfig, SamplingParams
@@ -27,6 +26,7 @@ from lookahead.engines.openai_compat import spec_counters
 from lookahead.errors import ConfigError
 
 from mock_servers import MockServer
+from vllm_mock import VLLMMockServer
 
 T = ["A1.\n\n", "A2 is longer.\n\n", "A3.\n\n", "Answer \\boxed{4}."]
 P = "<user>\nq\n<assistant>\n"  # the FakeEngine chat shape the mock servers continue from
@@ -272,6 +272,9 @@ def test_launcher_maps_options_and_the_speculative_config(tmp_path, capsys):
     assert "--block-size 32 --enable-prompt-tokens-details" in command
     assert """--speculative-config '{"method": "ngram", "num_speculative_tokens": 4}'""" in command
     assert "--per-request-spec-decode-metrics summary" in command
+    assert _launcher().main(["--preset", str(preset), "--dry-run", "--target-url", "http://127.0.0.1:8125/v1"]) == 0
+    command = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["servers"][0]["command"]
+    assert "--port 8125" in command and "speculative" not in command
     assert _launcher().main(["--preset", str(preset), "--dry-run", "--speculative-config", "{ngram"]) == 2
     assert "--speculative-config is not JSON" in capsys.readouterr().err
 
