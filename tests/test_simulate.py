@@ -302,3 +302,11 @@ def test_what_if_acceptance_replaces_the_workloads_and_says_so():
     report = simulate(toy(), runs="ar,lr", ks=[1], problems=2, acceptance=[1.0])
     source = next(i for i in report["inputs"] if i["input"] == "workloads.w.acceptance")
     assert source["value"] == [1.0] and source["source"].startswith("what-if")
+
+
+def test_incomplete_drafts_cost_the_tokens_they_run():
+    """draft_incomplete_tokens: an incomplete draft step ends after that many tokens instead of at the step cap."""
+    capped = one_run(toy(workloads__w__draft_complete=0.0), "lr", problems=2)
+    short = one_run(toy(workloads__w__draft_complete=0.0, workloads__w__draft_incomplete_tokens=3), "lr", problems=2)
+    assert short["makespan_s"] < capped["makespan_s"]
+    assert short["lanes"]["draft"]["busy_share"] < capped["lanes"]["draft"]["busy_share"]

@@ -106,9 +106,9 @@ def _read_bench(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise fail(f"--compare {path}: not a readable lookahead bench report ({exc})") from None
+        raise fail(f"--compare {path}: not a readable lookahead bench report or eval summary.json ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-        raise fail(f"--compare {path}: not a lookahead bench report (no 'runs' list)")
+        raise fail(f"--compare {path}: not a lookahead bench report or eval summary.json (no 'runs' list)")
     return data
 
 
@@ -125,8 +125,8 @@ def simulate_command(
                                           "through the reasoner's real batcher; --no-batcher: the simulator models its merges.")] = True,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report here (JSON) and its plot beside it (.png).")] = None,
-    compare: Annotated[Path | None, typer.Option(help="A `lookahead bench` report (JSON) of the same runs and problems: "
-                                                 "simulated vs measured seconds per problem at the first --k.")] = None,
+    compare: Annotated[Path | None, typer.Option(help="A `lookahead bench` report or `lookahead eval` summary.json of the same "
+                                                 "runs and problems: simulated vs measured seconds per problem at the first --k.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Project speedup and throughput of every mode vs load from a cost profile, with the real loop.

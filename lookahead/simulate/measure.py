@@ -174,9 +174,24 @@ def _step_lengths(result: Result) -> list[int]:
     return [max(s.tokens, 1) for s in result.steps]
 
 
-def measure_workload(reasoner: Any, questions: Sequence[str], gamma: int, token_sd: bool, say: Say = _quiet
-                     ) -> tuple[Workload, dict[str, float]]:
-    """The workload section from short ``ar`` / ``lr`` (/ ``sd``) runs, and the runs' target seconds per token."""
+def _incomplete_tokens(lr: Sequence[Result], draft: CallTimes, step_tokens: float) -> int:
+    """Mean tokens of an incomplete draft step in the ``lr`` runs, from their draft seconds: all draft
+    tokens (draft seconds less the per-call cost, over the draft's step) less the complete steps'
+    (judged steps x mean step length), over the incomplete calls. 0 when there were none."""
+    calls = sum(r.stats.get("draft_calls", 0) for r in lr)
+    judged = sum(r.stats["drafted_steps"] for r in lr)
+    seconds = sum(r.stats["draft_s"] for r in lr)
+    if calls <= judged or draft.decode_s[1] <= 0:
+        return 0
+    tokens = max(seconds - calls * draft.call_s, 0.0) / draft.decode_s[1]
+    return max(round((tokens - judged * step_tokens) / (calls - judged)), 1)
+
+
+def measure_workload(reasoner: Any, questions: Sequence[str], gamma: int, token_sd: bool, say: Say = _quiet,
+                     draft: CallTimes | None = None) -> tuple[Workload, dict[str, float]]:
+    """The workload section from short ``ar`` / ``lr`` (/ ``sd``) runs, and the runs' target seconds per token.
+
+    ``draft``: the draft's measured costs, to estimate how long its incomplete steps run."""
     ar = _solve(reasoner, questions, "ar", say)
     lr = _solve(reasoner, questions, "lr", say, gamma=gamma, adaptive_gamma=False, pipeline=False, width=1)
     alpha, trials = depth_acceptance(lr, gamma)
@@ -189,12 +204,17 @@ def measure_workload(reasoner: Any, questions: Sequence[str], gamma: int, token_
         problems=[_step_lengths(r) for r in ar],
         draft_complete=round(drafted / calls, 4) if calls else 1.0,
     )
+    steps = [t for r in ar for t in _step_lengths(r)]
+    if draft is not None and load.draft_complete < 1.0:
+        load.draft_incomplete_tokens = _incomplete_tokens(lr, draft, sum(steps) / len(steps))
     when = f"measured: lookahead profile on {platform.node() or 'this machine'}, {dt.date.today().isoformat()}"
     load.sources = {
         "prompt_tokens": f"{when}: mean rendered prompt of the ar run",
         "problems": f"{when}: the target tokens of each committed step of the ar run, {len(ar)} problems",
         "acceptance": f"{when}: lr run at gamma={gamma}, conditional acceptance per depth over {trials} trials",
         "draft_complete": f"{when}: lr run, judged draft steps / draft calls ({drafted}/{calls})",
+        "draft_incomplete_tokens": f"{when}: lr run, (draft seconds - calls x call_s) / draft step - judged steps x mean "
+        "step tokens, over the incomplete calls",
     }
     if token_sd:
         sd = _solve(reasoner, questions, "sd", say)
@@ -241,7 +261,7 @@ def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: 
         draft = measure_engine(reasoner.draft, [1, 2], repeats=repeats, seed=1, say=say)
         say("measuring the verifier")
         judge_call, judge_pair = measure_judge(reasoner.verifier, pairs, repeats)
-        load, per_token = measure_workload(reasoner, questions, gamma, token_sd, say)
+        load, per_token = measure_workload(reasoner, questions, gamma, token_sd, say, draft)
         spec_cost = 1.0
         if token_sd and per_token.get("sd") and per_token["ar"]:
             spec_cost = max(load.target_acceptance_length * per_token["sd"] / per_token["ar"], 1.0)

@@ -8,7 +8,8 @@ lengths, one character = one token; the last step states ``\\boxed{N}`` and ends
 The target continues any prefix with the script's next step. The draft writes, at lookahead depth
 i, the target's step with probability α_i (the workload's conditional acceptance; deeper depths use
 the last α) and a different step of the same length otherwise; with probability 1 - p
-(``draft_complete``) it runs into the step cap without a delimiter. The draft knows the depth of a
+(``draft_complete``) it writes no delimiter: it runs into the step cap, or ends after
+``draft_incomplete_tokens``. The draft knows the depth of a
 call from its own history: a prompt that is an earlier draft prompt plus that call's step is one
 depth deeper (a prompt it never continued is depth 1). Draws are a stable hash of (seed, problem,
 step, depth, sample), so every run of a simulation sees the same drafts.
@@ -129,7 +130,9 @@ class Script:
             return ""
         load = self.workload
         if _uniform(self.seed, "complete", j, k, depth, sample) >= load.draft_complete:
-            return _filled(f"{j}.{k}?", "z", cap + 1)  # no delimiter within the cap: incomplete
+            # no delimiter: it runs into the cap, or ends (eos) after draft_incomplete_tokens
+            length = min(load.draft_incomplete_tokens, cap) if load.draft_incomplete_tokens else cap + 1
+            return _filled(f"{j}.{k}?", "z", length)
         alpha = load.acceptance[min(depth, len(load.acceptance)) - 1]
         if _uniform(self.seed, "accept", j, k, depth, sample) < alpha:
             return true

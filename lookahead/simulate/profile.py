@@ -113,6 +113,7 @@ class Workload:
     spread: float = 0.5  # each problem's steps and each step's tokens vary within ±spread of the mean (fraction)
     problems: list[list[int]] = field(default_factory=list)  # measured: step lengths per problem (tokens)
     draft_complete: float = 1.0  # P(a draft step ends on the delimiter within the step cap) (probability)
+    draft_incomplete_tokens: int = 0  # tokens an incomplete draft step runs before it stops (tokens); 0 = the step cap
     target_acceptance_length: float = 1.0  # token SD in target calls: tokens committed per verification pass
     draft_acceptance_length: float = 1.0  # token SD in draft calls (lr+sd): tokens committed per pass
     sources: dict[str, str] = field(default_factory=dict)
@@ -338,6 +339,8 @@ def _check_workload(load: Workload, where: str) -> None:
     for i, a in enumerate(load.acceptance):
         _probability(a, f"{where}.acceptance[{i}] (depth {i + 1})")
     _probability(load.draft_complete, f"{where}.draft_complete")
+    if isinstance(load.draft_incomplete_tokens, bool) or not isinstance(load.draft_incomplete_tokens, int) or load.draft_incomplete_tokens < 0:
+        raise ConfigError(f"{where}.draft_incomplete_tokens must be an integer >= 0 (got {load.draft_incomplete_tokens!r}); 0 = the step cap")
     _probability(load.spread, f"{where}.spread")
     for key in ("target_acceptance_length", "draft_acceptance_length"):
         if getattr(load, key) < 1:

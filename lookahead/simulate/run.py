@@ -123,7 +123,10 @@ def _pairs(items: Sequence[str]) -> list[tuple[str, Any]]:
 def parse_runs(text: str, config: LookaheadConfig) -> list[RunSpec]:
     """Run specs as in ``lookahead eval --modes``; peers and overrides of the engines or the
     verifier (modelled by the profile) are refused with the fix."""
-    runs = parse_run_specs(text, config)
+    try:
+        runs = parse_run_specs(text, config)
+    except ConfigError as exc:  # the same syntax as eval's --modes, under simulate's option name
+        raise ConfigError(str(exc).replace("--modes", "--runs")) from None
     for run in runs:
         if run.peer is not None:
             raise ConfigError(f"--runs: {run.label!r}: peers are not simulated; use ar, sd, lr or lr+sd runs")
@@ -327,7 +330,8 @@ def _reference_vs_ours(rows: list[dict[str, Any]], profile: Profile) -> list[dic
 
 
 def compare_measured(report: dict[str, Any], bench: dict[str, Any], k: int = 1) -> list[dict[str, Any]]:
-    """The simulated runs at ``k`` next to a real ``lookahead bench`` report of the same runs and problems.
+    """The simulated runs at ``k`` next to real runs of the same runs and problems: a ``lookahead bench``
+    report or a ``lookahead eval`` summary.json (both list ``runs`` with ``label``, ``mean_wall_time_s``, ``speedup``).
 
     Per run (matched by label): mean seconds per problem (bench ``mean_wall_time_s`` against the
     simulated mean latency) and the speedup over ``ar``, each with error = simulated / measured - 1.
