@@ -114,9 +114,12 @@ def test_shared_options_are_declared_once_and_mean_the_same_everywhere():
     seen: dict[str, tuple] = {}
     shared = {"config", "set_", "data_dir", "data", "task", "offset", "limit", "out", "question_field",
               "allow_test_split", "force_new", "as_json"}  # fmt: skip
+    writes_one_file = {"simulate", "profile"}  # their --out is a file (a JSON report, a YAML profile), not a run folder
     for name, command in group.commands.items():
         for param in command.params:
-            if param.name in shared:
+            if name in writes_one_file and param.name == "out":
+                assert param.opts[0] == "--out" and "folder" not in param.help, (name, param.help)
+            elif param.name in shared:
                 declared = (tuple(param.opts), tuple(param.secondary_opts), param.help)
                 assert seen.setdefault(param.name, declared) == declared, (name, param.name)
     assert {"config", "set_", "offset", "limit", "out", "task", "data_dir"} <= set(seen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 import time
 
 import pytest
@@ -148,6 +149,21 @@ def test_the_clock_waits_for_every_thread_and_restores_perf_counter():
     second = one_run(profile, "lr[pipeline=true]", k=4, problems=6)
     assert first["makespan_s"] == second["makespan_s"] and first["clock_forced"] == 0
     assert time.perf_counter is real and all_parked() in (True, False)
+
+
+def test_a_thread_of_the_host_that_never_parks_does_not_stall_the_clock():
+    """A thread that was running before the simulation (a server's event loop in select, a leaked
+    test client) is not part of it: the clock never waits STALL_S for it (in CI it made every
+    event wait 0.5 s and one test outlive the suite's time limit)."""
+    stop = threading.Event()
+    busy = threading.Thread(target=lambda: [time.sleep(0.001) for _ in iter(stop.is_set, True)], daemon=True)
+    busy.start()
+    try:
+        alone = one_run(toy(), "lr", k=2, problems=3)
+        assert alone["clock_forced"] == 0
+    finally:
+        stop.set()
+        busy.join()
 
 
 def test_speedup_follows_acceptance_and_adaptive_falls_back_to_ar():

@@ -53,12 +53,13 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lookahead.config import SamplingParams
 from lookahead.engines.base import EngineBase, check_prompts, row_params
+from lookahead.engines.fake import scripted_ending
 from lookahead.errors import ConfigError
 from lookahead.simulate.profile import EngineCosts, JudgeCosts, Profile, Workload
 from lookahead.types import Completion, Verdict
@@ -369,6 +370,7 @@ class World:
         self._wake = threading.Event()  # set when work arrives
         self._in_flight = 0  # calls submitted and not finished
         self._clock: threading.Thread | None = None
+        self._foreign: frozenset[int | None] = frozenset()  # threads that were running before (see `running`)
         self._stop = False
         self._cpu_mark: dict[int, float] = {}  # thread -> thread_time when it last left a modelled call (s)
         self.orchestration_s = 0.0  # real CPU seconds of the loop's Python between modelled calls, all threads (s)
@@ -402,6 +404,9 @@ class World:
         """While the block runs: the clock thread ticks and ``time.perf_counter`` reads virtual time."""
         real = time.perf_counter
         self._stop = False
+        # threads already running belong to the host process (a server's event loop, another
+        # library's monitor): they never take part, and one that never parks must not stall the clock
+        self._foreign = frozenset(t.ident for t in threading.enumerate() if t is not threading.current_thread())
         self._clock = threading.Thread(target=self._tick, name="simulate-clock", daemon=True)
         self._clock.start()
         time.perf_counter = self.perf_counter  # type: ignore[assignment]
@@ -466,7 +471,7 @@ class World:
                 self._wake.clear()
                 stalled_since = None
                 continue
-            if not all_parked():
+            if not all_parked(ignore=self._foreign):
                 stalled_since = stalled_since or time.monotonic()
                 if time.monotonic() - stalled_since < STALL_S:
                     time.sleep(POLL_S)
@@ -510,8 +515,8 @@ _THREADING = threading.__file__
 _FUTURES_THREAD = sys.modules["concurrent.futures.thread"].__file__ if "concurrent.futures.thread" in sys.modules else None
 
 
-def all_parked() -> bool:
-    """Is every other thread parked, i.e. unable to act before a modelled call finishes?
+def all_parked(ignore: Collection[int | None] = ()) -> bool:
+    """Is every other thread (but those in ``ignore``) parked, i.e. unable to act before a modelled call finishes?
 
     Parked: waiting in a `threading.Condition` that has not notified it (an Event, a future, a
     queue, a modelled call), joining a thread, or an idle worker of a thread pool with no work
@@ -526,10 +531,10 @@ def all_parked() -> bool:
         if collecting:
             gc.enable()
     for thread in threading.enumerate():  # a thread just started has no Python frame yet: it is about to act
-        if thread.ident != me and thread.ident not in frames:
+        if thread.ident != me and thread.ident not in frames and thread.ident not in ignore:
             return False
     for tid, frame in frames.items():
-        if tid != me and not _parked(frame):
+        if tid != me and tid not in ignore and not _parked(frame):
             return False
     return True
 
@@ -648,13 +653,7 @@ class ModelledEngine(EngineBase):
 
     def _row(self, prompt: str, params: SamplingParams, stop: Sequence[str], speculate: bool) -> tuple[Completion, Row]:
         j, done = self.script.problem_of(prompt)
-        text = self._continuation(prompt, j, done, params)
-        finish, matched = "eos", None
-        cut = min(((text.find(s) + len(s), s) for s in stop if s and s in text), default=None)
-        if cut is not None:
-            text, finish, matched = text[: cut[0]], "stop", cut[1]
-        if len(text) > params.max_new_tokens or (len(text) == params.max_new_tokens and finish == "eos"):
-            text, finish, matched = text[: params.max_new_tokens], "length", None
+        text, finish, matched = scripted_ending(self._continuation(prompt, j, done, params), stop, params.max_new_tokens)
         if self.role == "draft":
             with self._lock:
                 self._depth[hash(prompt + text)] = self._depth.get(hash(prompt), 0) + 1
