@@ -327,3 +327,25 @@ def test_wrapping_keeps_the_engine_reachable(tok):
     assert reasoner.target is reasoner.draft and reasoner.target.inner is engine and reasoner.target.thread_safe
     reasoner.target.prefix_cache_rows  # noqa: B018 -- forwarded to the engine
     reasoner.close()
+
+
+def test_an_idle_driver_thread_ends_and_the_next_call_starts_another(monkeypatch):
+    """A reasoner that is never closed must not keep a thread per engine forever: a lane's driver
+    ends after DRIVER_IDLE_S with nothing to do, and the next call starts a new one."""
+    import lookahead.engines.batching as batching
+
+    monkeypatch.setattr(batching, "DRIVER_IDLE_S", 0.5)
+    engine = BatchingEngine(FakeEngine(["A.\n\n"]), Batcher(batch_window_s=0.0))
+    params = SamplingParams(max_new_tokens=8)
+
+    def drivers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "lookahead-batcher" and t.is_alive()}
+
+    before = drivers()
+    assert engine.generate(["q"], params)[0].text == "A.\n\n"
+    ours = drivers() - before
+    assert len(ours) == 1
+    for thread in ours:
+        thread.join(timeout=5.0)
+        assert not thread.is_alive()
+    assert engine.generate(["q"], params)[0].text == "A.\n\n"

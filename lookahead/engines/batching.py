@@ -72,6 +72,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_ROWS = 16  # most rows of one merged call (rows)
 DEFAULT_BATCH_WINDOW_S = 0.03  # most a picked call waits for callers still between calls (s)
+DRIVER_IDLE_S = 5.0  # a lane's driver thread ends after this long with nothing to do; the next call starts one (s)
 CANCEL_POLL_S = 0.05  # how often a waiting caller checks its cancel event (s)
 COST_EMA = 0.2  # weight of a new merged call in the observed cost by rows
 
@@ -226,6 +227,9 @@ class Batcher:
             self._run(lane, batch)
 
     def _take(self, lane: _Lane) -> list[_Call] | None:
+        """The next batch of ``lane``; None when the batcher closed or the lane stayed idle for
+        DRIVER_IDLE_S (the thread ends; `_lane` starts another for the next call)."""
+        idle_until = time.monotonic() + DRIVER_IDLE_S
         with self._cond:
             while True:
                 if self._closed:
@@ -238,6 +242,11 @@ class Batcher:
                         self.stats.wait_s += now - call.enqueued
                     lane.running = batch
                     return batch
+                if wait_s is None:  # nothing waiting
+                    wait_s = idle_until - time.monotonic()
+                    if wait_s <= 0:
+                        lane.thread = None
+                        return None
                 self._cond.wait(timeout=wait_s)
 
     def _pick(self, lane: _Lane) -> tuple[list[_Call], float | None]:
@@ -336,8 +345,9 @@ class Batcher:
         for call in pending:
             call.future.set_exception(RuntimeError("the engine was shut down"))
         for lane in self._lanes.values():
-            if lane.thread is not None and lane.thread is not threading.current_thread():
-                lane.thread.join(timeout=60.0)
+            thread = lane.thread  # (None once an idle driver ended)
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=60.0)
 
 
 _exclusive = itertools.count()  # a fresh group for calls that must run alone
