@@ -208,22 +208,22 @@ class LookaheadReasoner:
     def _target_workers(self) -> ThreadPoolExecutor:
         """The threads that run the target rows of pipelined rounds (created on first use).
 
-        One thread for an in-process engine (its calls must not overlap); a thread-safe engine
-        (`PoolEngine` merges concurrent calls into batches) gets one per row of γ + 1 rows for each
-        problem in flight, so a round's rows, and those of concurrent problems, run at once.
+        Used for a target that is thread-safe by itself (`PoolEngine`, a server): one thread per row
+        of γ + 1 rows for each problem in flight, so a round's rows, and those of concurrent
+        problems, run at once. (An in-process target's rows run on the problem's own thread:
+        `_round_context`.)
         """
         with self._workers_lock:
             if self._workers is None:
-                workers = 1
-                if self.target.thread_safe:
-                    workers = min((self.config.gamma + 1) * self.config.concurrency, MAX_TARGET_WORKERS)
+                workers = min((self.config.gamma + 1) * self.config.concurrency, MAX_TARGET_WORKERS)
                 self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookahead-target")
             return self._workers
 
     def cache_usage(self) -> dict[str, dict[str, int]]:
         """What the loaded engines' caches hold now, by role (``target``, ``draft``), next to their bounds."""
         loaded = {"target": self._target, "draft": self._draft}
-        return {role: e.cache_usage() for role, e in loaded.items() if e is not None and e.cache_usage()}
+        usage = {role: e.cache_usage() for role, e in loaded.items() if e is not None}
+        return {role: held for role, held in usage.items() if held}
 
     def close(self) -> None:
         with self._workers_lock:
@@ -392,18 +392,13 @@ class LookaheadReasoner:
     def pipelines(self, state: ProblemState) -> bool:
         """Are this problem's rounds pipelined? ``pipeline`` on, a step-speculation mode, and safe:
 
-        not when draft and target are one engine object (its calls cannot overlap), nor when the
-        verifier borrows an engine (llm_judge, cascade) that is not thread-safe (it would be
-        called from two threads at once).
+        not when draft and target are one engine object (its calls cannot overlap). A verifier
+        that borrows an engine (llm_judge, cascade) is safe: the reasoner's engines are always
+        thread-safe (an in-process one sits behind its batcher).
         """
         if not (state.config.pipeline and uses_step_speculation(state.mode)):
             return False
-        if self.draft is self.target:
-            return False
-        # (a verifier need not derive from the verifiers' base class that declares needs_engines)
-        if getattr(self.verifier_for(state.config), "needs_engines", False):
-            return self.target.thread_safe and self.draft.thread_safe
-        return True
+        return self.draft is not self.target
 
     # -- the paper's verbs: propose, expand, judge (`lookahead.rounds.chain`), commit ----------
     def propose(self, state: ProblemState, gamma: int | None = None) -> list[str]:

@@ -43,6 +43,19 @@ DEFAULT_SCRIPT = [
 ]
 
 
+def scripted_ending(text: str, stop: Sequence[str], max_new_tokens: int) -> tuple[str, str, str | None]:
+    """A scripted continuation as an engine returns it: cut after the first stop string
+    (finish "stop", the string kept) or at ``max_new_tokens`` ("length"), else "eos".
+    Returns (text, finish_reason, matched_stop)."""
+    finish, matched = "eos", None
+    cut = min(((text.find(s) + len(s), s) for s in stop if s and s in text), default=None)
+    if cut is not None:
+        text, finish, matched = text[: cut[0]], "stop", cut[1]
+    if len(text) > max_new_tokens or (len(text) == max_new_tokens and finish == "eos"):
+        text, finish, matched = text[:max_new_tokens], "length", None
+    return text, finish, matched
+
+
 class FakeEngine(EngineBase):
     """Scripted engine; ``calls`` records the batch size of every `generate` call."""
 
@@ -115,13 +128,7 @@ class FakeEngine(EngineBase):
         self.speculate_calls.append(speculate)
         out = []
         for prompt, p in zip(prompts, per_row, strict=True):
-            text = self.continuation(prompt)
-            finish, matched = "eos", None
-            cut = min(((text.find(s) + len(s), s) for s in stop if s and s in text), default=None)
-            if cut is not None:
-                text, finish, matched = text[: cut[0]], "stop", cut[1]
-            if len(text) > p.max_new_tokens or (len(text) == p.max_new_tokens and finish == "eos"):
-                text, finish, matched = text[: p.max_new_tokens], "length", None
+            text, finish, matched = scripted_ending(self.continuation(prompt), stop, p.max_new_tokens)
             if self.delay_per_token:
                 time.sleep(self.delay_per_token * len(text))
             completion = Completion(

@@ -16,11 +16,12 @@ Instead of running one after another (`lookahead.rounds.chain`)::
 
 Draft and target calls use the same prompts, caps and stop rules as in a sequential round, and a
 round still commits d_1 .. d_j plus t_{j+1}, so greedy decoding with the exact verifier commits
-the same text as sequential ``lr`` and ``ar``. In-process engines are not thread-safe: the target's
-rows run on ONE worker thread per reasoner, the draft in the calling thread (the reasoner runs
-sequential rounds instead when draft and target are the same engine object, or when the verifier
-borrows an in-process engine); a thread-safe target (``thread_safe = True``: `PoolEngine`) gets
-several workers, so the rows of a round, and of concurrent problems, run at once. Stats:
+the same text as sequential ``lr`` and ``ar``. An in-process target's rows
+run on the problem's own worker thread, in order (a row after a rejection is never started),
+and merge with other problems' rows in the reasoner's batcher; the draft runs in the calling
+thread (the reasoner runs sequential rounds instead when draft and target are the same engine
+object); a target that is thread-safe by itself (`PoolEngine`, a server) gets several workers,
+so the rows of a round, and of concurrent problems, run at once. Stats:
 ``overlap_s`` (`lookahead.stats`) is the time the parts ran at once; ``carried_drafts`` the steps
 carried over.
 
