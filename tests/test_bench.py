@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -341,3 +342,29 @@ def test_bench_offset_points_the_runs_at_held_out_rows(tmp_path):
     assert json.loads((out / h.RUN_FILE).read_text())["offset"] == 1
     past_the_end = cli("--config", "tiny", "--task", f"jsonl:{task}", "--runs", "ar", "--offset", "9", "--out", str(out))
     assert past_the_end.exit_code == 2 and "--offset 9" in past_the_end.output
+
+
+def test_a_served_target_gets_its_batch_cost_curve_through_its_calls():
+    """A target behind a server (vLLM, SGLang): the model cannot be timed in this process, so the
+    curve is measured through the engine's calls, as the loop sees it. A mock whose step costs
+    1 + 0.25 (k - 1) units at k rows gives back about that curve."""
+    from lookahead.engines.base import EngineBase
+    from lookahead.eval.bench import measure_batch_cost
+    from lookahead.types import Completion
+
+    class Served(EngineBase):
+        name = "served"
+        thread_safe = True
+
+        def generate(self, prompts, params, stop=(), speculate=False):
+            time.sleep(0.002 * params.max_new_tokens * (1 + 0.25 * (len(prompts) - 1)))
+            return [Completion("x " * params.max_new_tokens, len(p.split()), params.max_new_tokens, "length")
+                    for p in prompts]
+
+        def count_tokens(self, text):
+            return len(text.split())
+
+    curve = measure_batch_cost(Served(), max_batch=4)
+    assert curve["reason"] is None and curve["target"] == "served" and "through the engine" in curve["method"]
+    assert curve["relative"][0] == 1.0
+    assert curve["relative"][3] == pytest.approx(1.75, rel=0.2)

@@ -207,11 +207,8 @@ def speedup_model(records: Sequence[dict[str, Any]], batch_cost: Sequence[float]
 def batch_cost_unmeasurable(config: LookaheadConfig) -> str | None:
     """Why the batch-cost curve cannot be measured for this config's target (None: it can)."""
     target = config.target
-    if target.backend != "hf":
-        return (
-            f"target.backend is {target.backend!r}: the curve is measured on an in-process transformers "
-            "target only (target.backend=hf)"
-        )
+    if target.backend not in ("hf", *SERVER_BACKENDS):
+        return f"target.backend is {target.backend!r}: the curve is measured on a transformers target or a server"
     if target.replicas >= 1:
         return (
             f"target.replicas = {target.replicas}: the target runs in Ray actors, not in this process; "
@@ -221,20 +218,35 @@ def batch_cost_unmeasurable(config: LookaheadConfig) -> str | None:
 
 
 def measure_batch_cost(engine: Any, max_batch: int = MAX_BATCH) -> dict[str, Any]:
-    """One decode step of ``engine``'s model at batch 1..max_batch: seconds and relative to batch 1."""
-    from lookahead.engines.batching import unwrapped
-    from lookahead.engines.hf import HFEngine, measure_batch_costs
+    """One decode step of ``engine``'s model at batch 1..max_batch: seconds and relative to batch 1.
 
-    engine = unwrapped(engine)  # the reasoner's target sits behind its batcher
-    if not isinstance(engine, HFEngine) or engine.model is None:
-        raise ConfigError(f"the target engine {getattr(engine, 'name', engine)!r} is not a loaded transformers model")
-    seconds = measure_batch_costs(engine.model, max_batch=max_batch)[1:]
+    An in-process transformers target: its model's forward pass is timed. Any other engine (a
+    vLLM, SGLang or llama.cpp server): the curve as the loop sees it, through the engine's calls
+    (`lookahead.engines.costs.measure_engine`: k rows on one prompt at two lengths).
+    """
+    from lookahead.engines.batching import unwrapped
+
+    inner = unwrapped(engine)  # the reasoner's target sits behind its batcher
+    if getattr(inner, "model", None) is not None:
+        from lookahead.engines.hf import HFEngine, measure_batch_costs
+
+        if not isinstance(inner, HFEngine):
+            raise ConfigError(f"the target engine {getattr(inner, 'name', inner)!r} is not a loaded transformers model")
+        seconds = measure_batch_costs(inner.model, max_batch=max_batch)[1:]
+        method = "measure_batch_costs: random 96-token context, 4 decode steps, best of 3, sizes round-robin"
+    else:
+        from lookahead.engines.costs import measure_engine
+
+        times = measure_engine(engine, range(1, max_batch + 1), repeats=3)
+        seconds = [times.decode_s[k] for k in range(1, max_batch + 1)]
+        method = ("measure_engine, through the engine's calls: k rows on one 40-word prompt, 4 and 24 new tokens, "
+                  "best of 3; seconds per token of the longest row (the difference of the two calls); made non-decreasing")
     return {
-        "target": engine.name,
+        "target": inner.name,
         "batch_sizes": list(range(1, max_batch + 1)),
         "seconds": [round(s, 6) for s in seconds],  # one decode step at batch k (s)
         "relative": [round(s / seconds[0], 4) for s in seconds],  # b(k) = seconds(k) / seconds(1)
-        "method": "measure_batch_costs: random 96-token context, 4 decode steps, best of 3, sizes round-robin",
+        "method": method,
         "reason": None,
     }
 

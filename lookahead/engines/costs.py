@@ -1,0 +1,108 @@
+"""What an engine's calls cost, measured through the `Engine` API (any engine: in process, a
+Ray pool, an SGLang / OpenAI-compatible server), with the calls the loop makes.
+
+- **decode step by rows** (``decode_s``): one call of n rows at two lengths (``short`` and ``long``
+  new tokens, no stop string); seconds per decode step = the difference of the two calls over the
+  difference of their longest rows (prefill and per-call costs cancel). The curve is made
+  non-decreasing (an engine pads to the cheapest batch at or above a size);
+- **prefill** (``prefill_s_per_token``): a long fresh prompt against a short one, one new token;
+- **per-call cost** (``call_s``): the short 1-row call less its decode steps.
+
+`lookahead profile` writes these into a cost profile; `lookahead bench` uses the curve as the
+target's b(k) where it cannot time the model's forward pass itself (a served target).
+
+Example:
+    >>> times = measure_engine(engine, sizes=[1, 2, 3])      # doctest: +SKIP
+    >>> times.decode_s[3] / times.decode_s[1]                # b(3)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lookahead.config import SamplingParams
+from lookahead.errors import ConfigError
+
+Say = Callable[[str], None]
+MIN_STEP_S = 1e-7  # a decode step measured at or below this (noise around a cost-free engine) counts as this (s)
+FILLER = "the quick brown fox jumps over the lazy dog and counts one two three four five six seven".split()
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass
+class CallTimes:
+    """What `measure_engine` found for one engine."""
+
+    decode_s: dict[int, float]  # seconds of one decode step by rows (s)
+    prefill_s_per_token: float  # seconds per uncached prompt token (s)
+    call_s: float  # fixed seconds per call (s)
+
+
+def filler_words(n: int, rng: random.Random) -> str:
+    """``n`` words of filler text (prompts whose content does not matter)."""
+    return " ".join(rng.choice(FILLER) for _ in range(n))
+
+
+def _timed(engine: Any, prompts: list[str], tokens: int, repeats: int) -> tuple[float, int]:
+    """Best seconds of one call over ``repeats`` tries, and its longest row's new tokens."""
+    best, longest = float("inf"), 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = engine.generate(prompts, SamplingParams(max_new_tokens=tokens), stop=())
+        seconds = time.perf_counter() - start
+        if seconds < best:
+            best, longest = seconds, max(c.completion_tokens for c in out)
+    return best, longest
+
+
+def measure_engine(engine: Any, sizes: Sequence[int], short: int = 4, long: int = 24, repeats: int = 2,
+                   seed: int = 0, say: Say = _quiet) -> CallTimes:
+    """Decode step by rows, prefill per token and per-call cost of ``engine`` (module docstring)."""
+    rng = random.Random(seed)
+    base = filler_words(40, rng)
+    decode: dict[int, float] = {}
+    intercept = 0.0
+    for n in sorted(set(sizes)):
+        say(f"{engine.name}: {n} row(s)")
+        prompts = [f"{base} {i}: {filler_words(4, rng)}" for i in range(n)]
+        engine.generate(prompts, SamplingParams(max_new_tokens=1), stop=())  # prefill them once: both timed calls reuse it
+        t_short, m_short = _timed(engine, prompts, short, repeats)
+        t_long, m_long = _timed(engine, prompts, long, repeats)
+        if m_long <= m_short:
+            raise ConfigError(f"{engine.name} ended its rows after {m_long} tokens; measuring needs rows that run to --long")
+        decode[n] = max((t_long - t_short) / (m_long - m_short), MIN_STEP_S)
+        if n == 1:
+            intercept = max(t_short - decode[1] * max(m_short - 1, 0), 0.0)
+    curve, top = {}, 0.0
+    for n in sorted(decode):  # more rows never cost less: the engine pads to the cheapest size at or above
+        top = max(top, decode[n])
+        curve[n] = round(top, 9)
+    prefill = _prefill(engine, rng, repeats)
+    return CallTimes(curve, round(prefill, 9), round(intercept, 6))  # (the timed calls' prompts were cached)
+
+
+def _prefill(engine: Any, rng: random.Random, repeats: int) -> float:
+    """Seconds per prompt token: a long fresh prompt against a short fresh one, one new token each."""
+    times = []
+    for length in (16, 400):
+        best = float("inf")
+        tokens = 0
+        for _ in range(repeats):
+            prompt = f"{rng.random()} {filler_words(length, rng)}"  # fresh: nothing of it is cached
+            tokens = engine.count_tokens(prompt)
+            start = time.perf_counter()
+            engine.generate([prompt], SamplingParams(max_new_tokens=1), stop=())
+            best = min(best, time.perf_counter() - start)
+        times.append((tokens, best))
+    (n0, t0), (n1, t1) = times
+    return max((t1 - t0) / max(n1 - n0, 1), 0.0)
+
+
+__all__ = ["CallTimes", "filler_words", "measure_engine"]
