@@ -225,13 +225,12 @@ def measure_batch_cost(engine: Any, max_batch: int = MAX_BATCH) -> dict[str, Any
     (`lookahead.engines.costs.measure_engine`: k rows on one prompt at two lengths).
     """
     from lookahead.engines.batching import unwrapped
+    from lookahead.engines.hf import HFEngine, measure_batch_costs
 
     inner = unwrapped(engine)  # the reasoner's target sits behind its batcher
-    if getattr(inner, "model", None) is not None:
-        from lookahead.engines.hf import HFEngine, measure_batch_costs
-
-        if not isinstance(inner, HFEngine):
-            raise ConfigError(f"the target engine {getattr(inner, 'name', inner)!r} is not a loaded transformers model")
+    if isinstance(inner, HFEngine):
+        if inner.model is None:
+            raise ConfigError(f"the target engine {inner.name!r} has no loaded model")
         seconds = measure_batch_costs(inner.model, max_batch=max_batch)[1:]
         method = "measure_batch_costs: random 96-token context, 4 decode steps, best of 3, sizes round-robin"
     else:
