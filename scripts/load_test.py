@@ -261,12 +261,15 @@ def run_cell(
         pass
     after = cell.server.get("batches", {})
     if before and after:  # this cell's share of the server's counters
-        delta = {k: round(after[k] - before[k], 3) for k in ("calls", "rows", "merged_calls", "queue_wait_s", "busy_s",
-                                                              "row_tokens", "slot_tokens") if k in after and k in before}
+        delta = {k: round(after[k] - before[k], 3) for k in ("calls", "rows", "merged_calls", "joined_calls", "queue_wait_s",
+                                                              "busy_s", "row_tokens", "slot_tokens", "passes")
+                 if k in after and k in before}
         if delta.get("calls"):
             delta["mean_rows"] = round(delta["rows"] / delta["calls"], 3)
         if delta.get("slot_tokens"):
             delta["fill"] = round(delta["row_tokens"] / delta["slot_tokens"], 3)
+        if delta.get("passes"):  # rows decoding together per forward pass (joined rows included)
+            delta["live_rows"] = round(delta["row_tokens"] / delta["passes"], 3)
         cell.server["cell_batches"] = delta
     return cell
 

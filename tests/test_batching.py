@@ -37,7 +37,7 @@ def hf_reasoner(model, other_model, tok, **overrides) -> LookaheadReasoner:
 @pytest.mark.parametrize("mode", ["ar", "lr", "sd", "lr+sd"])
 def test_greedy_text_under_concurrency_equals_the_text_alone(model, other_model, tok, mode):
     """Five problems in flight over one in-process target and draft: each text is its text alone,
-    and the target's calls carried rows of several problems (merged)."""
+    and the target's calls carried rows of several problems (merged, or joined to a running loop)."""
     alone = hf_reasoner(model, other_model, tok, gamma=2)
     expected = [alone.generate(q, mode=mode).text for q in QUESTIONS]
     alone.close()
@@ -45,7 +45,7 @@ def test_greedy_text_under_concurrency_equals_the_text_alone(model, other_model,
     outcomes = run_many(together, [Job(q, mode) for q in QUESTIONS], concurrency=len(QUESTIONS))
     assert [o.result.text for o in outcomes] == expected
     stats = together.batcher.snapshot()
-    assert stats["merged_calls"] > 0 and stats["max_rows"] > (3 if "lr" in mode else 1)
+    assert stats["merged_calls"] + stats["joined_calls"] > 0 and stats["peak_rows"] > (3 if "lr" in mode else 1)
     together.close()
 
 
@@ -67,7 +67,8 @@ def test_generate_from_threads_agenerate_and_generate_batch_run_together(model, 
 
     reasoner = hf_reasoner(model, other_model, tok, gamma=1)
     expected = [reasoner.generate(q).text for q in QUESTIONS]
-    calls_before = reasoner.batcher.snapshot()["merged_calls"]
+    before = reasoner.batcher.snapshot()
+    calls_before = before["merged_calls"] + before["joined_calls"]
     assert [r.text for r in reasoner.generate_batch(QUESTIONS)] == expected
     texts: dict[int, str] = {}
     threads = [threading.Thread(target=lambda i=i: texts.__setitem__(i, reasoner.generate(QUESTIONS[i]).text)) for i in range(5)]
@@ -81,7 +82,8 @@ def test_generate_from_threads_agenerate_and_generate_batch_run_together(model, 
         return await asyncio.gather(*(reasoner.agenerate(q) for q in QUESTIONS))
 
     assert [r.text for r in asyncio.run(all_at_once())] == expected
-    assert reasoner.batcher.snapshot()["merged_calls"] > calls_before
+    after = reasoner.batcher.snapshot()
+    assert after["merged_calls"] + after["joined_calls"] > calls_before
     reasoner.close()
 
 
@@ -349,3 +351,95 @@ def test_an_idle_driver_thread_ends_and_the_next_call_starts_another(monkeypatch
         thread.join(timeout=5.0)
         assert not thread.is_alive()
     assert engine.generate(["q"], params)[0].text == "A.\n\n"
+
+
+def test_a_call_joins_the_running_decode_loop_and_returns_when_its_rows_end(model, tok):
+    """Token-level joining: a call that arrives while a long one decodes joins its loop, gets its
+    rows back before the long call ends, and both texts are what each gives alone."""
+    engine = HFEngine(model, tok)
+    long_params, short_params = SamplingParams(max_new_tokens=48), SamplingParams(max_new_tokens=4)
+    alone = {"long": engine.generate(["The quick brown fox"], long_params)[0].text,
+             "short": engine.generate(["Step 2: multiply"], short_params)[0].text}  # fmt: skip
+    engine.remembered.clear()
+    passes = threading.Event()
+    inner = engine.generate_requests
+
+    def slowed(requests, stop=(), join=None):  # the loop's first pass waits until the second call is queued
+        def pacing(live):
+            if not passes.is_set():
+                passes.set()
+                _wait_queued(wrapped.batcher, 1)
+            return join(live)
+        return inner(requests, stop=stop, join=pacing)
+
+    engine.generate_requests = slowed
+    wrapped = BatchingEngine(engine, Batcher(batch_window_s=0.0))
+    done: dict[str, tuple[str, float]] = {}
+
+    def call(name, prompt, params):
+        text = wrapped.generate([prompt], params)[0].text
+        done[name] = (text, time.monotonic())
+
+    first = threading.Thread(target=call, args=("long", "The quick brown fox", long_params))
+    first.start()
+    assert passes.wait(10)
+    second = threading.Thread(target=call, args=("short", "Step 2: multiply", short_params))
+    second.start()
+    for t in (first, second):
+        t.join(30)
+    assert {k: v[0] for k, v in done.items()} == alone
+    assert done["short"][1] < done["long"][1]  # handed back as its rows ended, not with the long row
+    stats = wrapped.batcher.snapshot()
+    assert stats["joined_calls"] == 1 and stats["calls"] == 1 and stats["peak_rows"] == 2
+    wrapped.batcher.close()
+
+
+def test_calls_that_joined_a_failed_loop_run_again_and_only_its_own_caller_gets_the_error():
+    """The engine fails after a second call joined its loop: the first caller gets the error, the
+    joined call goes back to the front of the queue and runs in the next engine call."""
+    from lookahead.engines.base import DecodeStats, EngineBase
+    from lookahead.types import Completion
+
+    class Joining(EngineBase):
+        name = "joining"
+
+        def __init__(self):
+            self.loops = 0
+            self.entered, self.go = threading.Event(), threading.Event()
+
+        def generate(self, prompts, params, stop=(), speculate=False):
+            raise AssertionError("plain calls use generate_requests")
+
+        def generate_requests(self, requests, stop=(), join=None):
+            self.loops += 1
+            if self.loops == 1:
+                self.entered.set()
+                assert self.go.wait(10)
+                assert [r.prompts for r in join(1)] == [["b"]]
+                raise RuntimeError("the loop failed")
+            for r in requests:
+                r.deliver([Completion(p + "!", 1, 1, "eos") for p in r.prompts])
+            return DecodeStats(passes=1, row_passes=len(requests), peak_rows=len(requests))
+
+    inner = Joining()
+    engine = BatchingEngine(inner, Batcher(batch_window_s=0.0))
+    params = SamplingParams(max_new_tokens=4)
+    out: dict[str, object] = {}
+
+    def call(prompt):
+        try:
+            out[prompt] = engine.generate([prompt], params)[0].text
+        except RuntimeError as exc:
+            out[prompt] = exc
+
+    first = threading.Thread(target=call, args=("a",))
+    first.start()
+    assert inner.entered.wait(10)
+    second = threading.Thread(target=call, args=("b",))
+    second.start()
+    _wait_queued(engine.batcher, 1)
+    inner.go.set()
+    for t in (first, second):
+        t.join(10)
+    assert isinstance(out["a"], RuntimeError) and out["b"] == "b!" and inner.loops == 2
+    engine.batcher.close()

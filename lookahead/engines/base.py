@@ -29,7 +29,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from lookahead.config import SamplingParams
@@ -72,6 +73,27 @@ def merge_key_parts(
     per_row = row_params(params, len(prompts)) if prompts else []
     stops = tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
     return prompts, per_row, stops
+
+
+@dataclass(eq=False)
+class RowRequest:
+    """One caller's rows in a joining decode loop (`HFEngine.generate_requests`)."""
+
+    prompts: list[str]  # the caller's prompts, in order
+    params: list[SamplingParams]  # one per prompt
+    deliver: Callable[[list[Completion] | BaseException], None]  # called once: its completions, or its error
+    rows: list[Any] = field(default_factory=list)  # its rows once the engine tokenized them
+    left: int = 0  # rows still decoding
+
+
+@dataclass
+class DecodeStats:
+    """What one decode loop did: forward passes and how many rows each carried."""
+
+    passes: int = 0  # forward passes after the prefill (passes)
+    row_passes: int = 0  # live rows summed over those passes (row-passes)
+    peak_rows: int = 0  # most live rows in one pass (rows)
+    joined_rows: int = 0  # rows that joined the running loop (rows)
 
 
 @runtime_checkable

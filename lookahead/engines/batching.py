@@ -1,4 +1,5 @@
-"""Continuous batching at the level of rounds, in this process: one batch for every problem in flight.
+"""Continuous batching in this process: one batch for every problem in flight (calls merge at the
+level of rounds, and rows join a running decode loop at the level of tokens).
 
 Why: an in-process engine (the HF engine, any engine with ``thread_safe = False``) decodes one
 batch at a time and keeps caches, so before this layer the reasoner ran one generation at a time
@@ -31,6 +32,13 @@ Rules it keeps:
   their rows join this call instead of the next one (without it the clients split into cohorts
   that alternate, each call carrying a fraction of them). A lone caller never waits (it is the
   only client), so one problem alone runs exactly as without the layer;
+- **joining a running call** (an engine with ``generate_requests``, the HF engine, plain
+  decoding): while the engine decodes, calls of the same group that arrive join its loop between
+  two forward passes, from the front of the queue, up to ``max_batch_rows`` live rows, and every
+  caller gets its rows back the moment they end, not when the call's longest row ends (the
+  round-level merge above left the decode iterations 55 % full at 8 clients:
+  docs/benchmarks/README.md, server-concurrency). A call whose engine call fails after others
+  joined it puts them back at the front of the queue;
 - each caller gets exactly its rows back (greedy output of a problem is the same alone or in a
   batch: the HF engine's padded layout keeps every row's positions and attention);
 - an engine error in a merged call is retried call by call, so only the caller whose rows
@@ -64,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lookahead.config import SamplingParams
-from lookahead.engines.base import Engine, EngineBase, merge_key_parts
+from lookahead.engines.base import DecodeStats, Engine, EngineBase, RowRequest, merge_key_parts
 from lookahead.errors import GenerationCancelled
 from lookahead.types import Completion
 
@@ -95,7 +103,7 @@ class _Call:
 class BatcherStats:
     """Counters since the batcher started (they only grow)."""
 
-    calls: int = 0  # engine calls run (count)
+    calls: int = 0  # engine calls started (count; a failed merged call and its call-by-call retries each count)
     rows: int = 0  # rows in those calls (rows)
     merged_calls: int = 0  # calls that carried more than one caller's call (count)
     max_rows: int = 0  # most rows in one call (rows)
@@ -104,6 +112,9 @@ class BatcherStats:
     row_tokens: int = 0  # tokens the rows of merged generate calls produced (tokens)
     slot_tokens: int = 0  # rows x the longest row's tokens, summed over those calls (tokens)
     busy_s: float = 0.0  # seconds the driver spent in engine calls (s)
+    passes: int = 0  # decode iterations (forward passes) of the generate calls (passes)
+    joined_calls: int = 0  # calls that joined an engine call already running (count)
+    peak_rows: int = 0  # most rows decoding in one pass of a generate call (rows)
 
 
 @dataclass(eq=False)
@@ -274,41 +285,102 @@ class Batcher:
     def _run(self, lane: _Lane, batch: list[_Call]) -> None:
         rows = sum(len(c.rows) for c in batch)
         start = time.perf_counter()
+        with self._cond:  # counted before any caller can see its rows (a joining call hands them out as they end)
+            self.stats.calls += 1
+            self.stats.rows += rows
+            self.stats.merged_calls += int(len(batch) > 1)
+            self.stats.max_rows = max(self.stats.max_rows, rows)
         try:
             out = batch[0].run(batch)
-            if len(out) != rows:
+            if out is not DELIVERED and len(out) != rows:
                 raise RuntimeError(f"the engine returned {len(out)} rows for {rows}")
         except BaseException as exc:  # noqa: BLE001 -- handed to the callers, never lost in this thread
-            if len(batch) > 1:
-                for call in batch:  # find the call that raises: only its caller gets the error
+            undelivered = [call for call in batch if not call.future.done()]
+            if len(undelivered) > 1:
+                for call in undelivered:  # find the call that raises: only its caller gets the error
                     self._run(lane, [call])
-            else:
-                batch[0].future.set_exception(exc)
-            self._finish(lane, start, 0, [])
+            elif undelivered:
+                undelivered[0].future.set_exception(exc)
+            self._finish(lane, start)
             return
-        self._finish(lane, start, rows, batch)
+        self._finish(lane, start)
+        if out is DELIVERED:
+            return
         at = 0
         for call in batch:
             call.future.set_result(out[at : at + len(call.rows)])
             at += len(call.rows)
 
-    def _finish(self, lane: _Lane, start: float, rows: int, batch: list[_Call]) -> None:
+    def _finish(self, lane: _Lane, start: float) -> None:
         with self._cond:
             self.stats.busy_s += time.perf_counter() - start
-            if rows:
-                self.stats.calls += 1
-                self.stats.rows += rows
-                self.stats.merged_calls += int(len(batch) > 1)
-                self.stats.max_rows = max(self.stats.max_rows, rows)
             lane.running = []
             lane.finished_at = time.monotonic()
             self._cond.notify_all()
 
-    def count_tokens(self, row_tokens: int, slot_tokens: int) -> None:
-        """Count one generate call's tokens: produced, and rows x its longest row (see ``fill``)."""
+    def join(self, engine: int, group: tuple[Any, ...], live_rows: int, eligible: Callable[[_Call], bool]) -> list[_Call]:
+        """Calls that join ``engine``'s running call of ``group`` now: from the FRONT of its queue
+        while they are of that group and ``eligible``, up to ``max_batch_rows`` live rows (a call
+        of another group at the front stops it: first come, first served)."""
+        with self._cond:
+            lane = self._lanes.get(engine)
+            if lane is None or self._closed:
+                return []
+            taken: list[_Call] = []
+            free = self.max_batch_rows - live_rows
+            now = time.monotonic()
+            while lane.pending:
+                call = lane.pending[0]
+                if call.cancel is not None and call.cancel.is_set():
+                    lane.pending.popleft()
+                    self.stats.cancelled += 1
+                    call.future.set_exception(GenerationCancelled("the generation was cancelled while its call waited"))
+                    continue
+                if call.group != group or len(call.rows) > free or not eligible(call):
+                    break
+                lane.pending.popleft()
+                free -= len(call.rows)
+                self.stats.wait_s += now - call.enqueued
+                self.stats.rows += len(call.rows)
+                self.stats.joined_calls += 1
+                lane.running.append(call)
+                taken.append(call)
+            return taken
+
+    def deliver(self, call: _Call, out: list[Any] | BaseException) -> None:
+        """Hand ``call`` its rows (or its error) while its engine call goes on for others."""
+        if isinstance(out, BaseException):
+            call.future.set_exception(out)
+        else:
+            call.future.set_result(out)
+        with self._cond:
+            lane = self._lanes.get(call.engine)
+            if lane is not None and call in lane.running:
+                lane.running.remove(call)
+            self._cond.notify_all()
+
+    def requeue(self, calls: Sequence[_Call]) -> None:
+        """Put calls that joined a failed engine call back at the front of their queue, in order."""
+        with self._cond:
+            for call in reversed(calls):
+                lane = self._lanes.get(call.engine)
+                if lane is None:
+                    continue
+                if call in lane.running:
+                    lane.running.remove(call)
+                self.stats.rows -= len(call.rows)
+                self.stats.joined_calls -= 1
+                lane.pending.appendleft(call)
+            self._cond.notify_all()
+
+    def count_tokens(self, row_tokens: int, slot_tokens: int, passes: int = 0, peak_rows: int = 0) -> None:
+        """Count one generate call's work: tokens produced (row-passes), rows x its passes at its
+        peak (see ``fill``), its decode passes and the most rows one of them carried."""
         with self._cond:
             self.stats.row_tokens += row_tokens
             self.stats.slot_tokens += slot_tokens
+            self.stats.passes += passes
+            self.stats.peak_rows = max(self.stats.peak_rows, peak_rows)
 
     def snapshot(self) -> dict[str, Any]:
         """The counters and the queue now (plain JSON types, for /metrics and logs)."""
@@ -322,11 +394,16 @@ class Batcher:
                 "max_rows": s.max_rows,
                 "cancelled": s.cancelled,
                 "queue_wait_s": round(s.wait_s, 3),
-                # how full the calls' decode iterations were: a row that ends early waits for the
-                # longest row of its call (round-level batching), so 1.0 = all rows equally long
+                # how full the calls' decode passes were: live rows / (passes x the call's peak rows);
+                # below 1 when a call's rows end at different times and no caller joins to fill them
                 "fill": round(s.row_tokens / s.slot_tokens, 3) if s.slot_tokens else 1.0,
                 "row_tokens": s.row_tokens,
                 "slot_tokens": s.slot_tokens,
+                # rows decoding together, averaged over the decode passes
+                "live_rows": round(s.row_tokens / s.passes, 3) if s.passes else 0.0,
+                "passes": s.passes,
+                "joined_calls": s.joined_calls,
+                "peak_rows": s.peak_rows,
                 "busy_s": round(s.busy_s, 3),
                 "waiting_calls": sum(len(lane.pending) for lane in self._lanes.values()),
                 "clients": self._clients,
@@ -351,6 +428,7 @@ class Batcher:
 
 
 _exclusive = itertools.count()  # a fresh group for calls that must run alone
+DELIVERED = object()  # what a call's ``run`` returns when it handed every caller its rows itself
 
 
 class BatchingEngine(EngineBase):
@@ -399,7 +477,12 @@ class BatchingEngine(EngineBase):
             return []
         speculate = bool(speculate)
 
-        def run(batch: list[_Call]) -> list[Completion]:
+        group = (id(self), "generate", stops, speculate)
+        joining = not speculate and callable(getattr(self.inner, "generate_requests", None))
+
+        def run(batch: list[_Call]) -> list[Completion] | object:
+            if joining and all(_unseeded(c) for c in batch):
+                return self._run_joining(batch, group, stops)
             rows = [p for c in batch for p in c.rows]
             extra = [p for c in batch for p in c.extra]
             start = time.perf_counter()
@@ -410,8 +493,31 @@ class BatchingEngine(EngineBase):
             self._observe(len(rows), time.perf_counter() - start, out)
             return out
 
-        group = (id(self), "generate", stops, speculate)
         return self._submit(group, prompts, per_row, run)
+
+    def _run_joining(self, batch: list[_Call], group: tuple[Any, ...], stops: tuple[str, ...]) -> object:
+        """One joining decode loop (module docstring): ``batch`` starts it, later calls of
+        ``group`` join it, each caller is handed its rows when they end."""
+        joined: list[_Call] = []
+
+        def request(call: _Call) -> RowRequest:
+            return RowRequest(list(call.rows), list(call.extra), lambda out: self.batcher.deliver(call, out))
+
+        def join(live_rows: int) -> list[RowRequest]:
+            calls = self.batcher.join(id(self), group, live_rows, _unseeded)
+            joined.extend(calls)
+            return [request(c) for c in calls]
+
+        start = time.perf_counter()
+        try:
+            stats: DecodeStats = self.inner.generate_requests([request(c) for c in batch], stop=list(stops), join=join)
+        except BaseException:
+            self.batcher.requeue([c for c in joined if not c.future.done()])
+            raise
+        self.batcher.count_tokens(stats.row_passes, stats.passes * stats.peak_rows, stats.passes, stats.peak_rows)
+        if stats.passes and stats.peak_rows:
+            self._observe_cost(stats.peak_rows, (time.perf_counter() - start) / stats.passes)
+        return DELIVERED
 
     def next_token_logprobs(
         self, prompts: Sequence[str], candidates: Sequence[str], *, max_batch: int = 16
@@ -477,9 +583,13 @@ class BatchingEngine(EngineBase):
 
     def _observe(self, rows: int, seconds: float, out: Sequence[Completion]) -> None:
         iterations = max((c.completion_tokens for c in out), default=0)
-        self.batcher.count_tokens(sum(c.completion_tokens for c in out), rows * iterations)
+        self.batcher.count_tokens(sum(c.completion_tokens for c in out), rows * iterations, iterations, rows)
         if iterations > 0 and seconds > 0:
-            per = seconds / iterations
+            self._observe_cost(rows, seconds / iterations)
+
+    def _observe_cost(self, rows: int, per: float) -> None:
+        """One merged call's seconds per decode iteration at ``rows`` rows, into the EMA."""
+        if per > 0:
             old = self._costs.get(rows)
             self._costs[rows] = per if old is None else old + COST_EMA * (per - old)
 
@@ -502,6 +612,12 @@ class BatchingEngine(EngineBase):
 
     def shutdown(self) -> None:
         self.inner.shutdown()
+
+
+def _unseeded(call: _Call) -> bool:
+    """May ``call`` share a joining loop? Not with a seed: seeding the engine's generator would
+    change the other rows' samples (such a call runs in a merged call of its own kind)."""
+    return all(getattr(p, "seed", None) is None for p in call.extra)
 
 
 def unwrapped(engine: Engine) -> Engine:

@@ -421,8 +421,9 @@ class Health(_Exact):
     max_concurrency: int = Field(description="Most requests running at once (--max-concurrency).")
     max_queue: int = Field(description="Most requests waiting beyond those (--max-queue); more get 429.")
     batches: dict[str, float] = Field(
-        description="The in-process batcher's counters: engine calls, rows, merged calls, mean and max rows, "
-        "cancelled calls, seconds queued and busy, calls waiting, clients."
+        description="The in-process batcher's counters: engine calls, rows, merged calls, calls that joined a "
+        "running decode loop, mean and max rows, rows decoding together per pass, cancelled calls, seconds "
+        "queued and busy, calls waiting, clients."
     )
     caches: dict[str, dict[str, int]] = Field(
         description="Per loaded engine (target, draft), what its caches hold next to their bounds "

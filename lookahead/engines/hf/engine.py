@@ -19,7 +19,15 @@ delimiter). The loop therefore:
    ``max_new_tokens``), so the remaining rows decode at a smaller batch size (or a cheaper
    larger one: `lookahead.engines.hf.batch_costs`);
 4. checks stop strings on a short decoded tail of each row, and decodes the whole row only when a
-   stop string may have appeared.
+   stop string may have appeared;
+5. lets rows **join the running loop** (`HFEngine.generate_requests`, used by the reasoner's
+   batcher): between two forward passes it asks for more callers' rows, prefills them and appends
+   them to the batch (the shorter of the two caches is left-padded with masked columns; positions
+   are explicit, so a joined row decodes as it would alone), and hands each caller its completions
+   the moment its last row ends, remembering the row for the prefix cache at once. Without it a
+   step that ends early leaves its caller waiting for the call's longest row, and a caller that
+   arrives during a call waits for the whole call (token-level continuous batching; plain decoding
+   only, not token speculation).
 
 Rows have different prompt lengths after the shared prefix. They are padded at the END of their
 prompt suffix (layout ``[shared prefix][suffix_i][pads][generated...]``): pads are masked out of
@@ -78,7 +86,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +95,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
 from lookahead.config import CopyConfig, EngineConfig, SamplingParams, SpeculationConfig
-from lookahead.engines.base import EngineBase, check_prompts, row_params
+from lookahead.engines.base import DecodeStats, EngineBase, RowRequest, check_prompts, row_params
 from lookahead.engines.hf import text as hf_text
 from lookahead.engines.hf.batch_costs import BatchCostCurve, plan_batch
 from lookahead.engines.hf.logprobs import label_logprobs_of
@@ -145,6 +153,8 @@ class _Row:
     spec_accepted: int = 0  # of those, accepted and used by the row (tokens)
     spec_passes: int = 0  # verification forward passes this row took part in (passes)
     cached: int = 0  # prompt tokens whose KV came from the prefix cache (tokens)
+    owner: RowRequest | None = None  # the caller's request it belongs to (generate_requests only)
+    started: float = 0.0  # perf_counter when the row entered the loop (s)
 
 
 @dataclass
@@ -407,6 +417,52 @@ class HFEngine(EngineBase):
         self.remembered.remember(remembered)
         return [row.completion for row in rows]
 
+    def generate_requests(
+        self,
+        requests: Sequence[RowRequest],
+        stop: Sequence[str] = (),
+        join: Callable[[int], list[RowRequest]] | None = None,
+    ) -> DecodeStats:
+        """Plain decoding of several callers' rows in one loop that others may join.
+
+        Each request's ``deliver`` gets its completions as soon as its last row ends (or its
+        PromptError, alone); between forward passes ``join(live_rows)`` may return more requests,
+        which are prefilled and appended to the running batch (module docstring, point 5). A row
+        that ends is remembered for the prefix cache at once, so the caller's next step reuses it.
+        An error of the loop itself is raised after the undelivered requests are left alone (the
+        caller decides what to do with them).
+        """
+        started = time.perf_counter()
+        if self.model is None:
+            raise RuntimeError(f"engine {self.name} was shut down")
+        stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+        rows = [row for request in requests for row in self._request_rows(request, started)]
+        stats = DecodeStats()
+        if not rows:
+            return stats
+        self._maybe_reseed([row.params for row in rows])
+        try:
+            with torch.inference_mode():
+                self._decode(rows, stops, started, join=join, stats=stats)
+        except BaseException:
+            self.remembered.clear()
+            raise
+        return stats
+
+    def _request_rows(self, request: RowRequest, started: float) -> list[_Row]:
+        """The rows of ``request``, owned by it; a prompt that cannot run is delivered as its error."""
+        try:
+            rows = self._rows(check_prompts(request.prompts), row_params(request.params, len(request.prompts)))
+        except (PromptError, ConfigError, ValueError) as exc:  # this caller's input: its error alone
+            request.deliver(exc)
+            return []
+        for row in rows:
+            row.owner, row.started = request, started
+        request.rows, request.left = rows, len(rows)
+        if not rows:
+            request.deliver([])
+        return rows
+
     # ---- logprob judging (capability of `EngineBase`) -----------------------------------------
 
     def next_token_logprobs(
@@ -575,8 +631,11 @@ class HFEngine(EngineBase):
         started: float,
         speculate: bool = False,
         drafter: PreTrainedModel | None = None,
+        join: Callable[[int], list[RowRequest]] | None = None,
+        stats: DecodeStats | None = None,
     ) -> list[RememberedRow]:
-        """Prefill and decode every row; fill ``row.completion``; return the rows' KV for reuse.
+        """Prefill and decode every row; fill ``row.completion``; return the rows' KV for reuse
+        (rows owned by a `RowRequest` are remembered and delivered as they end instead).
 
         Each iteration of the loop is one forward pass of the target over every batch position:
         without speculation it feeds each row's last token (`_plain_step`); with it (a
@@ -587,16 +646,48 @@ class HFEngine(EngineBase):
         batch = self._prefill(rows, drafter)
         window = max([MIN_STOP_WINDOW] + [len(s.encode("utf-8")) + 2 for s in stops])
         remembered: list[RememberedRow] = []
+        stats = stats if stats is not None else DecodeStats()
         while True:
+            if join is not None and not speculate:
+                self._join(batch, join(len(batch.live())), stats)
             next_token = self._commit(batch, stops, window, started, remembered)
-            if not batch.live():
+            live = len(batch.live())
+            if not live:
                 return remembered
+            stats.passes += 1
+            stats.row_passes += live
+            stats.peak_rows = max(stats.peak_rows, live)
             if batch.replan:
                 next_token = self._replan(batch, next_token)
+                if join is not None:
+                    _crop_leading_columns(batch)  # rows that left may leave columns no live row uses
             if speculate:
                 self._verification_pass(batch, next_token, drafter)
             else:
                 self._plain_step(batch, next_token)
+
+    def _join(self, batch: _Batch, requests: list[RowRequest], stats: DecodeStats) -> None:
+        """Prefill ``requests``' rows and append them to the running batch (first tokens in ``emitted``)."""
+        if not requests:
+            return
+        started = time.perf_counter()
+        rows = [row for request in requests for row in self._request_rows(request, started)]
+        if not rows:
+            return
+        new = self._prefill(rows, None)
+        old_len, new_len = batch.mask.shape[1], new.mask.shape[1]
+        _left_pad(batch, new_len - old_len)
+        _left_pad(new, old_len - new_len)
+        for layer, joined in zip(batch.cache.layers, new.cache.layers, strict=True):
+            layer.keys = torch.cat([layer.keys, joined.keys], dim=0)
+            layer.values = torch.cat([layer.values, joined.values], dim=0)
+        batch.mask = torch.cat([batch.mask, new.mask], dim=0)
+        batch.next_pos = torch.cat([batch.next_pos, new.next_pos], dim=0)
+        batch.slots.extend(new.slots)
+        batch.emitted.extend(new.emitted)
+        batch.accepted.extend(new.accepted)
+        batch.replan = True
+        stats.joined_rows += len(rows)
 
     def _commit(
         self, batch: _Batch, stops: list[str], window: int, started: float, remembered: list[RememberedRow]
@@ -608,7 +699,7 @@ class HFEngine(EngineBase):
             if row is None:
                 continue
             for n, token in enumerate(batch.emitted[j], start=1):
-                if self._advance(row, token, stops, window, started):
+                if self._advance(row, token, stops, window, row.started or started):
                     batch.replan = True
                     row.spec_accepted += min(n, batch.accepted[j])
                     row.completion.cached_tokens = row.cached
@@ -618,8 +709,16 @@ class HFEngine(EngineBase):
                     if self.remembered.enabled:
                         # accepted tokens after the one that ended the row are in the cache too
                         extra = batch.accepted[j] - (n - 1)
-                        remembered.append(capture_row(batch.cache, batch.draft_cache, batch.mask, j, row.fed_ids, extra))
+                        captured = capture_row(batch.cache, batch.draft_cache, batch.mask, j, row.fed_ids, extra)
+                        if row.owner is None:
+                            remembered.append(captured)
+                        else:
+                            self.remembered.remember([captured])  # its caller's next step starts from it
                     batch.slots[j] = None
+                    if row.owner is not None:
+                        row.owner.left -= 1
+                        if not row.owner.left:
+                            row.owner.deliver([r.completion for r in row.owner.rows])
                     break
             else:
                 row.spec_accepted += batch.accepted[j]
@@ -992,3 +1091,28 @@ class HFEngine(EngineBase):
                 proposals[j].append(token)
                 column[j] = token
         return proposals, draft_probs
+
+
+def _crop_leading_columns(batch: _Batch) -> None:
+    """Drop the leading cache columns that every position masks: under steady joining a loop runs
+    on while rows come and go, and without this its cache would keep the columns of rows long gone."""
+    used = batch.mask.any(dim=0).nonzero()
+    first = int(used.min()) if used.numel() else 0
+    if first > 0:
+        batch.mask = batch.mask[:, first:]
+        for layer in batch.cache.layers:
+            layer.keys = layer.keys[:, :, first:, :]
+            layer.values = layer.values[:, :, first:, :]
+
+
+def _left_pad(batch: _Batch, columns: int) -> None:
+    """Prepend ``columns`` masked cache columns to every position of ``batch`` (no-op for <= 0):
+    keys carry their rotary positions already, so only the mask must say the columns are empty."""
+    if columns <= 0:
+        return
+    for layer in batch.cache.layers:
+        keys, values = layer.keys, layer.values
+        pad = keys.new_zeros((keys.shape[0], keys.shape[1], columns, keys.shape[3]))
+        layer.keys = torch.cat([pad, keys], dim=2)
+        layer.values = torch.cat([values.new_zeros((values.shape[0], values.shape[1], columns, values.shape[3])), values], dim=2)
+    batch.mask = torch.cat([batch.mask.new_zeros((batch.mask.shape[0], columns)), batch.mask], dim=1)
