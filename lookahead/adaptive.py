@@ -33,9 +33,13 @@ overhead is ``extra / interval`` of ar time. With ``interval >= extra / probe_bu
 overhead stays at most ``probe_budget`` (default 2%, well under the 5% target). Once probes have
 run, ``extra`` is at least their measured cost (seconds over an ar round's, an EMA): the model
 leaves out that a 2-row call lasts as long as its longer row, and bench-default measured probes
-at about twice its figure. Each failed probe (nothing accepted) doubles the interval (up to
-`MAX_PROBE_INTERVAL`), an accepted one halves it: one accepted probe at a low acceptance is no
-sign that acceptance rose, several in a row are.
+at about twice its figure. Each failed probe (nothing accepted) doubles the interval, up to
+``2**MAX_PROBE_BACKOFF`` times the budget's interval; an accepted one halves it: one accepted
+probe at a low acceptance is no sign that acceptance rose, several in a row are. The backoff is
+capped because probes are the only way back from γ = 0: at acceptance 0.5 (paper profile,
+`lookahead simulate`) five unlucky probes had put the depth-1 estimate under break-even, and an
+uncapped interval (up to 1024 rounds) never let later probes lift it, so the policy ran `ar`
+rounds where γ = 1-2 would pay 1.1x. At the cap, probes cost at most a quarter of the budget.
 
 Load: ``choose(load=n, batch_costs=curve)`` is given the rows of other problems that the round's
 target call would share its batch with (`lookahead.engines.base.EngineBase.occupancy`) and the
@@ -69,6 +73,7 @@ HORIZON = 200.0  # trials per depth after which old rounds fade (rounds)
 EMA = 0.1  # weight of a new measurement in the cost averages
 MIN_PROBE_INTERVAL = 8  # fewest ar rounds between two probes (rounds)
 MAX_PROBE_INTERVAL = 1024  # most ar rounds between two probes, after backoff (rounds)
+MAX_PROBE_BACKOFF = 2  # failed probes in a row that still lengthen the interval: at most 4x the budget's (count)
 
 
 @dataclass(frozen=True)
@@ -270,7 +275,8 @@ class AdaptiveGamma:
                 self._learn_probe_cost(outcome.draft_s + outcome.target_s + outcome.verify_s)
                 # a failed probe doubles the interval; an accepted one halves it (one accepted
                 # probe at a low acceptance is no sign that acceptance rose; several in a row are)
-                self._probe_failures = self._probe_failures + 1 if run == 0 else max(self._probe_failures - 1, 0)
+                self._probe_failures = (min(self._probe_failures + 1, MAX_PROBE_BACKOFF) if run == 0
+                                        else max(self._probe_failures - 1, 0))
             self._learn_costs(outcome)
 
     def _learn_costs(self, outcome: RoundOutcome) -> None:

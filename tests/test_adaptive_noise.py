@@ -32,3 +32,24 @@ def test_probes_that_cost_more_than_the_model_says_come_less_often():
         pass  # the ar rounds before the next probe
     policy.observe(1, 0, [False], 0.1, 2.9, 2, 0.0, draft_tokens=10, target_tokens=20)  # the probe: 3 s
     assert policy.snapshot()["probe_interval"] >= 100  # extra 2.0 ar rounds / 2% (then doubled)
+
+
+def test_failed_probes_lengthen_the_interval_at_most_fourfold():
+    """Found by `lookahead simulate` (paper profile, α = 0.5): unlucky early probes doubled the
+    interval without bound (to 1024 rounds), so the estimate never recovered and γ stayed 0 where
+    γ = 1 pays. The backoff stops at 4x the budget's interval; an accepted probe shortens it again."""
+    policy = AdaptiveGamma(max_gamma=1)
+    policy.observe(1, 0, [False], 0.1, 1.2, 2, 0.0, draft_tokens=10, target_tokens=20)  # warm-up: costs known
+    policy.observe(0, 0, [], 0.0, 1.0, 1, 0.0, target_tokens=10)
+    base = policy.snapshot()["probe_interval"]  # the budget's interval: 16 ar rounds here
+    lengths = []
+    for _ in range(8):  # eight rounds at γ = 1 in a row, none accepted
+        while policy.choose() == 0:
+            policy.observe(0, 0, [], 0.0, 1.0, 1, 0.0, target_tokens=10)
+        policy.observe(1, 0, [False], 0.1, 1.2, 2, 0.0, draft_tokens=10, target_tokens=20)
+        lengths.append(policy.snapshot()["probe_interval"])
+    assert lengths[-1] == 4 * base and max(lengths) == 4 * base  # uncapped: 2**7 x base
+    while policy.choose() == 0:
+        policy.observe(0, 0, [], 0.0, 1.0, 1, 0.0, target_tokens=10)
+    policy.observe(1, 1, [True, False], 0.1, 1.2, 2, 0.0, draft_tokens=10, target_tokens=20)  # accepted
+    assert policy.snapshot()["probe_interval"] == 2 * base
