@@ -32,3 +32,8 @@ class DataError(LookaheadError):
 class GenerationCancelled(LookaheadError):
     """The generation was cancelled (a closed stream, a disconnected client, a second Ctrl-C) while
     an engine call of it waited; the reasoner ends it with finish reason "cancelled"."""
+
+
+class PeerError(LookaheadError):
+    """A peer's own library (llama.cpp, transformers) failed on one problem; the eval records it as
+    that problem's error and goes on."""

@@ -236,3 +236,38 @@ def test_llama_cpp_peers_on_the_embedded_gguf():
             result = peers.get(name).generate("What is 12 + 30? Answer briefly.")
             assert result.text and 0 < result.completion_tokens <= 96 + 2
             assert result.finish_reason in ("answer", "eos", "length") and result.stats["spec_verify_passes"] is None
+
+
+def test_a_llama_cpp_failure_on_one_problem_is_that_problems_peer_error(models):
+    """llama-cpp-python raised ValueError in the middle of a bench (its prompt-lookup path overran a
+    buffer) and the traceback ended the whole run; it is now a PeerError, which the harness turns
+    into that problem's error record, and the peer starts every problem from a reset state."""
+    from lookahead.engines.hf import HFEngine
+    from lookahead.errors import PeerError
+    from lookahead.eval.peers import LlamaCppPeer
+
+    class Failing:
+        resets = 0
+
+        def reset(self):
+            self.resets += 1
+
+        def tokenize(self, text, add_bos=False, special=True):
+            return list(range(5))
+
+        def n_ctx(self):
+            return 4096
+
+        def create_completion(self, ids, **kwargs):
+            def stream():
+                yield {"choices": [{"text": "Step one", "finish_reason": None}]}
+                raise ValueError("could not broadcast input array from shape (540672,) into shape (294912,)")
+            return stream()
+
+    cfg = tiny_cfg(models)
+    peer = LlamaCppPeer.__new__(LlamaCppPeer)
+    peer.name, peer.config, peer.options, peer.llm = "llamacpp-lookup", cfg, {}, Failing()
+    peer.target = HFEngine.from_config(cfg.target)
+    with pytest.raises(PeerError, match="llamacpp-lookup.*could not broadcast"):
+        peer.generate("What is 1 + 1?")
+    assert peer.llm.resets == 1

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lookahead.answers import extract_answer
 from lookahead.config import EngineConfig, LookaheadConfig, SamplingParams, configured
-from lookahead.errors import ConfigError, ModelLoadError, PromptError
+from lookahead.errors import ConfigError, ModelLoadError, PeerError, PromptError
 from lookahead.prompts import build_messages
 from lookahead.stats import RoundStats
 from lookahead.steps import split_steps
@@ -673,6 +673,10 @@ class LlamaCppPeer:
             sampling["seed"] = int(seed if seed is not None else params.seed)
         rule = _stop_rule(cfg)
         text, ended = "", "length"
+        # no state from the previous problem: llama-cpp-python 0.3.36 reused it after a stream that
+        # was closed early (the stop rule) and its prompt-lookup path then overran its score buffer
+        # ("could not broadcast input array from shape (540672,) into shape (294912,)")
+        self.llm.reset()
         start = time.perf_counter()
         stream = self.llm.create_completion(ids, max_tokens=budget, stop=[], stream=True, **sampling)
         try:
@@ -683,6 +687,8 @@ class LlamaCppPeer:
                     break
                 if choice.get("finish_reason"):
                     ended = "eos" if choice["finish_reason"] == "stop" else "length"  # stop=[]: "stop" is EOS
+        except (ValueError, RuntimeError) as exc:  # the library's own failure: this problem's error record
+            raise PeerError(f"peer:{self.name}: llama.cpp failed on this problem: {exc}") from None
         finally:
             stream.close()
         wall = time.perf_counter() - start

@@ -453,7 +453,7 @@ class HFEngine(EngineBase):
         """The rows of ``request``, owned by it; a prompt that cannot run is delivered as its error."""
         try:
             rows = self._rows(check_prompts(request.prompts), row_params(request.params, len(request.prompts)))
-        except (PromptError, ConfigError, ValueError) as exc:  # this caller's input: its error alone
+        except (PromptError, ConfigError, ValueError, TypeError) as exc:  # this caller's input: its error alone
             request.deliver(exc)
             return []
         for row in rows:
