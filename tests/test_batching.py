@@ -44,9 +44,9 @@ def test_greedy_text_under_concurrency_equals_the_text_alone(model, other_model,
     together = hf_reasoner(model, other_model, tok, gamma=2)
     outcomes = run_many(together, [Job(q, mode) for q in QUESTIONS], concurrency=len(QUESTIONS))
     assert [o.result.text for o in outcomes] == expected
+    together.close()  # its driver threads end after their loops counted their figures
     stats = together.batcher.snapshot()
     assert stats["merged_calls"] + stats["joined_calls"] > 0 and stats["peak_rows"] > (3 if "lr" in mode else 1)
-    together.close()
 
 
 def test_adaptive_and_pipelined_rounds_under_concurrency_keep_the_text(model, other_model, tok):
@@ -389,6 +389,9 @@ def test_a_call_joins_the_running_decode_loop_and_returns_when_its_rows_end(mode
         t.join(30)
     assert {k: v[0] for k, v in done.items()} == alone
     assert done["short"][1] < done["long"][1]  # handed back as its rows ended, not with the long row
+    deadline = time.monotonic() + 10
+    while not wrapped.batcher.snapshot()["passes"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the loop's figures are counted when it ends, after it handed back the rows
     stats = wrapped.batcher.snapshot()
     assert stats["joined_calls"] == 1 and stats["calls"] == 1 and stats["peak_rows"] == 2
     wrapped.batcher.close()
