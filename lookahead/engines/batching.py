@@ -262,10 +262,7 @@ class Batcher:
 
     def _pick(self, lane: _Lane) -> tuple[list[_Call], float | None]:
         """The calls of ``lane`` to run now (lock held), or ([], seconds to wait)."""
-        for call in [c for c in lane.pending if c.cancel is not None and c.cancel.is_set()]:
-            lane.pending.remove(call)
-            self.stats.cancelled += 1
-            call.future.set_exception(GenerationCancelled("the generation was cancelled while its call waited"))
+        self._drop_cancelled(lane)
         if not lane.pending:
             return [], None
         first = lane.pending[0]
@@ -281,6 +278,13 @@ class Batcher:
             batch.append(call)
             taken += len(call.rows)
         return batch, None
+
+    def _drop_cancelled(self, lane: _Lane) -> None:
+        """Fail and remove the waiting calls of ``lane`` whose caller was cancelled (lock held)."""
+        for call in [c for c in lane.pending if c.cancel is not None and c.cancel.is_set()]:
+            lane.pending.remove(call)
+            self.stats.cancelled += 1
+            call.future.set_exception(GenerationCancelled("the generation was cancelled while its call waited"))
 
     def _run(self, lane: _Lane, batch: list[_Call]) -> None:
         rows = sum(len(c.rows) for c in batch)
@@ -326,16 +330,12 @@ class Batcher:
             lane = self._lanes.get(engine)
             if lane is None or self._closed:
                 return []
+            self._drop_cancelled(lane)
             taken: list[_Call] = []
             free = self.max_batch_rows - live_rows
             now = time.monotonic()
             while lane.pending:
                 call = lane.pending[0]
-                if call.cancel is not None and call.cancel.is_set():
-                    lane.pending.popleft()
-                    self.stats.cancelled += 1
-                    call.future.set_exception(GenerationCancelled("the generation was cancelled while its call waited"))
-                    continue
                 if call.group != group or len(call.rows) > free or not eligible(call):
                     break
                 lane.pending.popleft()

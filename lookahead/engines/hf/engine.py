@@ -1110,9 +1110,9 @@ def _left_pad(batch: _Batch, columns: int) -> None:
     keys carry their rotary positions already, so only the mask must say the columns are empty."""
     if columns <= 0:
         return
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t.new_zeros((t.shape[0], t.shape[1], columns, t.shape[3])), t], dim=2)
+
     for layer in batch.cache.layers:
-        keys, values = layer.keys, layer.values
-        pad = keys.new_zeros((keys.shape[0], keys.shape[1], columns, keys.shape[3]))
-        layer.keys = torch.cat([pad, keys], dim=2)
-        layer.values = torch.cat([values.new_zeros((values.shape[0], values.shape[1], columns, values.shape[3])), values], dim=2)
+        layer.keys, layer.values = padded(layer.keys), padded(layer.values)
     batch.mask = torch.cat([batch.mask.new_zeros((batch.mask.shape[0], columns)), batch.mask], dim=1)
