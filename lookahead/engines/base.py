@@ -93,7 +93,6 @@ class DecodeStats:
     passes: int = 0  # forward passes after the prefill (passes)
     row_passes: int = 0  # live rows summed over those passes (row-passes)
     peak_rows: int = 0  # most live rows in one pass (rows)
-    joined_rows: int = 0  # rows that joined the running loop (rows)
 
 
 @runtime_checkable

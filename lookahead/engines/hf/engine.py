@@ -649,7 +649,7 @@ class HFEngine(EngineBase):
         stats = stats if stats is not None else DecodeStats()
         while True:
             if join is not None and not speculate:
-                self._join(batch, join(len(batch.live())), stats)
+                self._join(batch, join(len(batch.live())))
             next_token = self._commit(batch, stops, window, started, remembered)
             live = len(batch.live())
             if not live:
@@ -666,7 +666,7 @@ class HFEngine(EngineBase):
             else:
                 self._plain_step(batch, next_token)
 
-    def _join(self, batch: _Batch, requests: list[RowRequest], stats: DecodeStats) -> None:
+    def _join(self, batch: _Batch, requests: list[RowRequest]) -> None:
         """Prefill ``requests``' rows and append them to the running batch (first tokens in ``emitted``)."""
         if not requests:
             return
@@ -687,7 +687,6 @@ class HFEngine(EngineBase):
         batch.emitted.extend(new.emitted)
         batch.accepted.extend(new.accepted)
         batch.replan = True
-        stats.joined_rows += len(rows)
 
     def _commit(
         self, batch: _Batch, stops: list[str], window: int, started: float, remembered: list[RememberedRow]
@@ -1110,6 +1109,7 @@ def _left_pad(batch: _Batch, columns: int) -> None:
     keys carry their rotary positions already, so only the mask must say the columns are empty."""
     if columns <= 0:
         return
+
     def padded(t: torch.Tensor) -> torch.Tensor:
         return torch.cat([t.new_zeros((t.shape[0], t.shape[1], columns, t.shape[3])), t], dim=2)
 
