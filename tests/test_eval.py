@@ -381,3 +381,28 @@ def test_folder_written_with_a_secret_in_clear_resumes_and_loses_it(tmp_path):
     new = {"task": "t", "config": {"target": {"api_key": "***"}}, "command": "lookahead eval --set target.api_key=***"}
     h.open_output(out, new).close()
     assert "sk-OLD" not in (out / h.RUN_FILE).read_text(encoding="utf-8")
+
+
+def test_a_concurrent_runner_runs_each_run_as_its_own_block(tmp_path):
+    """--concurrency K: each run's jobs go to the runner as one block (K in flight), never mixed with
+    another run's, so a run's wall times are its own under that load; plan order is kept within a block."""
+    from lookahead.loop import LookaheadReasoner
+
+    cfg = load_config("tiny")
+    source = resolve_task(f"jsonl:{write_jsonl(tmp_path / 's.jsonl', ROWS)}", question_field="q", answer_field="sol")
+    problems = load_problems(source)
+    runs = h.parse_run_specs("ar,lr[gamma=1],sd", cfg)
+    jobs = h.plan_jobs(problems, runs, 1, cfg, source.name)
+    blocks: list[list[tuple[str, int]]] = []
+
+    def run_jobs(reasoner, batch, on_record):
+        blocks.append([(j.run.label, j.problem.index) for j in batch])
+        for job in batch:
+            on_record(h.execute_job(reasoner, job))
+
+    store = h.RecordStore(tmp_path / "records.jsonl")
+    with LookaheadReasoner.from_config(cfg) as reasoner:
+        h.run_all(reasoner, jobs, store, run_jobs, warmup=False)
+    assert [b[0][0] for b in blocks] == ["ar", "lr[gamma=1]", "sd"]
+    assert all(len({label for label, _ in b}) == 1 and [i for _, i in b] == [0, 1, 2] for b in blocks)
+    assert len(store.records) == 9

@@ -116,6 +116,23 @@ def test_merged_engines_through_the_real_batcher_merge_as_modelled():
     assert real["throughput_tokens_s"] == pytest.approx(modelled["throughput_tokens_s"], rel=0.05)
 
 
+def test_joined_engines_let_calls_join_a_running_loop_through_the_real_batcher():
+    """joined (the HF engine): alone it costs what a merged call costs; under load the batcher joins later calls
+    into the running decode loop (generate_requests, pass by pass), which beats merging per call."""
+    def run(batching, k, spec="ar"):
+        profile = toy(target__batching=batching, draft__batching=batching, target__device="cpu", draft__device="cpu")
+        _, load = profile.workload()
+        cfg = base_config(profile, Script(load, 8))
+        return simulate_run(profile, load, parse_runs(spec, cfg)[0], k, 8, cfg, batcher=True)
+
+    assert run("joined", 1)["makespan_s"] == pytest.approx(run("merged", 1)["makespan_s"], rel=1e-9)
+    assert run("joined", 1, "lr")["makespan_s"] == pytest.approx(run("merged", 1, "lr")["makespan_s"], rel=1e-9)
+    joined, merged = run("joined", 4), run("merged", 4)
+    assert joined["completion_tokens"] == merged["completion_tokens"]
+    assert joined["clock_events"] > 10 * merged["clock_events"]  # one clock event per decode pass
+    assert joined["throughput_tokens_s"] > 1.1 * merged["throughput_tokens_s"]
+
+
 def test_lr_commits_the_ar_text_and_drafts_match_at_the_profile_acceptance():
     """Greedy + exact judge: lr's simulated texts equal ar's; depth-1 acceptance follows the profile's α."""
     profile = toy(workloads__w__acceptance=[0.6], workloads__w__steps=40)
@@ -288,6 +305,16 @@ def test_cli_bad_input_exits_2_with_one_line(args, message, tmp_path):
     assert message in result.output and "Traceback" not in result.output
 
 
+def test_cli_compare_at_a_k_not_simulated_exits_2(tmp_path):
+    """--compare with an eval of 8 problems in flight, but --k 1: one line naming the fix."""
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(TOY))
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"concurrency": 8, "runs": [{"label": "ar", "mean_wall_time_s": 1.0, "speedup": 1.0}]}))
+    result = cli("simulate", "--profile", str(path), "--runs", "ar", "--k", "1", "--problems", "1", "--compare", str(summary))
+    assert result.exit_code == 2 and "add 8 to --k" in result.output and "Traceback" not in result.output
+
+
 def test_cli_bad_profile_file_exits_2(tmp_path):
     """A profile with acceptance outside [0, 1]: one line naming the field, exit 2."""
     data = copy.deepcopy(TOY)
@@ -311,6 +338,27 @@ def test_compare_measured_puts_the_bench_next_to_the_simulation():
     rows = {r["run"]: r for r in compare_measured(report, bench)}
     assert rows["ar"]["error"] == pytest.approx(-0.5, abs=1e-3) and rows["lr"]["error"] == pytest.approx(0.0, abs=1e-3)
     assert report["measured"]["max_abs_error"] == pytest.approx(0.5, abs=1e-3)
+    assert rows["lr"]["speedup_error"] == pytest.approx(0.0, abs=1e-3)  # at K = 1 latency and tokens/s ratios agree
+
+
+def test_compare_under_load_matches_the_evals_k_and_its_latency_speedup():
+    """An eval summary at --concurrency 4 is compared with the simulation at K = 4; its speedup (summed wall
+    times) is set against the simulated mean-latency ratio, and the rows of several files accumulate."""
+    from lookahead.simulate.run import compare_measured
+
+    report = simulate(toy(), runs="ar,lr", ks=[1, 4], problems=8)
+    sim = {(r["run"], r["k"]): r for r in report["runs"]}
+    latency_ratio = sim[("ar", 4)]["latency_mean_s"] / sim[("lr", 4)]["latency_mean_s"]
+    eval_k4 = {"concurrency": 4, "runs": [
+        {"label": "ar", "mean_wall_time_s": sim[("ar", 4)]["latency_mean_s"], "speedup": 1.0},
+        {"label": "lr", "mean_wall_time_s": sim[("lr", 4)]["latency_mean_s"], "speedup": latency_ratio * 1.1},
+    ]}
+    compare_measured(report, {"runs": [{"label": "ar", "mean_wall_time_s": 1.0, "speedup": 1.0}]})
+    rows = {r["run"]: r for r in compare_measured(report, eval_k4)}
+    assert rows["lr"]["k"] == 4 and rows["lr"]["error"] == pytest.approx(0.0, abs=1e-3)
+    assert rows["lr"]["speedup_error"] == pytest.approx(1 / 1.1 - 1, abs=1e-3)
+    assert [(r["run"], r["k"]) for r in report["measured"]["runs"]] == [("ar", 1), ("ar", 4), ("lr", 4)]
+    assert [b["k"] for b in report["measured"]["benches"]] == [1, 4]
 
 
 def test_what_if_acceptance_replaces_the_workloads_and_says_so():

@@ -188,7 +188,7 @@ def eval_command(
             help="Give ar the draft's hardware too (with replicas >= 1: target.replicas += draft.replicas; recorded)."
         ),
     ] = False,
-    concurrency: Annotated[int, typer.Option(help="Problems in flight at once; > 1 needs the Ray pool.")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Problems in flight at once (K). Each run is timed as its own block of K in flight, one run after another; the in-process batcher, a Ray pool or a server shares the engines' batches among them.")] = 1,
     force_new: ForceNewOpt = False,
     warmup: Annotated[bool, typer.Option(help="One short untimed generation per mode before timing.")] = True,
     plots: Annotated[bool, typer.Option(help="Write the PNG plots.")] = True,

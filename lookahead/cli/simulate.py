@@ -85,8 +85,12 @@ def _print(report: dict[str, Any], out: Path | None, png: Path | None, as_json: 
     for run, k in report["stops_paying_at_k"].items():
         console.print(Text(f"{run}: " + (f"stops paying at K={k}" if k is not None else "pays at every K simulated")))
     for row in (report.get("measured") or {}).get("runs", []):
+        speedup = ""
+        if row["speedup_error"] is not None:
+            speedup = (f"; speedup simulated {row['simulated_speedup']:.2f}x, measured {row['measured_speedup']:.2f}x "
+                       f"({row['speedup_error']:+.1%})")
         console.print(Text(f"{row['run']} K={row['k']}: simulated {row['simulated_s']:.2f} s per problem, measured "
-                           f"{row['measured_s']:.2f} s ({row['error']:+.1%})"))
+                           f"{row['measured_s']:.2f} s ({row['error']:+.1%}){speedup}"))
     if out is not None:
         console.print(Text(f"report {out} and {png}"))
     if as_json:
@@ -125,8 +129,10 @@ def simulate_command(
                                           "through the reasoner's real batcher; --no-batcher: the simulator models its merges.")] = True,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report here (JSON) and its plot beside it (.png).")] = None,
-    compare: Annotated[Path | None, typer.Option(help="A `lookahead bench` report or `lookahead eval` summary.json of the same "
-                                                 "runs and problems: simulated vs measured seconds per problem at the first --k.")] = None,
+    compare: Annotated[list[Path] | None, typer.Option(help="A `lookahead bench` report or `lookahead eval` summary.json of the "
+                                                       "same runs and problems: simulated vs measured seconds per problem and "
+                                                       "speedup, at the K the eval ran with (its --concurrency; a bench: the first "
+                                                       "--k). Repeat it for several K.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Project speedup and throughput of every mode vs load from a cost profile, with the real loop.
@@ -156,8 +162,12 @@ def simulate_command(
             report = simulate(chosen, runs=runs, ks=ks, problems=problems, workload=workload, seed=seed,
                               overrides=list(set_ or []), batcher=batcher, acceptance=what_if,
                               on_run=lambda r: status.update(f"simulated {r['run']} at K={r['k']}"))
-        if compare is not None:
-            compare_measured(report, _read_bench(compare), ks[0])
+        for path in compare or []:
+            bench = _read_bench(path)
+            at = int(bench.get("concurrency") or ks[0])
+            if at not in ks:
+                raise fail(f"--compare {path}: its runs had {at} problems in flight; add {at} to --k")
+            compare_measured(report, bench, at)
     except LookaheadError as exc:
         raise fail(str(exc)) from None
     png = None

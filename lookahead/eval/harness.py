@@ -758,15 +758,20 @@ def run_all(
                 if run_jobs is run_sequential:  # keep the per-problem rotation across reasoners and peers
                     for job in batch:
                         record(execute_job(variants.get(job.run), job, peers))
-                else:  # a concurrent runner drives one reasoner at a time; peers run one job at a time
+                else:  # a concurrent runner drives one reasoner and one run at a time; peers run one job at a time
                     for group in _groups(ours).values():
-                        run_jobs(variants.get(group[0].run), group, record)
+                        for block in _by_run(group):
+                            run_jobs(variants.get(block[0].run), block, record)
                     for job in theirs:
                         record(execute_job(target, job, peers))
             return
         if warmup:
             warm_up(target, batch[0].problem.question, [j.run for j in batch])
-        run_jobs(target, batch, record)
+        if run_jobs is run_sequential:
+            run_jobs(target, batch, record)
+            return
+        for block in _by_run(batch):
+            run_jobs(target, block, record)
 
     if ar_reasoner is None:
         go(reasoner, jobs)
@@ -777,6 +782,16 @@ def run_all(
         reasoner.close()
         with ar_reasoner() as ar:
             go(ar, later)
+
+
+def _by_run(jobs: Sequence[Job]) -> list[list[Job]]:
+    """Jobs by run, in first-seen order: a concurrent runner runs each run's jobs as one block, K of
+    them in flight, so a run's wall times are its own under that load (runs that shared the batches
+    would have timed each other's rows)."""
+    out: dict[str, list[Job]] = {}
+    for job in jobs:
+        out.setdefault(job.run.label, []).append(job)
+    return list(out.values())
 
 
 def _groups(jobs: Sequence[Job]) -> dict[str, list[Job]]:

@@ -221,13 +221,14 @@ def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: 
 def _engine_costs(times: CallTimes, cfg: Any, name: str, when: str, repeats: int, spec_cost: float,
                   token_sd: bool) -> EngineCosts:
     """One engine's section: a server is a ``continuous`` device of its own (its URL), an in-process
-    engine shares the ``cpu`` (or ``gpu0``) device of the process, ``merged`` by the reasoner's batcher."""
+    engine shares the ``cpu`` (or ``gpu0``) device of the process: ``joined`` for the HF engine (later
+    calls join its running decode loop), ``merged`` by the reasoner's batcher for the others."""
     server = cfg.backend in ("sglang", "openai")
     local = "cpu" if cfg.device == "cpu" else "gpu0"
     costs = EngineCosts(
         model=f"{name} ({cfg.backend}, {cfg.dtype}, {cfg.device})",
         device=(cfg.url or cfg.backend) if server else local,
-        batching="continuous" if server else "merged",
+        batching="continuous" if server else ("joined" if cfg.backend == "hf" else "merged"),
         decode_s=times.decode_s,
         prefill_s_per_token=times.prefill_s_per_token,
         call_s=times.call_s,

@@ -53,14 +53,14 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lookahead.config import SamplingParams
-from lookahead.engines.base import EngineBase, check_prompts, row_params
+from lookahead.engines.base import DecodeStats, EngineBase, RowRequest, check_prompts, row_params
 from lookahead.engines.fake import scripted_ending
-from lookahead.errors import ConfigError
+from lookahead.errors import ConfigError, PromptError
 from lookahead.simulate.profile import EngineCosts, JudgeCosts, Profile, Workload
 from lookahead.types import Completion, Verdict
 from lookahead.verifiers.base import VerifierBase
@@ -171,6 +171,7 @@ class Call:
     speculate: bool  # token-level speculation: its decode steps are verification passes
     key: tuple[Any, ...]  # calls with equal keys may merge (engine, speculate, stop strings)
     arrival: float  # virtual time it was made (s)
+    fixed_s: float | None = None  # a stretch of known length (one pass of a joining loop): runs alone (s)
     done: threading.Event = field(default_factory=threading.Event)
     finish: float | None = None  # virtual time its last row finished (s)
 
@@ -232,7 +233,7 @@ class Device:
 
     def __init__(self, name: str, batching: str, max_rows: int) -> None:
         self.name = name
-        self.batching = batching  # "merged" or "continuous"
+        self.batching = "continuous" if batching == "continuous" else "merged"  # a joining engine's passes run one at a time
         self.max_rows = max_rows  # most rows one batch holds (rows)
         self.queue: list[Call] = []  # calls waiting to start (merged) or to be admitted (continuous)
         self.running: list[Call] = []  # calls started and not finished
@@ -310,9 +311,13 @@ class Device:
         if not self.queue:
             return
         first = self.queue.pop(0)
+        if first.fixed_s is not None:  # one prefill or decode pass of a joining loop (`ModelledEngine.generate_requests`)
+            self.running.append(first)
+            self._begin("merged", first.lane, first.rows, now, first.fixed_s)
+            return
         group, rows = [first], len(first.rows)
         for call in list(self.queue):
-            if call.key == first.key and rows + len(call.rows) <= self.max_rows:
+            if call.fixed_s is None and call.key == first.key and rows + len(call.rows) <= self.max_rows:
                 group.append(call)
                 rows += len(call.rows)
                 self.queue.remove(call)
@@ -386,7 +391,7 @@ class World:
         devices: dict[str, Device] = {}
         for costs in (profile.target, profile.draft):
             device = devices.setdefault(costs.device, Device(costs.device, costs.batching, costs.max_batch_rows))
-            if device.batching != costs.batching:
+            if device.batching != Device(costs.device, costs.batching, 1).batching:
                 raise ConfigError(
                     f"device {costs.device!r} is both {device.batching} and {costs.batching}: one device batches one way; "
                     "give target and draft the same batching, or different devices"
@@ -419,10 +424,12 @@ class World:
             self._clock.join()
 
     # -- calls -----------------------------------------------------------------------------------
-    def run(self, lane: Lane, device: str, rows: list[Row], speculate: bool, key: tuple[Any, ...]) -> Call:
-        """Submit one call and wait (in real time) until the virtual clock reaches its end."""
+    def run(self, lane: Lane, device: str, rows: list[Row], speculate: bool, key: tuple[Any, ...],
+            seconds: float | None = None) -> Call:
+        """Submit one call and wait (in real time) until the virtual clock reaches its end.
+        ``seconds``: a stretch of that length that merges with no other call (a joining loop's pass)."""
         with self._lock:
-            call = Call(lane, rows, speculate, key, self.now)
+            call = Call(lane, rows, speculate, key, self.now, seconds)
             self._in_flight += 1
             self.devices[device].submit(call, self.now)
         self._wake.set()
@@ -586,9 +593,12 @@ class ModelledEngine(EngineBase):
     """A target or draft engine whose texts follow the `Script` and whose calls take modelled time.
 
     Thread-safe: the `World` batches concurrent calls by its devices' rules, as a server does.
-    ``through_batcher=True`` (a ``merged`` device only) declares it not thread-safe instead, so the
-    reasoner puts it behind its real batcher (`lookahead.engines.batching`), which then merges the
-    concurrent calls and hands this engine one merged call at a time.
+    ``through_batcher=True`` (an in-process engine: ``merged`` or ``joined``) declares it not
+    thread-safe instead, so the reasoner puts it behind its real batcher
+    (`lookahead.engines.batching`), which then merges the concurrent calls and hands this engine
+    one merged call at a time. A ``joined`` engine behind the batcher also has `generate_requests`,
+    the HF engine's joining decode loop, pass by pass on the virtual clock (the batcher lets later
+    calls join it between passes); without the batcher ``joined`` runs as ``merged``.
     """
 
     thread_safe = True
@@ -596,7 +606,9 @@ class ModelledEngine(EngineBase):
     def __init__(self, role: str, costs: EngineCosts, world: World, script: Script, draft_acceptance_length: float = 1.0,
                  target_acceptance_length: float = 1.0, through_batcher: bool = False) -> None:
         if through_batcher:
-            self.thread_safe = costs.batching != "merged"  # an in-process engine: the reasoner's batcher merges its calls
+            self.thread_safe = costs.batching == "continuous"  # an in-process engine: the reasoner's batcher merges its calls
+            if costs.batching == "joined":
+                self.generate_requests = self._generate_requests  # the batcher joins calls into a running loop
         self.role = role  # "target" or "draft"
         self.name = f"modelled:{role}"
         self.costs = costs
@@ -650,6 +662,56 @@ class ModelledEngine(EngineBase):
             completion.latency_s = (call.finish or call.arrival) - call.arrival
         self.world.leave()
         return completions
+
+    def _generate_requests(self, requests: Sequence[RowRequest], stop: Sequence[str] = (),
+                           join: Callable[[int], list[RowRequest]] | None = None) -> DecodeStats:
+        """`HFEngine.generate_requests` on the virtual clock: a prefill, then one decode pass at a time
+        over the live rows; between passes ``join(live_rows)`` may add requests (their prefill is a
+        pass of its own), and each request is delivered the moment its last row ends."""
+        self.world.enter()
+        stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+        stats = DecodeStats()
+        live: list[list[Any]] = []  # [request, completions, steps left per row, arrival]
+        key = (self.role, "joined")
+
+        def admit(batch: Sequence[RowRequest], call_s: float) -> None:
+            rows: list[Row] = []
+            for request in batch:
+                try:
+                    prompts = check_prompts(request.prompts)
+                    made = [self._row(q, p, stops, False) for q, p in zip(prompts, row_params(request.params, len(prompts)), strict=True)]
+                except (PromptError, TypeError, ValueError) as exc:  # this caller's input: its error alone, as the HF engine does
+                    request.deliver(exc)
+                    continue
+                live.append([request, [c for c, _ in made], [r.passes for _, r in made], self.world.now])
+                rows += [r for _, r in made]
+            if rows:
+                self.world.run(self.lane, self.costs.device, rows, False, key, call_s + self.lane.prefill_s(rows))
+
+        def deliver_ended() -> None:
+            for entry in [e for e in live if not any(e[2])]:
+                live.remove(entry)
+                request, completions, _, arrival = entry
+                for completion in completions:
+                    completion.latency_s = self.world.now - arrival
+                request.deliver(completions)
+
+        admit(requests, self.costs.call_s)
+        while True:
+            if join is not None:
+                admit(join(sum(1 for e in live for n in e[2] if n)), 0.0)
+            deliver_ended()
+            rows = sum(1 for e in live for n in e[2] if n)
+            if not rows:
+                break
+            stats.passes += 1
+            stats.row_passes += rows
+            stats.peak_rows = max(stats.peak_rows, rows)
+            self.world.run(self.lane, self.costs.device, [Row(0, 1) for _ in range(rows)], False, key, self.lane.step_s(rows, False))
+            for entry in live:
+                entry[2] = [max(n - 1, 0) for n in entry[2]]
+        self.world.leave()
+        return stats
 
     def _row(self, prompt: str, params: SamplingParams, stop: Sequence[str], speculate: bool) -> tuple[Completion, Row]:
         j, done = self.script.problem_of(prompt)

@@ -42,11 +42,14 @@ import yaml
 from lookahead.errors import ConfigError
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-BATCHING = ("continuous", "merged")
+BATCHING = ("continuous", "merged", "joined")
 """How a device runs concurrent calls: ``continuous`` (a server such as SGLang or vLLM: rows join
-the running batch at the next decode step and leave when done) or ``merged`` (an in-process engine
+the running batch at the next decode step and leave when done), ``merged`` (an in-process engine
 behind the reasoner's batcher: one call at a time, the calls waiting when it starts merged into
-it, up to ``max_batch_rows`` rows; every row of a call returns when the call ends)."""
+it, up to ``max_batch_rows`` rows; every row of a call returns when the call ends) or ``joined``
+(an in-process engine whose plain calls let later calls join its running decode loop between
+forward passes, each caller handed its rows as they end: the HF engine behind the batcher;
+its token-speculation and seeded calls merge per call)."""
 
 
 @dataclass
@@ -55,7 +58,7 @@ class EngineCosts:
 
     model: str  # what the numbers describe: model, precision, parallelism, hardware, server
     device: str  # device group; engines naming the same device share its time (one batch at a time)
-    batching: str  # "continuous" or "merged" (see BATCHING)
+    batching: str  # "continuous", "merged" or "joined" (see BATCHING)
     decode_s: dict[int, float]  # seconds of one decode step by rows in the batch (s); sizes between/after: linear
     prefill_s_per_token: float  # seconds per prompt token not in the prefix cache (s)
     call_s: float = 0.0  # fixed seconds per call (request handling, scheduling) (s)

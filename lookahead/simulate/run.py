@@ -329,32 +329,46 @@ def _reference_vs_ours(rows: list[dict[str, Any]], profile: Profile) -> list[dic
     return out
 
 
-def compare_measured(report: dict[str, Any], bench: dict[str, Any], k: int = 1) -> list[dict[str, Any]]:
+def compare_measured(report: dict[str, Any], bench: dict[str, Any], k: int | None = None) -> list[dict[str, Any]]:
     """The simulated runs at ``k`` next to real runs of the same runs and problems: a ``lookahead bench``
     report or a ``lookahead eval`` summary.json (both list ``runs`` with ``label``, ``mean_wall_time_s``, ``speedup``).
 
-    Per run (matched by label): mean seconds per problem (bench ``mean_wall_time_s`` against the
-    simulated mean latency) and the speedup over ``ar``, each with error = simulated / measured - 1.
-    The result is stored in ``report["measured"]``.
+    ``k`` defaults to the real runs' ``concurrency`` (an eval summary records it), else 1. Per run
+    (matched by label): mean seconds per problem (``mean_wall_time_s`` against the simulated mean
+    latency) and the speedup over ``ar``, each with error = simulated / measured - 1. Both speedups
+    are the same quantity: the eval's (``ar``'s summed wall time over the run's, on the problems
+    both finished) against the simulated mean latency of ``ar`` over the run's (at K = 1 that is
+    the tokens/s ratio; under load it is the latency ratio, which is what an eval measures).
+    The rows are added to ``report["measured"]`` (one call per compared file, each at its K).
     """
+    k = int(bench.get("concurrency") or 1) if k is None else k
     measured = {r["label"]: r for r in bench.get("runs", [])}
+    at_k = [r for r in report["runs"] if r["k"] == k]
+    ar = next((r["latency_mean_s"] for r in at_k if r["run"] == "ar"), None)
     rows = []
-    for r in report["runs"]:
+    for r in at_k:
         real = measured.get(r["run"])
-        if r["k"] != k or real is None or not real.get("mean_wall_time_s"):
+        if real is None or not real.get("mean_wall_time_s"):
             continue
+        speedup = round(ar / r["latency_mean_s"], 4) if ar and r["latency_mean_s"] else None
         rows.append({
             "run": r["run"],
             "k": k,
             "simulated_s": r["latency_mean_s"],
             "measured_s": real["mean_wall_time_s"],
             "error": round(r["latency_mean_s"] / real["mean_wall_time_s"] - 1, 4),
-            "simulated_speedup": r["speedup"],
+            "simulated_speedup": speedup,
             "measured_speedup": real.get("speedup"),
-            "speedup_error": round(r["speedup"] / real["speedup"] - 1, 4) if real.get("speedup") and r["speedup"] else None,
+            "speedup_error": round(speedup / real["speedup"] - 1, 4) if real.get("speedup") and speedup else None,
         })
-    report["measured"] = {"bench": bench.get("command"), "machine": bench.get("machine"), "runs": rows,
-                          "max_abs_error": max((abs(x["error"]) for x in rows), default=None)}
+    previous = report.get("measured") or {}
+    every = [*previous.get("runs", []), *rows]
+    benches = [*previous.get("benches", []), {"k": k, "command": bench.get("command"), "machine": bench.get("machine")}]
+    report["measured"] = {
+        "benches": benches, "runs": every,
+        "max_abs_error": max((abs(x["error"]) for x in every), default=None),
+        "max_abs_speedup_error": max((abs(x["speedup_error"]) for x in every if x["speedup_error"] is not None), default=None),
+    }
     return rows
 
 
