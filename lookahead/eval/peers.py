@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lookahead.answers import extract_answer
 from lookahead.config import EngineConfig, LookaheadConfig, SamplingParams, configured
+from lookahead.engines.torch_thread import torch_thread
 from lookahead.errors import ConfigError, ModelLoadError, PeerError, PromptError
 from lookahead.prompts import build_messages
 from lookahead.stats import RoundStats
@@ -543,7 +544,9 @@ class TransformersPeer:
         proposed = sum(widths) - prompt_len - (passes - 1)  # beyond the prompt + 1 per pass
         return {"proposed": max(proposed, 0), "accepted": max(committed - passes, 0), "passes": passes}
 
+    @torch_thread
     def generate(self, question: str, seed: int | None = None, max_new_tokens: int | None = None) -> Result:
+        """One generation, on the torch thread where our engines run (`lookahead.engines.torch_thread`)."""
         import torch
 
         if self.target is None:

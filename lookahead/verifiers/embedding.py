@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lookahead.engines.torch_thread import on_torch_thread
 from lookahead.errors import ModelLoadError
 from lookahead.steps import DEFAULT_STEP_DELIMITER
 from lookahead.types import Verdict
@@ -130,7 +131,7 @@ class EmbeddingVerifier(GuardedVerifier):
         super().__init__(timeout_s, delimiter)
         self.threshold = float(threshold)  # minimum cosine similarity of an accepted pair
         self.model_name = model  # as given in the options
-        self.model = load_model(model, device)  # loaded now: a bad model fails before the first round
+        self.model = on_torch_thread(load_model, model, device)  # loaded now: a bad model fails before the first round
         self.max_tokens = int(self.model.max_seq_length)  # longer steps are truncated (word pieces)
         self.batch_size = int(batch_size)  # texts per encode call
         self.cache_size = int(cache_size)  # texts whose embeddings are kept between calls
@@ -143,9 +144,11 @@ class EmbeddingVerifier(GuardedVerifier):
             missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         fresh: dict[str, tuple[Any, bool]] = {}
         if missing:
-            vectors = self.model.encode(
-                missing, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
-            ).cpu()
+            vectors = on_torch_thread(
+                lambda: self.model.encode(
+                    missing, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+                ).cpu()
+            )
             lengths = [len(ids) for ids in self.model.tokenizer(missing, add_special_tokens=True).input_ids]
             fresh = {t: (v, n > self.max_tokens) for t, v, n in zip(missing, vectors, lengths, strict=True)}
         with self._cache_lock:

@@ -127,6 +127,7 @@ from lookahead.engines.hf.token_spec import (
     sample_row,
     sampling_probs,
 )
+from lookahead.engines.torch_thread import torch_thread
 from lookahead.errors import ConfigError, ModelLoadError, PromptError
 from lookahead.types import Completion
 
@@ -263,6 +264,7 @@ class HFEngine(EngineBase):
         return self.remembered.max_tokens
 
     @classmethod
+    @torch_thread
     def from_config(cls, cfg: EngineConfig) -> HFEngine:
         """Load (or reuse the already loaded copy of) ``cfg.model`` and wrap it in an engine."""
         if cfg.dtype not in DTYPES:
@@ -299,6 +301,7 @@ class HFEngine(EngineBase):
 
     # ---- the speculation draft model ----------------------------------------------------------
 
+    @torch_thread
     def prepare_speculation(self) -> None:
         """Load the speculation draft model now (``speculation.method == "draft"``) and check it.
 
@@ -388,6 +391,7 @@ class HFEngine(EngineBase):
             release(self._spec_shared_key)
             self._spec_shared_key = None
 
+    @torch_thread
     def generate(
         self,
         prompts: Sequence[str],
@@ -395,7 +399,8 @@ class HFEngine(EngineBase):
         stop: Sequence[str] = (),
         speculate: bool = False,
     ) -> list[Completion]:
-        """See `Engine.generate`; ``speculate=True`` runs token-level SD (module docstring)."""
+        """See `Engine.generate`; ``speculate=True`` runs token-level SD (module docstring).
+        Runs on the process's torch thread, as every model call does (`lookahead.engines.torch_thread`)."""
         started = time.perf_counter()
         prompts = check_prompts(prompts)
         if not prompts:
@@ -417,6 +422,7 @@ class HFEngine(EngineBase):
         self.remembered.remember(remembered)
         return [row.completion for row in rows]
 
+    @torch_thread
     def generate_requests(
         self,
         requests: Sequence[RowRequest],
@@ -465,6 +471,7 @@ class HFEngine(EngineBase):
 
     # ---- logprob judging (capability of `EngineBase`) -----------------------------------------
 
+    @torch_thread
     def next_token_logprobs(
         self, prompts: Sequence[str], candidates: Sequence[str], *, max_batch: int = 16
     ) -> list[dict[str, float]]:
