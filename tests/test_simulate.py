@@ -133,6 +133,43 @@ def test_joined_engines_let_calls_join_a_running_loop_through_the_real_batcher()
     assert joined["throughput_tokens_s"] > 1.1 * merged["throughput_tokens_s"]
 
 
+def test_in_process_prefill_is_padded_to_the_longest_row_and_a_server_sums():
+    """HFEngine._prefill feeds every row as long as the longest uncached suffix; a server prefills what each row needs."""
+    from lookahead.simulate.modelled import Lane, Row
+
+    rows = [Row(prefill=100, passes=0), Row(prefill=10, passes=0)]
+    for batching, tokens in (("joined", 200), ("merged", 200), ("continuous", 110)):
+        lane = Lane("target", toy(target__batching=batching).target)
+        assert lane.prefill_s(rows) == pytest.approx(tokens * 0.0001)
+
+
+def test_a_joining_loop_holds_its_device_until_it_ends():
+    """One torch thread: a call that arrives while a joining loop runs starts after the loop's last pass, not between passes."""
+    from lookahead.simulate.modelled import Device, Lane, Row
+
+    profile = toy(target__batching="joined", draft__batching="joined", target__device="cpu", draft__device="cpu")
+    world = World({"cpu": Device("cpu", "joined", 16)})
+    target, draft = Lane("target", profile.target), Lane("draft", profile.draft)
+    hold, finished = object(), {}
+
+    def loop():
+        for _ in range(3):
+            world.run(target, "cpu", [Row(0, 1)], False, ("target", "joined"), 1.0, hold)
+        world.release("cpu", hold)
+
+    def other():
+        time.sleep(0.05)  # real time: the loop's first pass has started
+        finished["draft"] = world.run(draft, "cpu", [Row(0, 0)], False, ("draft",)).finish
+
+    with world.running():
+        threads = [threading.Thread(target=loop), threading.Thread(target=other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert finished["draft"] >= 3.0  # after the loop's three one-second passes
+
+
 def test_lr_commits_the_ar_text_and_drafts_match_at_the_profile_acceptance():
     """Greedy + exact judge: lr's simulated texts equal ar's; depth-1 acceptance follows the profile's α."""
     profile = toy(workloads__w__acceptance=[0.6], workloads__w__steps=40)

@@ -34,7 +34,9 @@ R = TypeVar("R")
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
-_work: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = queue.SimpleQueue()
+# a Queue, not a SimpleQueue: its idle get() waits on a threading.Condition, which the simulator's clock
+# recognises as parked (`lookahead.simulate.modelled.all_parked`)
+_work: queue.Queue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = queue.Queue()
 
 
 def on_torch_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -172,6 +172,7 @@ class Call:
     key: tuple[Any, ...]  # calls with equal keys may merge (engine, speculate, stop strings)
     arrival: float  # virtual time it was made (s)
     fixed_s: float | None = None  # a stretch of known length (one pass of a joining loop): runs alone (s)
+    hold: object | None = None  # a joining loop's token: once one of its passes ran, the device waits for its next one
     done: threading.Event = field(default_factory=threading.Event)
     finish: float | None = None  # virtual time its last row finished (s)
 
@@ -193,10 +194,14 @@ class Lane:
         return costs.step_s(rows) * (costs.spec_step_cost if speculate else 1.0)
 
     def prefill_s(self, rows: Sequence[Row]) -> float:
-        """Seconds of one prefill batch of ``rows`` (a judge on a server: its pairs)."""
+        """Seconds of one prefill batch of ``rows`` (a judge on a server: its pairs). A server
+        prefills each row's uncached tokens; an in-process engine (``merged``, ``joined``) feeds a
+        padded batch, every row as long as the longest uncached suffix (`HFEngine._prefill`)."""
         if isinstance(self.costs, JudgeCosts):
             return self.costs.pair_s * len(rows)
-        return self.costs.prefill_s_per_token * sum(r.prefill for r in rows)
+        if self.costs.batching == "continuous":
+            return self.costs.prefill_s_per_token * sum(r.prefill for r in rows)
+        return self.costs.prefill_s_per_token * len(rows) * max((r.prefill for r in rows), default=0)
 
     def merged_s(self, rows: Sequence[Row], speculate: bool) -> float:
         """One merged call over ``rows``: call cost, prefill, then decode steps as rows finish."""
@@ -244,6 +249,7 @@ class Device:
         self.step = 0.0  # decode stretch: seconds per step (s)
         self.steps = 0  # decode stretch: steps in it
         self._turn = 0  # continuous: round-robin position over the lanes
+        self.held: object | None = None  # merged: the joining loop that holds the device between its passes
 
     def submit(self, call: Call, now: float) -> None:
         """Queue ``call``; it starts at the next `kick` (a decode stretch in progress ends at its next step)."""
@@ -308,10 +314,17 @@ class Device:
         self.stretch, self.started, self.until = (kind, lane, rows), now, now + seconds
 
     def _start_merged(self, now: float) -> None:
-        if not self.queue:
+        if self.held is not None:  # a joining loop runs: nothing else until it ends (the engine's one thread)
+            first = next((c for c in self.queue if c.hold is self.held), None)
+            if first is None:
+                return
+            self.queue.remove(first)
+        elif not self.queue:
             return
-        first = self.queue.pop(0)
+        else:
+            first = self.queue.pop(0)
         if first.fixed_s is not None:  # one prefill or decode pass of a joining loop (`ModelledEngine.generate_requests`)
+            self.held = first.hold
             self.running.append(first)
             self._begin("merged", first.lane, first.rows, now, first.fixed_s)
             return
@@ -425,11 +438,12 @@ class World:
 
     # -- calls -----------------------------------------------------------------------------------
     def run(self, lane: Lane, device: str, rows: list[Row], speculate: bool, key: tuple[Any, ...],
-            seconds: float | None = None) -> Call:
+            seconds: float | None = None, hold: object | None = None) -> Call:
         """Submit one call and wait (in real time) until the virtual clock reaches its end.
-        ``seconds``: a stretch of that length that merges with no other call (a joining loop's pass)."""
+        ``seconds``: a stretch of that length that merges with no other call (a joining loop's pass);
+        ``hold``: the loop's token: from its first pass on, the device runs only its passes until `release`."""
         with self._lock:
-            call = Call(lane, rows, speculate, key, self.now, seconds)
+            call = Call(lane, rows, speculate, key, self.now, seconds, hold)
             self._in_flight += 1
             self.devices[device].submit(call, self.now)
         self._wake.set()
@@ -437,6 +451,13 @@ class World:
         if self.error is not None:
             raise RuntimeError(f"the simulator's clock failed: {self.error!r}") from self.error
         return call
+
+    def release(self, device: str, hold: object) -> None:
+        """A joining loop ended: its device takes other calls again."""
+        with self._lock:
+            if self.devices[device].held is hold:
+                self.devices[device].held = None
+        self._wake.set()
 
     def occupancy(self, lane: Lane, device: str) -> int:
         with self._lock:
@@ -667,14 +688,16 @@ class ModelledEngine(EngineBase):
                            join: Callable[[int], list[RowRequest]] | None = None) -> DecodeStats:
         """`HFEngine.generate_requests` on the virtual clock: a prefill, then one decode pass at a time
         over the live rows; between passes ``join(live_rows)`` may add requests (their prefill is a
-        pass of its own), and each request is delivered the moment its last row ends."""
+        forward pass of its own: ``call_s`` plus the padded prefill, as a call's start costs), and
+        each request is delivered the moment its last row ends."""
         self.world.enter()
         stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
         stats = DecodeStats()
         live: list[list[Any]] = []  # [request, completions, steps left per row, arrival]
         key = (self.role, "joined")
+        hold = object()  # the real loop runs on the process's one torch thread: other calls wait for its end
 
-        def admit(batch: Sequence[RowRequest], call_s: float) -> None:
+        def admit(batch: Sequence[RowRequest]) -> None:
             rows: list[Row] = []
             for request in batch:
                 try:
@@ -686,7 +709,7 @@ class ModelledEngine(EngineBase):
                 live.append([request, [c for c, _ in made], [r.passes for _, r in made], self.world.now])
                 rows += [r for _, r in made]
             if rows:
-                self.world.run(self.lane, self.costs.device, rows, False, key, call_s + self.lane.prefill_s(rows))
+                self.world.run(self.lane, self.costs.device, rows, False, key, self.costs.call_s + self.lane.prefill_s(rows), hold)
 
         def deliver_ended() -> None:
             for entry in [e for e in live if not any(e[2])]:
@@ -696,20 +719,24 @@ class ModelledEngine(EngineBase):
                     completion.latency_s = self.world.now - arrival
                 request.deliver(completions)
 
-        admit(requests, self.costs.call_s)
-        while True:
-            if join is not None:
-                admit(join(sum(1 for e in live for n in e[2] if n)), 0.0)
-            deliver_ended()
-            rows = sum(1 for e in live for n in e[2] if n)
-            if not rows:
-                break
-            stats.passes += 1
-            stats.row_passes += rows
-            stats.peak_rows = max(stats.peak_rows, rows)
-            self.world.run(self.lane, self.costs.device, [Row(0, 1) for _ in range(rows)], False, key, self.lane.step_s(rows, False))
-            for entry in live:
-                entry[2] = [max(n - 1, 0) for n in entry[2]]
+        try:
+            admit(requests)
+            while True:
+                if join is not None:
+                    admit(join(sum(1 for e in live for n in e[2] if n)))  # a join is a forward pass of its own
+                deliver_ended()
+                rows = sum(1 for e in live for n in e[2] if n)
+                if not rows:
+                    break
+                stats.passes += 1
+                stats.row_passes += rows
+                stats.peak_rows = max(stats.peak_rows, rows)
+                self.world.run(self.lane, self.costs.device, [Row(0, 1) for _ in range(rows)], False, key,
+                               self.lane.step_s(rows, False), hold)
+                for entry in live:
+                    entry[2] = [max(n - 1, 0) for n in entry[2]]
+        finally:
+            self.world.release(self.costs.device, hold)
         self.world.leave()
         return stats
 
