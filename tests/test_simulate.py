@@ -144,17 +144,19 @@ def test_in_process_prefill_is_padded_to_the_longest_row_and_a_server_sums():
 
 
 def test_a_joining_loop_holds_its_device_until_it_ends():
-    """One torch thread: a call that arrives while a joining loop runs starts after the loop's last pass, not between passes."""
+    """One torch thread: a call that arrives while a joining loop runs starts after the loop's last pass,
+    and the loop sees it waiting (it then takes no new callers)."""
     from lookahead.simulate.modelled import Device, Lane, Row
 
     profile = toy(target__batching="joined", draft__batching="joined", target__device="cpu", draft__device="cpu")
     world = World({"cpu": Device("cpu", "joined", 16)})
     target, draft = Lane("target", profile.target), Lane("draft", profile.draft)
-    hold, finished = object(), {}
+    hold, finished, seen = object(), {}, []
 
     def loop():
         for _ in range(3):
             world.run(target, "cpu", [Row(0, 1)], False, ("target", "joined"), 1.0, hold)
+            seen.append(world.others_waiting("cpu", hold))
         world.release("cpu", hold)
 
     def other():
@@ -168,6 +170,7 @@ def test_a_joining_loop_holds_its_device_until_it_ends():
         for t in threads:
             t.join(timeout=30)
     assert finished["draft"] >= 3.0  # after the loop's three one-second passes
+    assert seen == [True, True, True]
 
 
 def test_lr_commits_the_ar_text_and_drafts_match_at_the_profile_acceptance():

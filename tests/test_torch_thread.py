@@ -54,3 +54,46 @@ def test_the_hf_engine_decodes_on_the_torch_thread_whoever_calls(model, tok):
     finally:
         hook.remove()
     assert forwards and all(forwards)
+
+
+def test_a_long_call_sees_a_call_waiting_for_the_torch_thread():
+    """waiting(): what the joining loop asks between passes (it takes no new callers while it is True)."""
+    import time
+
+    from lookahead.engines.torch_thread import waiting
+
+    seen: list[bool] = []
+    started, queued = threading.Event(), threading.Event()
+
+    def long() -> None:
+        seen.append(waiting())
+        started.set()
+        assert queued.wait(10)
+        seen.append(waiting())
+
+    caller = threading.Thread(target=lambda: on_torch_thread(long))
+    caller.start()
+    assert started.wait(10)
+    other = threading.Thread(target=lambda: on_torch_thread(lambda: None))
+    other.start()
+    time.sleep(0.1)  # the other call is in the queue
+    queued.set()
+    caller.join(10)
+    other.join(10)
+    assert seen == [False, True] and not waiting()
+
+
+def test_the_joining_loop_takes_no_callers_while_another_models_call_waits(model, tok, monkeypatch):
+    """HFEngine.generate_requests asks join() between passes only while no other call waits for the torch thread."""
+    from lookahead.engines.base import RowRequest
+    from lookahead.engines.hf import HFEngine
+    from lookahead.engines.hf import engine as hf_engine
+
+    engine = HFEngine(model, tok)
+    for busy, expect in ((True, 0), (False, 4)):
+        monkeypatch.setattr(hf_engine, "torch_waiting", lambda busy=busy: busy)
+        asked: list[int] = []
+        out: list = []
+        request = RowRequest(["hello world"], [SamplingParams(max_new_tokens=4)], out.append)
+        engine.generate_requests([request], join=lambda live, asked=asked: asked.append(live) or [])
+        assert len(out) == 1 and (len(asked) >= expect if expect else asked == [])

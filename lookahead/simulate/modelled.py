@@ -249,7 +249,7 @@ class Device:
         self.step = 0.0  # decode stretch: seconds per step (s)
         self.steps = 0  # decode stretch: steps in it
         self._turn = 0  # continuous: round-robin position over the lanes
-        self.held: object | None = None  # merged: the joining loop that holds the device between its passes
+        self.held: object | None = None  # merged: the joining loop that holds the device until it ends
 
     def submit(self, call: Call, now: float) -> None:
         """Queue ``call``; it starts at the next `kick` (a decode stretch in progress ends at its next step)."""
@@ -314,7 +314,7 @@ class Device:
         self.stretch, self.started, self.until = (kind, lane, rows), now, now + seconds
 
     def _start_merged(self, now: float) -> None:
-        if self.held is not None:  # a joining loop runs: nothing else until it ends (the engine's one thread)
+        if self.held is not None:  # a joining loop runs: nothing else until it ends (the process's one torch thread)
             first = next((c for c in self.queue if c.hold is self.held), None)
             if first is None:
                 return
@@ -458,6 +458,11 @@ class World:
             if self.devices[device].held is hold:
                 self.devices[device].held = None
         self._wake.set()
+
+    def others_waiting(self, device: str, hold: object) -> bool:
+        """Does a call other than ``hold``'s loop wait for ``device`` (`lookahead.engines.torch_thread.waiting`)?"""
+        with self._lock:
+            return any(c.hold is not hold for c in self.devices[device].queue)
 
     def occupancy(self, lane: Lane, device: str) -> int:
         with self._lock:
@@ -695,7 +700,7 @@ class ModelledEngine(EngineBase):
         stats = DecodeStats()
         live: list[list[Any]] = []  # [request, completions, steps left per row, arrival]
         key = (self.role, "joined")
-        hold = object()  # the real loop runs on the process's one torch thread: other calls wait for its end
+        hold = object()  # the real loop runs on the process's one torch thread (`lookahead.engines.torch_thread`)
 
         def admit(batch: Sequence[RowRequest]) -> None:
             rows: list[Row] = []
@@ -722,7 +727,8 @@ class ModelledEngine(EngineBase):
         try:
             admit(requests)
             while True:
-                if join is not None:
+                if join is not None and not self.world.others_waiting(self.costs.device, hold):
+                    # the real loop takes no new callers while another model's call waits: it drains first
                     admit(join(sum(1 for e in live for n in e[2] if n)))  # a join is a forward pass of its own
                 deliver_ended()
                 rows = sum(1 for e in live for n in e[2] if n)

@@ -128,6 +128,7 @@ from lookahead.engines.hf.token_spec import (
     sampling_probs,
 )
 from lookahead.engines.torch_thread import torch_thread
+from lookahead.engines.torch_thread import waiting as torch_waiting
 from lookahead.errors import ConfigError, ModelLoadError, PromptError
 from lookahead.types import Completion
 
@@ -655,7 +656,8 @@ class HFEngine(EngineBase):
         remembered: list[RememberedRow] = []
         stats = stats if stats is not None else DecodeStats()
         while True:
-            if join is not None and not speculate:
+            if join is not None and not speculate and not torch_waiting():
+                # no new callers while another model's call waits for the torch thread: the loop drains first
                 self._join(batch, join(len(batch.live())))
             next_token = self._commit(batch, stops, window, started, remembered)
             live = len(batch.live())
