@@ -414,3 +414,31 @@ def test_incomplete_drafts_cost_the_tokens_they_run():
     short = one_run(toy(workloads__w__draft_complete=0.0, workloads__w__draft_incomplete_tokens=3), "lr", problems=2)
     assert short["makespan_s"] < capped["makespan_s"]
     assert short["lanes"]["draft"]["busy_share"] < capped["lanes"]["draft"]["busy_share"]
+
+
+def test_the_decode_curve_is_timed_at_the_context_asked_for():
+    """measure_engine(context_words=N): the timed rows share an N-word prompt (a decode step's cost grows with the context)."""
+    from lookahead.engines.costs import measure_engine
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self):
+            self.prompts: list[str] = []
+
+        def generate(self, prompts, params, stop=()):
+            from lookahead.types import Completion
+
+            self.prompts += list(prompts)
+            n = params.max_new_tokens
+            time.sleep(0.0005 * n)
+            return [Completion("x" * n, len(p.split()), n, "length") for p in prompts]
+
+        def count_tokens(self, text):
+            return len(text.split())
+
+    for words in (40, 200):
+        engine = Recording()
+        measure_engine(engine, [1, 2], repeats=1, context_words=words)
+        timed = [p for p in engine.prompts if ":" in p]  # the curve's rows: base, index, 4 words
+        assert timed and all(len(p.split()) == words + 5 for p in timed)

@@ -63,10 +63,12 @@ def _timed(engine: Any, prompts: list[str], tokens: int, repeats: int) -> tuple[
 
 
 def measure_engine(engine: Any, sizes: Sequence[int], short: int = 4, long: int = 24, repeats: int = 2,
-                   seed: int = 0, say: Say = _quiet) -> CallTimes:
-    """Decode step by rows, prefill per token and per-call cost of ``engine`` (module docstring)."""
+                   seed: int = 0, say: Say = _quiet, context_words: int = 40) -> CallTimes:
+    """Decode step by rows, prefill per token and per-call cost of ``engine`` (module docstring).
+    ``context_words``: the rows' shared prompt in words (about one token each): a decode step
+    reads every row's keys and values, so its cost grows with the context it decodes at."""
     rng = random.Random(seed)
-    base = filler_words(40, rng)
+    base = filler_words(max(context_words, 1), rng)
     decode: dict[int, float] = {}
     intercept = 0.0
     for n in sorted(set(sizes)):

@@ -185,13 +185,16 @@ def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: 
     config = configured(config, {"mode": "lr", "gamma": max(gamma, 1)})
     when = f"measured: lookahead profile on {platform.node() or 'this machine'} ({platform.machine()}), {dt.date.today().isoformat()}"
     with LookaheadReasoner(config, **(engines or {})) as reasoner:
-        say("measuring the target")
-        target = measure_engine(reasoner.target, loop_sizes(config, gamma, sizes), repeats=repeats, say=say)
         say("measuring the draft")
         draft = measure_engine(reasoner.draft, [1, 2], repeats=repeats, seed=1, say=say)
         say("measuring the verifier")
         judge_call, judge_pair = measure_judge(reasoner.verifier, pairs, repeats)
         load, per_token = measure_workload(reasoner, questions, gamma, token_sd, say, draft)
+        # the target's decode step at the workload's mean context: the prompt plus half a solution
+        context = load.prompt_tokens + round(sum(map(sum, load.problems)) / max(len(load.problems), 1) / 2)
+        say(f"measuring the target (at a {context}-token context)")
+        target = measure_engine(reasoner.target, loop_sizes(config, gamma, sizes), repeats=repeats, say=say,
+                                context_words=context)
         spec_cost = 1.0
         if token_sd and per_token.get("sd") and per_token["ar"]:
             spec_cost = max(load.target_acceptance_length * per_token["sd"] / per_token["ar"], 1.0)
@@ -200,6 +203,7 @@ def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: 
         _engine_costs(times, cfg, name, when, repeats, spec_cost, token_sd)
         for times, cfg, name in ((target, config.target, names[0]), (draft, config.draft, names[1]))
     ]
+    measured[0].sources["decode_s"] += f", at a {context}-word context (the workload's prompt plus half its mean solution)"
     device = measured[0].device
     judge = JudgeCosts(model=f"verifier {config.verifier.name}", device=device, call_s=judge_call, pair_s=judge_pair,
                        max_batch_rows=config.target.max_batch_rows)
