@@ -62,6 +62,11 @@ def row_params(params: SamplingParams | Sequence[SamplingParams], n: int) -> lis
     return out
 
 
+def clean_stops(stop: Sequence[str] | str) -> list[str]:
+    """The non-empty stop strings of ``stop`` (one string or several)."""
+    return [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+
+
 def merge_key_parts(
     prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams], stop: Sequence[str] | str
 ) -> tuple[list[str], list[SamplingParams], tuple[str, ...]]:
@@ -71,7 +76,7 @@ def merge_key_parts(
         raise TypeError("prompts must be a sequence of strings, not one string")
     prompts = list(prompts)
     per_row = row_params(params, len(prompts)) if prompts else []
-    stops = tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
+    stops = tuple(clean_stops(stop))
     return prompts, per_row, stops
 
 

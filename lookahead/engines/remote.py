@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from lookahead.config import EngineConfig, SamplingParams
-from lookahead.engines.base import EngineBase, check_prompts, row_params
+from lookahead.engines.base import EngineBase, check_prompts, clean_stops, row_params
 from lookahead.engines.http import HTTPClient, RemoteTokenizer, load_tokenizer
 
 
@@ -31,11 +31,6 @@ class Closable(Protocol):
 
 
 C = TypeVar("C", bound=Closable)
-
-
-def clean_stops(stop: Sequence[str] | str) -> list[str]:
-    """The non-empty stop strings of ``stop`` (one string or several)."""
-    return [s for s in ([stop] if isinstance(stop, str) else stop) if s]
 
 
 def as_int(value: Any) -> int | None:

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lookahead.config import SamplingParams
-from lookahead.engines.base import DecodeStats, EngineBase, RowRequest, check_prompts, row_params
+from lookahead.engines.base import DecodeStats, EngineBase, RowRequest, check_prompts, clean_stops, row_params
 from lookahead.engines.fake import scripted_ending
 from lookahead.errors import ConfigError, PromptError
 from lookahead.simulate.profile import EngineCosts, JudgeCosts, Profile, Workload
@@ -696,7 +696,7 @@ class ModelledEngine(EngineBase):
         forward pass of its own: ``call_s`` plus the padded prefill, as a call's start costs), and
         each request is delivered the moment its last row ends."""
         self.world.enter()
-        stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+        stops = clean_stops(stop)
         stats = DecodeStats()
         live: list[list[Any]] = []  # [request, completions, steps left per row, arrival]
         key = (self.role, "joined")

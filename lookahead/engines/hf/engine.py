@@ -95,7 +95,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
 from lookahead.config import CopyConfig, EngineConfig, SamplingParams, SpeculationConfig
-from lookahead.engines.base import DecodeStats, EngineBase, RowRequest, check_prompts, row_params
+from lookahead.engines.base import DecodeStats, EngineBase, RowRequest, check_prompts, clean_stops, row_params
 from lookahead.engines.hf import text as hf_text
 from lookahead.engines.hf.batch_costs import BatchCostCurve, plan_batch
 from lookahead.engines.hf.logprobs import label_logprobs_of
@@ -409,7 +409,7 @@ class HFEngine(EngineBase):
         if self.model is None:
             raise RuntimeError(f"engine {self.name} was shut down")
         per_row = row_params(params, len(prompts))
-        stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+        stops = clean_stops(stop)
         rows = self._rows(prompts, per_row)
         drafter = self._drafter_for(rows, speculate)
         speculate = speculate and (self.speculation.method != "draft" or drafter is not None)  # no draft: plain
@@ -442,7 +442,7 @@ class HFEngine(EngineBase):
         started = time.perf_counter()
         if self.model is None:
             raise RuntimeError(f"engine {self.name} was shut down")
-        stops = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+        stops = clean_stops(stop)
         rows = [row for request in requests for row in self._request_rows(request, started)]
         stats = DecodeStats()
         if not rows:
