@@ -751,7 +751,7 @@ def run_all(
         if theirs or any(j.run.engine_overrides() for j in ours):
             with _EngineVariants(target) as variants, PeerSet(target.config) as peers:
                 if warmup:
-                    for group in _groups(ours).values():
+                    for group in _groups(ours):
                         warm_up(variants.get(group[0].run), group[0].problem.question, [j.run for j in group])
                     for job in {j.run.label: j for j in reversed(theirs)}.values():  # the first job of each peer run
                         peers.warm_up(job.run.peer, job.run.overrides, job.problem.question)
@@ -759,7 +759,7 @@ def run_all(
                     for job in batch:
                         record(execute_job(variants.get(job.run), job, peers))
                 else:  # a concurrent runner drives one reasoner and one run at a time; peers run one job at a time
-                    for group in _groups(ours).values():
+                    for group in _groups(ours):
                         for block in _by_run(group):
                             run_jobs(variants.get(block[0].run), block, record)
                     for job in theirs:
@@ -788,18 +788,19 @@ def _by_run(jobs: Sequence[Job]) -> list[list[Job]]:
     """Jobs by run, in first-seen order: a concurrent runner runs each run's jobs as one block, K of
     them in flight, so a run's wall times are its own under that load (runs that shared the batches
     would have timed each other's rows)."""
-    out: dict[str, list[Job]] = {}
-    for job in jobs:
-        out.setdefault(job.run.label, []).append(job)
-    return list(out.values())
+    return _grouped(jobs, lambda job: job.run.label)
 
 
-def _groups(jobs: Sequence[Job]) -> dict[str, list[Job]]:
+def _groups(jobs: Sequence[Job]) -> list[list[Job]]:
     """Jobs by their run's engine overrides, in first-seen order."""
+    return _grouped(jobs, lambda job: repr(sorted(job.run.engine_overrides().items())))
+
+
+def _grouped(jobs: Sequence[Job], key: Callable[[Job], str]) -> list[list[Job]]:
     out: dict[str, list[Job]] = {}
     for job in jobs:
-        out.setdefault(repr(sorted(job.run.engine_overrides().items())), []).append(job)
-    return out
+        out.setdefault(key(job), []).append(job)
+    return list(out.values())
 
 
 class _EngineVariants:
