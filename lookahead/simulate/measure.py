@@ -192,7 +192,7 @@ def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: 
         load, per_token = measure_workload(reasoner, questions, gamma, token_sd, say, draft)
         # the target's decode step at the workload's mean context: the prompt plus half a solution
         context = load.prompt_tokens + round(sum(map(sum, load.problems)) / max(len(load.problems), 1) / 2)
-        say(f"measuring the target (at a {context}-token context)")
+        say(f"measuring the target (at a {context}-word context)")
         target = measure_engine(reasoner.target, loop_sizes(config, gamma, sizes), repeats=repeats, say=say,
                                 context_words=context)
         spec_cost = 1.0

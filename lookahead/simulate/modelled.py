@@ -224,6 +224,12 @@ class Lane:
         self.batch_rows += rows * batches
 
 
+def device_kind(batching: str) -> str:
+    """How a device with engines of ``batching`` runs: ``continuous``, else ``merged`` (one stretch at
+    a time; a ``joined`` engine's loop runs there pass by pass)."""
+    return "continuous" if batching == "continuous" else "merged"
+
+
 class Device:
     """One device group: runs its lanes' calls on the virtual clock (``merged`` or ``continuous``).
 
@@ -238,7 +244,7 @@ class Device:
 
     def __init__(self, name: str, batching: str, max_rows: int) -> None:
         self.name = name
-        self.batching = "continuous" if batching == "continuous" else "merged"  # a joining engine's passes run one at a time
+        self.batching = device_kind(batching)
         self.max_rows = max_rows  # most rows one batch holds (rows)
         self.queue: list[Call] = []  # calls waiting to start (merged) or to be admitted (continuous)
         self.running: list[Call] = []  # calls started and not finished
@@ -404,7 +410,7 @@ class World:
         devices: dict[str, Device] = {}
         for costs in (profile.target, profile.draft):
             device = devices.setdefault(costs.device, Device(costs.device, costs.batching, costs.max_batch_rows))
-            if device.batching != Device(costs.device, costs.batching, 1).batching:
+            if device.batching != device_kind(costs.batching):
                 raise ConfigError(
                     f"device {costs.device!r} is both {device.batching} and {costs.batching}: one device batches one way; "
                     "give target and draft the same batching, or different devices"
@@ -716,6 +722,9 @@ class ModelledEngine(EngineBase):
             if rows:
                 self.world.run(self.lane, self.costs.device, rows, False, key, self.costs.call_s + self.lane.prefill_s(rows), hold)
 
+        def live_rows() -> int:
+            return sum(1 for e in live for n in e[2] if n)
+
         def deliver_ended() -> None:
             for entry in [e for e in live if not any(e[2])]:
                 live.remove(entry)
@@ -729,9 +738,9 @@ class ModelledEngine(EngineBase):
             while True:
                 if join is not None and not self.world.others_waiting(self.costs.device, hold):
                     # the real loop takes no new callers while another model's call waits: it drains first
-                    admit(join(sum(1 for e in live for n in e[2] if n)))  # a join is a forward pass of its own
+                    admit(join(live_rows()))  # a join is a forward pass of its own
                 deliver_ended()
-                rows = sum(1 for e in live for n in e[2] if n)
+                rows = live_rows()
                 if not rows:
                     break
                 stats.passes += 1
@@ -806,4 +815,4 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-__all__ = ["Device", "Lane", "ModelledEngine", "ModelledJudge", "PrefixCache", "Script", "World", "all_parked", "percentile"]
+__all__ = ["Device", "Lane", "device_kind", "ModelledEngine", "ModelledJudge", "PrefixCache", "Script", "World", "all_parked", "percentile"]
