@@ -57,7 +57,7 @@ from lookahead.config import (
     with_overrides,
 )
 from lookahead.engines import create_engine
-from lookahead.engines.base import Engine
+from lookahead.engines.base import Engine, EngineBase
 from lookahead.engines.batching import Batcher, BatchingEngine, batched
 from lookahead.errors import ConfigError, GenerationCancelled, PromptError
 from lookahead.prompts import Messages, Prompt, build_messages, normalize_messages
@@ -224,6 +224,12 @@ class LookaheadReasoner:
         loaded = {"target": self._target, "draft": self._draft}
         usage = {role: e.cache_usage() for role, e in loaded.items() if e is not None}
         return {role: held for role, held in usage.items() if held}
+
+    def clear_prefix_caches(self) -> dict[str, bool]:
+        """Clear the loaded engines' prefix caches (`EngineBase.clear_prefix_cache`); by role
+        (``target``, ``draft``), whether each one did. An engine not loaded yet is left alone."""
+        loaded = {"target": self._target, "draft": self._draft}
+        return {role: bool(e.clear_prefix_cache()) for role, e in loaded.items() if e is not None and isinstance(e, EngineBase)}
 
     def close(self) -> None:
         with self._workers_lock:

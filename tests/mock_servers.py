@@ -7,7 +7,7 @@
   ``{"type": "stop", "matched": str | token id}`` / ``{"type": "length", "length": N}``,
   ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``, ``spec_verify_ct`` and, with
   ``return_logprob``, ``output_token_ids_logprobs``), ``GET /get_model_info``,
-  ``GET /get_server_info``, ``GET /health``;
+  ``GET /get_server_info``, ``GET /health``, ``POST /flush_cache`` (400 while ``busy``);
 - OpenAI-compatible: ``POST /v1/completions`` (stop string stripped from the text; ``stop_reason``
   like vLLM unless ``flavor="plain"``; ``usage``; legacy ``logprobs.top_logprobs``),
   ``GET /v1/models`` (``max_model_len``);
@@ -64,6 +64,7 @@ class MockServer:
         self.api_key = api_key  # demanded bearer token, None = no auth
         self.max_new_tokens_limit = max_new_tokens_limit  # larger requests get HTTP 400
         self.fail_next: list[int] = []  # statuses answered (and popped) before the next success
+        self.busy = False  # True: POST /flush_cache is refused (400), as SGLang does while requests run
         self.requests: list[dict[str, Any]] = []  # {"method", "path", "headers", "body"} per request
         self._seen_prompts: list[str] = []
         self._httpd: ThreadingHTTPServer | None = None
@@ -127,6 +128,7 @@ class MockServer:
             ("POST", "/completion"): lambda: self._native_completion(body or {}),
             ("POST", "/tokenize"): lambda: self._tokenize(body or {}),
             ("POST", "/generate"): lambda: self._generate(body or {}),
+            ("POST", "/flush_cache"): lambda: self._flush_cache(),
             ("POST", "/v1/completions"): lambda: self._completions(body or {}),
         }
         route = routes.get((method, handler.path))
@@ -182,6 +184,13 @@ class MockServer:
         return {ord(nxt): math.log(0.9), ord(" "): math.log(0.05), ord("x"): math.log(0.01)}
 
     # -- SGLang ----------------------------------------------------------------------------------
+    def _flush_cache(self) -> Any:
+        """SGLang's ``/flush_cache``: forget the prompts seen (400 while `busy`)."""
+        if self.busy:
+            raise ValueError("Cache not flushed because there are pending requests")
+        self._seen_prompts.clear()
+        return {}
+
     def _generate(self, body: dict[str, Any]) -> Any:
         texts = body.get("text")
         single = isinstance(texts, str)

@@ -406,3 +406,31 @@ def test_a_concurrent_runner_runs_each_run_as_its_own_block(tmp_path):
     assert [b[0][0] for b in blocks] == ["ar", "lr[gamma=1]", "sd"]
     assert all(len({label for label, _ in b}) == 1 and [i for _, i in b] == [0, 1, 2] for b in blocks)
     assert len(store.records) == 9
+
+
+def test_every_concurrent_block_starts_with_cleared_prefix_caches(tmp_path, monkeypatch, caplog):
+    """--concurrency K: before each run's block the loaded engines' prefix caches are cleared (a run
+    after another would find the prompts, and the target's greedy steps, cached by it); an engine
+    that cannot clear its cache is named once in a warning."""
+    from lookahead.loop import LookaheadReasoner
+
+    cfg = load_config("tiny")
+    source = resolve_task(f"jsonl:{write_jsonl(tmp_path / 's.jsonl', ROWS)}", question_field="q", answer_field="sol")
+    runs = h.parse_run_specs("ar,lr[gamma=1]", cfg)
+    jobs = h.plan_jobs(load_problems(source), runs, 1, cfg, source.name)
+    events: list[str] = []
+
+    def run_jobs(reasoner, batch, on_record):
+        events.append(batch[0].run.label)
+        for job in batch:
+            on_record(h.execute_job(reasoner, job))
+
+    store = h.RecordStore(tmp_path / "records.jsonl")
+    with LookaheadReasoner.from_config(cfg) as reasoner:
+        real = reasoner.clear_prefix_caches
+        monkeypatch.setattr(reasoner, "clear_prefix_caches", lambda: events.append("clear") or real())
+        with caplog.at_level("WARNING", logger="lookahead.eval.harness"):
+            h.run_all(reasoner, jobs, store, run_jobs, warmup=False)
+    assert events == ["clear", "ar", "clear", "lr[gamma=1]"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len([w for w in warnings if "target engine's prefix cache cannot be cleared" in w]) == 1  # fake engines keep none

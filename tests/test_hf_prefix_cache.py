@@ -245,3 +245,25 @@ def test_merged_rows_on_the_embedded_smollm2_equal_rows_alone():
     finally:
         engine.shutdown()
         plain.shutdown()
+
+
+def test_clear_prefix_cache_makes_the_next_call_cold_and_keeps_its_text(model, tok):
+    """Guards `clear_prefix_cache` (the eval harness clears it before each run's block): after it a
+    prompt computed before is computed afresh, to the same text; through the batcher too."""
+    from lookahead.engines.batching import Batcher, batched
+
+    engine = HFEngine(model, tok, prefix_cache=True)
+    a = PROBLEMS[0]
+    first = engine.generate([a], greedy(6))[0]
+    warm = engine.generate([a + first.text], greedy(6))[0]
+    assert warm.cached_tokens > 0 and engine.cache_usage()["rows"] > 0
+    assert engine.clear_prefix_cache() is True
+    assert engine.cache_usage()["rows"] == 0
+    cold = engine.generate([a + first.text], greedy(6))[0]
+    assert cold.cached_tokens == 0 and cold.text == warm.text
+    batcher = Batcher()
+    try:
+        wrapped = batched(engine, batcher)
+        assert wrapped.clear_prefix_cache() is True and engine.cache_usage()["rows"] == 0
+    finally:
+        batcher.close()

@@ -129,6 +129,16 @@ def test_hf_pool_matches_in_process_engine(hf_pool, tiny_dir):
     local.shutdown()
 
 
+def test_clear_prefix_cache_reaches_every_replica(hf_pool):
+    """The pool's `clear_prefix_cache` clears each running replica's cache: the next call of a prompt
+    a replica computed before finds nothing cached."""
+    prompt = "Once upon a time there was a"
+    hf_pool.generate([prompt], SamplingParams(max_new_tokens=6))
+    hf_pool.generate([prompt], SamplingParams(max_new_tokens=6))  # each replica may have served one
+    assert hf_pool.clear_prefix_cache() is True
+    assert hf_pool.generate([prompt], SamplingParams(max_new_tokens=6))[0].cached_tokens == 0
+
+
 def test_engine_error_fails_only_its_caller(hf_pool):
     """Guards error isolation: an over-long prompt gets PromptError; the call merged with it still succeeds."""
     long_prompt = "The quick brown fox " * 200

@@ -134,6 +134,24 @@ def test_sglang_spec_counts_stay_zero_when_draft_size_unknown(server):
     assert (c.spec_draft_tokens, c.spec_accepted_tokens) == (0, 0)
 
 
+def test_sglang_clear_prefix_cache_flushes_the_server_and_says_when_refused(server):
+    """`clear_prefix_cache` posts SGLang's /flush_cache: the next call of a prompt seen before finds
+    nothing cached; a refusal (requests still running: 400) is False, not an error."""
+    engine = sglang(server)
+    engine.generate([P], SamplingParams(max_new_tokens=4))
+    assert engine.generate([P], SamplingParams(max_new_tokens=4))[0].cached_tokens > 0
+    assert engine.clear_prefix_cache() is True
+    assert posts(server, "/flush_cache")
+    assert engine.generate([P], SamplingParams(max_new_tokens=4))[0].cached_tokens == 0
+    server.busy = True
+    assert engine.clear_prefix_cache() is False
+
+
+def test_an_openai_engine_says_it_cleared_nothing(server):
+    assert openai(server).clear_prefix_cache() is False
+    assert not posts(server, "/flush_cache")
+
+
 def test_sglang_next_token_logprobs_exact_for_every_candidate(server):
     """token_ids_logprob with the candidates' first tokens; max_new_tokens 1."""
     engine = sglang(server)

@@ -14,6 +14,9 @@ or calls ``engine.prepare_speculation()`` on any engine instead of probing with 
 - ``occupancy()`` (default 0 = unknown): rows of other callers the next call would share a batch
   with (`lookahead.engines.batching.BatchingEngine`, `lookahead.engines.pool.PoolEngine`);
 - ``tokenizer`` (default None): the engine's local tokenizer;
+- ``clear_prefix_cache()`` (default: False, nothing cleared): forget the prompt prefixes the
+  engine's cache holds, so its next calls start cold (the eval harness starts every run's block
+  of concurrent problems from the same state);
 - ``prepare_speculation()`` (default: nothing to do): load and check what
   ``generate(..., speculate=True)`` needs, before the first question;
 - ``next_token_logprobs(prompts, candidates)`` (default: raises `ConfigError`): log-probability of
@@ -170,6 +173,12 @@ class EngineBase:
         """Rows of other callers that the caller's next call would share a batch with, where the
         engine merges calls (the adaptive policy drafts less under load); 0 where unknown."""
         return 0
+
+    def clear_prefix_cache(self) -> bool:
+        """Forget every prompt prefix the engine's cache holds (its next calls compute their prompts
+        afresh). True when cleared; False when the engine keeps no cache it can clear from here.
+        Default: False."""
+        return False
 
     def prepare_speculation(self) -> None:
         """Load and check now what ``generate(..., speculate=True)`` needs (e.g. a draft model),

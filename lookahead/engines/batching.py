@@ -536,6 +536,11 @@ class BatchingEngine(EngineBase):
     def prepare_speculation(self) -> None:
         self._alone(self.inner.prepare_speculation)
 
+    def clear_prefix_cache(self) -> bool:
+        if not isinstance(self.inner, EngineBase):
+            return False
+        return bool(self._alone(self.inner.clear_prefix_cache))
+
     def check_logprob_labels(self, labels: Sequence[str], where: str = "") -> None:
         self._alone(lambda: self.inner.check_logprob_labels(labels, where))
 

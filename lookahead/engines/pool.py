@@ -237,6 +237,9 @@ class ReplicaWorker:
         self.calls.append(len(prompts))
         return self.engine.generate(prompts, params, stop=stop, speculate=speculate)
 
+    def clear_prefix_cache(self) -> bool:
+        return bool(self.engine.clear_prefix_cache()) if isinstance(self.engine, EngineBase) else False
+
     def stats(self) -> dict[str, Any]:
         return {"calls": list(self.calls), "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
@@ -457,6 +460,17 @@ class PoolEngine(EngineBase):
         """Rows waiting for a replica now: what the caller's next call would share a batch with."""
         with self._cond:
             return sum(len(q.prompts) for q in self._pending)
+
+    def clear_prefix_cache(self) -> bool:
+        """Clear every running replica's cache; True only if each one did."""
+        running = [rep for rep in self._replicas if rep.status != "dead"]
+        if not running:
+            return False
+        refs = [rep.handle.clear_prefix_cache.remote() for rep in running]
+        try:
+            return all(ray.get(refs, timeout=self.call_timeout_s))
+        except Exception:  # noqa: BLE001 -- a replica restarting: its cache starts empty anyway, but say not cleared
+            return False
 
     def count_tokens(self, text: str) -> int:
         with self._text_lock:

@@ -70,6 +70,7 @@ from lookahead.config import EngineConfig, SamplingParams
 from lookahead.engines.http import (
     HTTPClient,
     RemoteTokenizer,
+    RequestRejected,
     ServerUnavailable,
     client_options,
     load_tokenizer,
@@ -112,6 +113,14 @@ class _ServerBackend:
     def server_info(self) -> dict[str, Any]:
         return self.client.get("/get_server_info")
 
+    def flush_cache(self) -> bool:
+        """``POST /flush_cache`` (the radix cache); the server refuses it (400) while requests run."""
+        try:
+            self.client.post("/flush_cache", {})
+        except (RequestRejected, ServerUnavailable):
+            return False
+        return True
+
     def close(self) -> None:
         self.client.close()
 
@@ -129,6 +138,13 @@ class _InProcessBackend:
 
     def server_info(self) -> dict[str, Any]:
         return dict(self.engine.get_server_info())
+
+    def flush_cache(self) -> bool:
+        flush = getattr(self.engine, "flush_cache", None)
+        if flush is None:
+            return False
+        out = flush()
+        return bool(getattr(out, "success", True))
 
     def close(self) -> None:
         self.engine.shutdown()
@@ -162,6 +178,11 @@ class SGLangEngine(RemoteEngine[_ServerBackend | _InProcessBackend]):
         a stateless HTTP request and the server batches concurrent ones (continuous batching),
         which is what pipelined rounds and ``concurrency > 1`` rely on. In process, no."""
         return isinstance(self._connection, _ServerBackend)
+
+    def clear_prefix_cache(self) -> bool:
+        """Flush the server's radix cache (SGLang's ``/flush_cache``; refused while requests run)."""
+        backend = self._connection
+        return backend.flush_cache() if backend is not None else False
 
     # -- construction --------------------------------------------------------------------------
     @classmethod

@@ -21,7 +21,11 @@ Fairness rules: every run sees the same problems, the same token budget and the 
 (a run spec that overrides them gets a warning in the summary); samples are seeded
 ``seed + sample`` when sampling is stochastic, the same seed for every run. Jobs go problem by
 problem, and the run that goes first rotates from one problem to the next, so whatever a warm
-cache gives the second run of a problem is spread evenly over the runs. ``--equal-hardware`` is
+cache gives the second run of a problem is spread evenly over the runs. With ``--concurrency K``
+each run's jobs are one block, K in flight, and every block starts with the target's and the
+draft's prefix caches cleared (`LookaheadReasoner.clear_prefix_caches`): a block cannot rotate,
+and a run after another would find the prompts, and under greedy decoding the target's very
+steps, cached by the run before it. ``--equal-hardware`` is
 recorded; with engine replicas (``replicas >= 1``, the Ray pool) the ``ar`` runs then get
 ``target.replicas + draft.replicas`` target replicas: they run after the other runs, on a second
 reasoner built once the first one has been closed (with in-process engines, ``replicas = 0``,
@@ -57,6 +61,7 @@ import copy
 import datetime as _dt
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -96,6 +101,8 @@ if TYPE_CHECKING:
 
     from lookahead.loop import LookaheadReasoner
     from lookahead.types import Result
+
+log = logging.getLogger(__name__)
 
 RECORDS_FILE = "records.jsonl"
 RUN_FILE = "run.json"
@@ -761,7 +768,7 @@ def run_all(
                 else:  # a concurrent runner drives one reasoner and one run at a time; peers run one job at a time
                     for group in _groups(ours):
                         for block in _by_run(group):
-                            run_jobs(variants.get(block[0].run), block, record)
+                            run_block(variants.get(block[0].run), block)
                     for job in theirs:
                         record(execute_job(target, job, peers))
             return
@@ -771,7 +778,22 @@ def run_all(
             run_jobs(target, batch, record)
             return
         for block in _by_run(batch):
-            run_jobs(target, block, record)
+            run_block(target, block)
+
+    def run_block(target: LookaheadReasoner, block: Sequence[Job]) -> None:
+        """One run's jobs, K in flight, from cold prefix caches: a run after another would otherwise
+        find the problems' prompts (and, under greedy decoding, the target's very steps) cached by
+        the run before it, and its times would be shorter for that alone."""
+        for role, cleared in target.clear_prefix_caches().items():
+            if not cleared and role not in uncleared:
+                uncleared.add(role)
+                log.warning(
+                    "the %s engine's prefix cache cannot be cleared between runs: a run may find prompts "
+                    "cached by the run before it", role,
+                )
+        run_jobs(target, block, record)
+
+    uncleared: set[str] = set()
 
     if ar_reasoner is None:
         go(reasoner, jobs)

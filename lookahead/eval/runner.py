@@ -116,6 +116,10 @@ class Evaluation:
             "limit": self.limit,
             "machine": machine(),
             "concurrency": self.config.concurrency,
+            "prefix_caches": (
+                "cleared before each run's block of concurrent problems (where the engine can clear its cache)"
+                if self.config.concurrency > 1 else "kept: the run that goes first rotates from problem to problem"
+            ),
             "equal_hardware": {
                 "requested": self.equal_hardware, "applied": self.equal_hardware_applied,
                 "note": self.equal_hardware_note(),

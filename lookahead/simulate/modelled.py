@@ -670,6 +670,10 @@ class ModelledEngine(EngineBase):
     def shutdown(self) -> None:
         pass
 
+    def clear_prefix_cache(self) -> bool:
+        self.cache = PrefixCache()
+        return True
+
     def occupancy(self) -> int:
         """Rows of this engine running or waiting on its device now (rows)."""
         return self.world.occupancy(self.lane, self.costs.device)

@@ -256,6 +256,12 @@ class HFEngine(EngineBase):
         """The prefix cache's rows and tokens now, next to their bounds."""
         return self.remembered.usage()
 
+    @torch_thread
+    def clear_prefix_cache(self) -> bool:
+        """Forget the remembered rows (on the torch thread: never under a running call)."""
+        self.remembered.clear()
+        return True
+
     @property
     def prefix_cache_rows(self) -> int:
         return self.remembered.max_rows
