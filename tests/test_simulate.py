@@ -4,6 +4,7 @@ clock under concurrency, the profile's checks, the report, the CLI. Virtual time
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 import time
@@ -73,6 +74,7 @@ def test_shipped_profiles_name_a_source_for_every_number(name):
         ({"target__batching": "magic"}, ["target.batching", "continuous"]),
         ({"judge__colour": 3}, ["unknown profile key 'judge.colour'"]),
         ({"target__decode_s": {2: 0.02}}, ["no batch size 1"]),
+        ({"target__spec_pass": "fast"}, ["target.spec_pass 'fast'", "compute-bound"]),
     ],
 )
 def test_bad_profile_is_one_line_naming_the_field(change, words):
@@ -83,6 +85,38 @@ def test_bad_profile_is_one_line_naming_the_field(change, words):
     assert "\n" not in message
     for word in words:
         assert word in message
+
+
+def test_verification_pass_models_agree_on_one_row_and_part_under_load():
+    """spec_pass: one row's pass costs spec_step_cost x its decode step in both models; over n rows the
+    memory-bound pass scales the n-row step, the compute-bound one mixes plain steps and steps as wide
+    as n (1 + k) rows, by the share q that one row's cost gives."""
+    costs = toy(target__decode_s={1: 0.01, 4: 0.02, 16: 0.06, 64: 0.22}, target__spec_step_cost=1.5,
+                target__spec_num_tokens=3).target
+    memory = dataclasses.replace(costs, spec_pass="memory-bound")
+    compute = dataclasses.replace(costs, spec_pass="compute-bound")
+    assert memory.verify_s(1) == pytest.approx(0.015) and compute.verify_s(1) == pytest.approx(0.015)
+    q = compute.spec_share()
+    assert q == pytest.approx(0.5 * 0.01 / (0.02 - 0.01))  # step_s(4) = 0.02: half of a row's passes propose
+    assert memory.verify_s(8) == pytest.approx(1.5 * costs.step_s(8))
+    wide = 1 - (1 - q) ** 8
+    assert compute.verify_s(8) == pytest.approx(wide * costs.step_s(32) + (1 - wide) * costs.step_s(8))
+    assert compute.verify_s(8) > memory.verify_s(8)
+    dear = dataclasses.replace(compute, spec_step_cost=4.0)  # more than 1 + k tokens explain: the rest in proportion
+    assert dear.spec_share() > 1 and dear.verify_s(2) == pytest.approx(costs.step_s(8) * 0.04 / 0.02)
+
+
+def test_profile_of_an_in_process_cpu_engine_says_compute_bound():
+    from lookahead.config import config_from_dict
+    from lookahead.engines.costs import CallTimes
+    from lookahead.simulate.measure import _engine_costs
+
+    times = CallTimes({1: 0.01, 2: 0.012}, 0.0001, 0.001)
+    cpu = config_from_dict({"target": {"backend": "hf", "device": "cpu"}}).target
+    server = config_from_dict({"target": {"backend": "sglang", "url": "http://127.0.0.1:1"}}).target
+    assert _engine_costs(times, cpu, "t", "measured", 1, 1.3, True).spec_pass == "compute-bound"
+    made = _engine_costs(times, server, "t", "measured", 1, 1.1, True)
+    assert made.spec_pass == "memory-bound" and "once per pass" in made.sources["spec_pass"]
 
 
 # -- the modelled engines ------------------------------------------------------------------------

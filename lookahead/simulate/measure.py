@@ -239,6 +239,7 @@ def _engine_costs(times: CallTimes, cfg: Any, name: str, when: str, repeats: int
         max_batch_rows=cfg.max_batch_rows,
         spec_step_cost=round(spec_cost, 4),
         spec_num_tokens=cfg.speculation.num_tokens,
+        spec_pass="compute-bound" if not server and cfg.device == "cpu" else "memory-bound",
     )
     costs.sources = {
         "decode_s": f"{when}: one call of n rows, {repeats} tries, (long - short call) / (long - short tokens), made non-decreasing",
@@ -246,8 +247,17 @@ def _engine_costs(times: CallTimes, cfg: Any, name: str, when: str, repeats: int
         "call_s": f"{when}: the short 1-row call (its prompt cached) less its decode steps",
         "spec_step_cost": (f"{when}: sd run's target s/token x token acceptance length / ar run's s/token"
                            if token_sd else "not measured (give --token-sd): 1.0"),
+        "spec_pass": (SPEC_PASS_CPU if costs.spec_pass == "compute-bound"
+                      else "assumed: a server or a GPU reads the weights and each row's KV cache once per pass"),
     }
     return costs
+
+
+SPEC_PASS_CPU = (
+    "assumed for an in-process engine on a CPU, checked on this project's 2-core VM with SmolLM2-135M at K = 8 "
+    "(python scripts/trace_passes.py, docs/benchmarks/simulate-cpu/passes-k8.json): a verification pass over "
+    "n rows of 1 + k tokens costs about the decode step of n (1 + k) rows"
+)
 
 
 def _simulated_config(config: LookaheadConfig, gamma: int) -> dict[str, Any]:

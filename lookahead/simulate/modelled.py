@@ -191,7 +191,7 @@ class Lane:
     def step_s(self, rows: int, speculate: bool) -> float:
         costs = self.costs
         assert isinstance(costs, EngineCosts)
-        return costs.step_s(rows) * (costs.spec_step_cost if speculate else 1.0)
+        return costs.verify_s(rows) if speculate else costs.step_s(rows)
 
     def prefill_s(self, rows: Sequence[Row]) -> float:
         """Seconds of one prefill batch of ``rows`` (a judge on a server: its pairs). A server

@@ -6,7 +6,8 @@ writes one from your own engines). It holds:
 - ``target``, ``draft`` (`EngineCosts`): per model, the device it runs on, how that device batches
   concurrent calls, the seconds of one decode step by the rows in the batch (the **batch-cost
   curve**), the seconds per prompt token not in the prefix cache (prefill), a fixed cost per call,
-  and the cost of one token-speculation verification pass relative to a decode step;
+  and the cost of one token-speculation verification pass relative to a decode step, with how it
+  grows with the rows of the pass (``spec_pass``, `SPEC_PASSES`);
 - ``judge`` (`JudgeCosts`): the verifier's seconds per call and per judged pair, and its device;
 - ``workloads`` (`Workload`, by name): the problems (prompt tokens, steps per problem, tokens per
   step, or the measured step lengths of real problems), the step acceptance per lookahead depth
@@ -50,6 +51,16 @@ it, up to ``max_batch_rows`` rows; every row of a call returns when the call end
 (an in-process engine whose plain calls let later calls join its running decode loop between
 forward passes, each caller handed its rows as they end: the HF engine behind the batcher;
 its token-speculation and seeded calls merge per call)."""
+SPEC_PASSES = ("memory-bound", "compute-bound")
+"""What a token-speculation verification pass over n rows costs (``spec_pass``): ``memory-bound``
+(a GPU: the weights and each row's KV cache are read once per pass however many tokens it feeds, so
+the pass costs ``spec_step_cost`` x the decode step of n rows) or ``compute-bound`` (a CPU: a forward
+pass costs what its tokens cost. A row proposes ``spec_num_tokens`` tokens in a share q of its passes
+(the n-gram lookup found a match) and none in the others; a pass in which some row proposes feeds
+every row ``1 + spec_num_tokens`` columns (the batch is padded to its widest row) and costs the
+decode step of n (1 + spec_num_tokens) rows, one in which none does is a plain decode step of n
+rows. q is what makes one row's pass cost ``spec_step_cost`` x its decode step (`EngineCosts.spec_share`);
+over n rows some row proposes with probability 1 - (1 - q)^n)."""
 
 
 @dataclass
@@ -64,10 +75,33 @@ class EngineCosts:
     call_s: float = 0.0  # fixed seconds per call (request handling, scheduling) (s)
     max_batch_rows: int = 256  # most rows one batch holds (rows); more wait for the next one
     spec_step_cost: float = 1.2  # one token-speculation verification pass / one plain decode step (ratio)
-    spec_num_tokens: int = 4  # tokens proposed per verification pass (tokens; reported, not charged)
+    spec_num_tokens: int = 4  # most tokens proposed per row and verification pass (tokens)
+    spec_pass: str = "memory-bound"  # how a verification pass scales with its rows (see SPEC_PASSES)
     sources: dict[str, str] = field(default_factory=dict)  # field -> where its number comes from
 
-    def step_s(self, rows: int) -> float:
+    def verify_s(self, rows: float) -> float:
+        """Seconds of one token-speculation verification pass over ``rows`` rows (``spec_pass``, `SPEC_PASSES`);
+        one row's pass costs ``spec_step_cost`` x its decode step either way."""
+        if self.spec_pass != "compute-bound":
+            return self.spec_step_cost * self.step_s(rows)
+        width = 1 + self.spec_num_tokens
+        share = self.spec_share()
+        if share > 1:  # one row's pass costs more than its tokens: the rest is overhead, charged in proportion
+            return self.step_s(rows * width) * self.spec_step_cost * self.step_s(1) / self.step_s(width)
+        wide = 1 - (1 - share) ** rows  # some row proposes: the batch is as wide as its widest row
+        return wide * self.step_s(rows * width) + (1 - wide) * self.step_s(rows)
+
+    def spec_share(self) -> float:
+        """The compute-bound model's share of a row's passes that feed proposed tokens (``1 +
+        spec_num_tokens`` tokens; the others are plain decode steps): the share that makes one row's
+        pass cost ``spec_step_cost`` x its decode step on this curve (above 1: the pass costs more than
+        its tokens)."""
+        one, wide = self.step_s(1), self.step_s(1 + self.spec_num_tokens)
+        if wide <= one:
+            return math.inf if self.spec_step_cost > 1 else 0.0
+        return (self.spec_step_cost - 1) * one / (wide - one)
+
+    def step_s(self, rows: float) -> float:
         """Seconds of one decode step with ``rows`` rows: the curve, linear between and past its points."""
         if rows < 1:
             raise ValueError(f"rows must be >= 1 (got {rows})")
@@ -333,6 +367,10 @@ def _check_engine(engine: EngineCosts, where: str) -> None:
     if engine.spec_step_cost < 1:
         raise ConfigError(f"{where}.spec_step_cost must be >= 1 (got {engine.spec_step_cost}); a verification pass costs at least a decode step")
     _at_least(engine.spec_num_tokens, 1, f"{where}.spec_num_tokens", "e.g. 4")
+    if engine.spec_pass not in SPEC_PASSES:
+        raise ConfigError(
+            f"{where}.spec_pass {engine.spec_pass!r} is unknown; choose memory-bound (a GPU) or compute-bound (a CPU)"
+        )
 
 
 def _check_workload(load: Workload, where: str) -> None:
