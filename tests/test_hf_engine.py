@@ -382,3 +382,15 @@ def test_output_vocab_file_errors(model, tokenizer, tmp_path):
         (folder / "output_vocab.json").write_text(content)
         with pytest.raises(ModelLoadError, match="output_vocab.json"):
             HFEngine.from_config(EngineConfig(model=str(folder), cache_dir=str(tmp_path / "cache")))
+
+
+def test_measure_join_times_what_a_join_costs_a_running_loop(model, tokenizer):
+    """lookahead profile's join_s: a loop with one more row joining it costs more than the loop alone, by
+    at least the join's forward pass; an engine without a joining loop has none to measure."""
+    from lookahead.engines.costs import measure_join
+    from lookahead.engines.fake import FakeEngine
+
+    engine = HFEngine(model, tokenizer)
+    joins = measure_join(engine, [1, 4], tokens=8, after=2, repeats=1)
+    assert sorted(joins) == [1, 4] and all(seconds > 0 for seconds in joins.values())
+    assert measure_join(FakeEngine(["a\n\n"]), [1]) == {}

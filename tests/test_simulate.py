@@ -75,6 +75,8 @@ def test_shipped_profiles_name_a_source_for_every_number(name):
         ({"judge__colour": 3}, ["unknown profile key 'judge.colour'"]),
         ({"target__decode_s": {2: 0.02}}, ["no batch size 1"]),
         ({"target__spec_pass": "fast"}, ["target.spec_pass 'fast'", "compute-bound"]),
+        ({"target__join_s": {1: -0.01}}, ["target.join_s[1] must be >= 0"]),
+        ({"target__join_s": {"x": 0.01}}, ["target.join_s must map a batch size"]),
     ],
 )
 def test_bad_profile_is_one_line_naming_the_field(change, words):
@@ -165,6 +167,22 @@ def test_joined_engines_let_calls_join_a_running_loop_through_the_real_batcher()
     assert joined["completion_tokens"] == merged["completion_tokens"]
     assert joined["clock_events"] > 10 * merged["clock_events"]  # one clock event per decode pass
     assert joined["throughput_tokens_s"] > 1.1 * merged["throughput_tokens_s"]
+
+
+def test_a_join_costs_the_loop_its_measured_join_s_and_a_loop_start_costs_call_s():
+    """join_s (measured by lookahead profile for the HF engine): what a call joining a running loop costs it,
+    by the rows live; a call that starts a loop still costs call_s, so K = 1 (nothing joins) is unchanged."""
+    def run(k, join_s):
+        profile = toy(target__batching="joined", draft__batching="joined", target__device="cpu", draft__device="cpu",
+                      target__join_s=join_s)
+        _, load = profile.workload()
+        cfg = base_config(profile, Script(load, 4))
+        return simulate_run(profile, load, parse_runs("ar", cfg)[0], k, 4, cfg, batcher=True)["makespan_s"]
+
+    assert run(1, {1: 0.5}) == pytest.approx(run(1, {}), rel=1e-9)
+    assert run(4, {1: 0.5, 8: 0.5}) > run(4, {}) + 3 * 0.5  # three later problems joined the first one's loop at least
+    costs = toy(target__join_s={1: 0.01, 8: 0.08}).target
+    assert costs.join_cost(4) == pytest.approx(0.04) and toy().target.join_cost(4) == toy().target.call_s
 
 
 def test_in_process_prefill_is_padded_to_the_longest_row_and_a_server_sums():

@@ -6,7 +6,11 @@ Ray pool, an SGLang / OpenAI-compatible server), with the calls the loop makes.
   difference of their longest rows (prefill and per-call costs cancel). The curve is made
   non-decreasing (an engine pads to the cheapest batch at or above a size);
 - **prefill** (``prefill_s_per_token``): a long fresh prompt against a short one, one new token;
-- **per-call cost** (``call_s``): the short 1-row call less its decode steps.
+- **per-call cost** (``call_s``): the short 1-row call less its decode steps;
+- **join cost** (``join_s``, engines with a joining decode loop: the HF engine): a loop of n rows
+  with one more row joining it after a few passes (a cached prompt plus one word, one new token),
+  against the same loop alone. The difference is what a join costs the loop: its forward pass,
+  and splicing the row into the batch's KV cache and out again (it grows with the rows live).
 
 `lookahead profile` writes these into a cost profile; `lookahead bench` uses the curve as the
 target's b(k) where it cannot time the model's forward pass itself (a served target).
@@ -21,7 +25,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lookahead.config import SamplingParams
@@ -43,6 +47,7 @@ class CallTimes:
     decode_s: dict[int, float]  # seconds of one decode step by rows (s)
     prefill_s_per_token: float  # seconds per uncached prompt token (s)
     call_s: float  # fixed seconds per call (s)
+    join_s: dict[int, float] = field(default_factory=dict)  # one join into a running loop of n rows (s); {}: none measured
 
 
 def filler_words(n: int, rng: random.Random) -> str:
@@ -90,6 +95,45 @@ def measure_engine(engine: Any, sizes: Sequence[int], short: int = 4, long: int 
     return CallTimes(curve, round(prefill, 9), round(intercept, 6))  # (the timed calls' prompts were cached)
 
 
+def measure_join(engine: Any, sizes: Sequence[int], tokens: int = 12, after: int = 4, repeats: int = 2,
+                 seed: int = 2, say: Say = _quiet, context_words: int = 40) -> dict[int, float]:
+    """Seconds one join costs a running decode loop of n rows, for n in ``sizes`` (module docstring);
+    {} for an engine without a joining loop (``generate_requests``)."""
+    from lookahead.engines.base import RowRequest
+
+    run = getattr(engine, "generate_requests", None)
+    if run is None:
+        return {}
+    rng = random.Random(seed)
+    base = filler_words(max(context_words, 1), rng)
+
+    def loop(prompts: list[str], joiner: str | None) -> float:
+        def request(texts: list[str], new: int) -> RowRequest:
+            return RowRequest(list(texts), [SamplingParams(max_new_tokens=new)] * len(texts), lambda out: None)
+
+        passes = 0
+
+        def join(live_rows: int) -> list[RowRequest]:
+            nonlocal passes
+            passes += 1
+            return [request([joiner], 1)] if joiner is not None and passes == after else []
+
+        start = time.perf_counter()
+        run([request(prompts, tokens)], stop=(), join=join)
+        return time.perf_counter() - start
+
+    out: dict[int, float] = {}
+    for n in sorted(set(sizes)):
+        say(f"{engine.name}: a join into {n} row(s)")
+        prompts = [f"{base} {i}: {filler_words(4, rng)}" for i in range(n)]
+        engine.generate(prompts, SamplingParams(max_new_tokens=1), stop=())  # cached, as a round's rows are
+        joiner = f"{prompts[0]} {filler_words(1, rng)}"
+        alone = min(loop(prompts, None) for _ in range(repeats))
+        joined = min(loop(prompts, joiner) for _ in range(repeats))
+        out[n] = round(max(joined - alone, 0.0), 6)
+    return out
+
+
 def _prefill(engine: Any, rng: random.Random, repeats: int) -> float:
     """Seconds per prompt token: a long fresh prompt against a short fresh one, one new token each."""
     times = []
@@ -107,4 +151,4 @@ def _prefill(engine: Any, rng: random.Random, repeats: int) -> float:
     return max((t1 - t0) / max(n1 - n0, 1), 0.0)
 
 
-__all__ = ["CallTimes", "filler_words", "measure_engine"]
+__all__ = ["CallTimes", "filler_words", "measure_engine", "measure_join"]

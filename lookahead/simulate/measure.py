@@ -10,6 +10,8 @@ Everything goes through the engines the config builds (in-process ``hf``, or ``s
   The curve is made non-decreasing (an engine pads to the cheapest batch at or above a size);
 - **prefill** (``prefill_s_per_token``): a long fresh prompt against a short one, one new token;
 - **per-call cost** (``call_s``): the short call less its decode steps;
+- **join cost** (``join_s``, an engine with a joining decode loop, the HF engine): what one call
+  joining a running loop of n rows costs it (`lookahead.engines.costs.measure_join`);
 - the same three for the **draft** (its ratio to the target's step is the draft cost ratio c);
 - **judge** (``call_s``, ``pair_s``): the configured verifier on 1 and ``--pairs`` synthetic pairs;
 - **workload** (from ``--limit`` problems of ``--task``): an ``ar`` run gives each problem's
@@ -37,7 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lookahead.config import LookaheadConfig, configured, uses_token_speculation
-from lookahead.engines.costs import CallTimes, filler_words, measure_engine
+from lookahead.engines.costs import CallTimes, filler_words, measure_engine, measure_join
 from lookahead.errors import DataError
 from lookahead.simulate.profile import EngineCosts, JudgeCosts, Profile, Workload, check_profile
 from lookahead.types import Result
@@ -187,6 +189,7 @@ def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: 
     with LookaheadReasoner(config, **(engines or {})) as reasoner:
         say("measuring the draft")
         draft = measure_engine(reasoner.draft, [1, 2], repeats=repeats, seed=1, say=say)
+        draft.join_s = measure_join(reasoner.draft, [1, 4, 8], repeats=repeats, say=say)
         say("measuring the verifier")
         judge_call, judge_pair = measure_judge(reasoner.verifier, pairs, repeats)
         load, per_token = measure_workload(reasoner, questions, gamma, token_sd, say, draft)
@@ -195,6 +198,8 @@ def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: 
         say(f"measuring the target (at a {context}-word context)")
         target = measure_engine(reasoner.target, loop_sizes(config, gamma, sizes), repeats=repeats, say=say,
                                 context_words=context)
+        target.join_s = measure_join(reasoner.target, [1, *(n for n in target.decode_s if n >= 4)], repeats=repeats,
+                                     say=say, context_words=context)
         spec_cost = 1.0
         if token_sd and per_token.get("sd") and per_token["ar"]:
             spec_cost = max(load.target_acceptance_length * per_token["sd"] / per_token["ar"], 1.0)
@@ -240,6 +245,7 @@ def _engine_costs(times: CallTimes, cfg: Any, name: str, when: str, repeats: int
         spec_step_cost=round(spec_cost, 4),
         spec_num_tokens=cfg.speculation.num_tokens,
         spec_pass="compute-bound" if not server and cfg.device == "cpu" else "memory-bound",
+        join_s=dict(times.join_s),
     )
     costs.sources = {
         "decode_s": f"{when}: one call of n rows, {repeats} tries, (long - short call) / (long - short tokens), made non-decreasing",
@@ -247,6 +253,8 @@ def _engine_costs(times: CallTimes, cfg: Any, name: str, when: str, repeats: int
         "call_s": f"{when}: the short 1-row call (its prompt cached) less its decode steps",
         "spec_step_cost": (f"{when}: sd run's target s/token x token acceptance length / ar run's s/token"
                            if token_sd else "not measured (give --token-sd): 1.0"),
+        **({"join_s": f"{when}: a loop of n rows with one cached row joining after 4 passes against the loop alone, "
+                      f"{repeats} tries each"} if times.join_s else {}),
         "spec_pass": (SPEC_PASS_CPU if costs.spec_pass == "compute-bound"
                       else "assumed: a server or a GPU reads the weights and each row's KV cache once per pass"),
     }

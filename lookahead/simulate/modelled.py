@@ -702,8 +702,8 @@ class ModelledEngine(EngineBase):
     def _generate_requests(self, requests: Sequence[RowRequest], stop: Sequence[str] = (),
                            join: Callable[[int], list[RowRequest]] | None = None) -> DecodeStats:
         """`HFEngine.generate_requests` on the virtual clock: a prefill, then one decode pass at a time
-        over the live rows; between passes ``join(live_rows)`` may add requests (their prefill is a
-        forward pass of its own: ``call_s`` plus the padded prefill, as a call's start costs), and
+        over the live rows; between passes ``join(live_rows)`` may add requests (a join costs the
+        loop ``join_s`` at its live rows, measured, or else ``call_s``, plus the padded prefill), and
         each request is delivered the moment its last row ends."""
         self.world.enter()
         stops = clean_stops(stop)
@@ -714,6 +714,7 @@ class ModelledEngine(EngineBase):
 
         def admit(batch: Sequence[RowRequest]) -> None:
             rows: list[Row] = []
+            before = live_rows()  # 0: the loop's start (a call); else the requests join a running loop
             for request in batch:
                 try:
                     prompts = check_prompts(request.prompts)
@@ -724,7 +725,8 @@ class ModelledEngine(EngineBase):
                 live.append([request, [c for c, _ in made], [r.passes for _, r in made], self.world.now])
                 rows += [r for _, r in made]
             if rows:
-                self.world.run(self.lane, self.costs.device, rows, False, key, self.costs.call_s + self.lane.prefill_s(rows), hold)
+                fixed = self.costs.join_cost(before) if before else self.costs.call_s
+                self.world.run(self.lane, self.costs.device, rows, False, key, fixed + self.lane.prefill_s(rows), hold)
 
         def live_rows() -> int:
             return sum(1 for e in live for n in e[2] if n)

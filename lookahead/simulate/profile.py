@@ -6,8 +6,9 @@ writes one from your own engines). It holds:
 - ``target``, ``draft`` (`EngineCosts`): per model, the device it runs on, how that device batches
   concurrent calls, the seconds of one decode step by the rows in the batch (the **batch-cost
   curve**), the seconds per prompt token not in the prefix cache (prefill), a fixed cost per call,
-  and the cost of one token-speculation verification pass relative to a decode step, with how it
-  grows with the rows of the pass (``spec_pass``, `SPEC_PASSES`);
+  the cost of one token-speculation verification pass relative to a decode step, with how it grows
+  with the rows of the pass (``spec_pass``, `SPEC_PASSES`), and for a ``joined`` engine what a call
+  joining its running loop costs the loop (``join_s``, by the rows live);
 - ``judge`` (`JudgeCosts`): the verifier's seconds per call and per judged pair, and its device;
 - ``workloads`` (`Workload`, by name): the problems (prompt tokens, steps per problem, tokens per
   step, or the measured step lengths of real problems), the step acceptance per lookahead depth
@@ -77,6 +78,7 @@ class EngineCosts:
     spec_step_cost: float = 1.2  # one token-speculation verification pass / one plain decode step (ratio)
     spec_num_tokens: int = 4  # most tokens proposed per row and verification pass (tokens)
     spec_pass: str = "memory-bound"  # how a verification pass scales with its rows (see SPEC_PASSES)
+    join_s: dict[int, float] = field(default_factory=dict)  # joined: one call joining a running loop of n rows (s); {}: call_s
     sources: dict[str, str] = field(default_factory=dict)  # field -> where its number comes from
 
     def verify_s(self, rows: float) -> float:
@@ -103,23 +105,34 @@ class EngineCosts:
 
     def step_s(self, rows: float) -> float:
         """Seconds of one decode step with ``rows`` rows: the curve, linear between and past its points."""
-        if rows < 1:
-            raise ValueError(f"rows must be >= 1 (got {rows})")
-        sizes = sorted(self.decode_s)
-        if rows in self.decode_s:
-            return self.decode_s[rows]
-        if len(sizes) == 1:
-            return self.decode_s[sizes[0]] * rows / sizes[0]
-        lo = max((s for s in sizes if s < rows), default=sizes[0])
-        hi = min((s for s in sizes if s > rows), default=sizes[-1])
-        if lo == hi:  # past the last point: the slope of the last two
-            lo, hi = sizes[-2], sizes[-1]
-        slope = (self.decode_s[hi] - self.decode_s[lo]) / (hi - lo)
-        return max(self.decode_s[lo] + slope * (rows - lo), self.decode_s[sizes[0]])
+        return on_curve(self.decode_s, rows)
+
+    def join_cost(self, rows: float) -> float:
+        """Seconds a call joining a running decode loop of ``rows`` rows costs it, beyond its uncached
+        prompt tokens (``join_s``; without it, a call's ``call_s``)."""
+        return on_curve(self.join_s, rows) if self.join_s else self.call_s
 
     def batch_costs(self, largest: int = 64) -> list[float]:
         """Seconds of one decode step by batch size, index 0 unused (`EngineBase.batch_costs`)."""
         return [math.inf] + [self.step_s(k) for k in range(1, max(largest, max(self.decode_s)) + 1)]
+
+
+def on_curve(points: dict[int, float], rows: float) -> float:
+    """``points`` (seconds by rows) at ``rows``: linear between the points and past the last two,
+    never below the first."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1 (got {rows})")
+    sizes = sorted(points)
+    if rows in points:
+        return points[rows]  # type: ignore[index]
+    if len(sizes) == 1:
+        return points[sizes[0]] * rows / sizes[0]
+    lo = max((s for s in sizes if s < rows), default=sizes[0])
+    hi = min((s for s in sizes if s > rows), default=sizes[-1])
+    if lo == hi:  # past the last point: the slope of the last two
+        lo, hi = sizes[-2], sizes[-1]
+    slope = (points[hi] - points[lo]) / (hi - lo)
+    return max(points[lo] + slope * (rows - lo), points[sizes[0]])
 
 
 @dataclass
@@ -190,6 +203,8 @@ class Profile:
                 if f.name == "sources":
                     continue
                 value = getattr(obj, f.name)
+                if f.name == "join_s" and not value:  # not measured (or no joining loop): call_s stands in
+                    continue
                 source = obj.sources.get(f.name, "not stated in the profile")
                 out.append({"input": f"{section}.{f.name}", "value": value, "source": source})
         for key, value in self.config.items():
@@ -281,12 +296,13 @@ def _section(cls: type, data: Any, where: str) -> Any:
 
 
 def _engine(data: Any, where: str) -> EngineCosts:
-    if isinstance(data, dict) and isinstance(data.get("decode_s"), dict):
-        data = dict(data)
-        try:
-            data["decode_s"] = {int(k): v for k, v in data["decode_s"].items()}
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}.decode_s must map a batch size (rows, an integer >= 1) to seconds, e.g. {{1: 0.015, 8: 0.016}}") from None
+    for key in ("decode_s", "join_s"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = dict(data)
+            try:
+                data[key] = {int(k): v for k, v in data[key].items()}
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}.{key} must map a batch size (rows, an integer >= 1) to seconds, e.g. {{1: 0.015, 8: 0.016}}") from None
     return _section(EngineCosts, data, where)
 
 
@@ -363,6 +379,11 @@ def _check_engine(engine: EngineCosts, where: str) -> None:
         previous = (rows, seconds)
     _nonnegative(engine.prefill_s_per_token, f"{where}.prefill_s_per_token", "seconds per uncached prompt token")
     _nonnegative(engine.call_s, f"{where}.call_s", "fixed seconds per call")
+    if not isinstance(engine.join_s, dict):
+        raise ConfigError(f"{where}.join_s must map rows in the loop to seconds, e.g. {{1: 0.04, 8: 0.06}} (measure it with lookahead profile)")
+    for rows, seconds in engine.join_s.items():
+        _at_least(rows, 1, f"{where}.join_s (a batch size)", "batch sizes are rows, 1 or more")
+        _nonnegative(seconds, f"{where}.join_s[{rows}]", "seconds one join costs the loop")
     _at_least(engine.max_batch_rows, 1, f"{where}.max_batch_rows", "e.g. 256")
     if engine.spec_step_cost < 1:
         raise ConfigError(f"{where}.spec_step_cost must be >= 1 (got {engine.spec_step_cost}); a verification pass costs at least a decode step")
