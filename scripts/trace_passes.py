@@ -7,8 +7,8 @@ HF engines timed (`HFEngine._forward`, `_forward_all`) and every join of a runni
 - ``passes``: per engine and kind (``decode``: one token per row; ``verification``: a token-level
   speculation pass, 1 + proposed tokens per row; ``prefill``: a wider pass outside a join; ``join``:
   a forward pass inside a join) the count, seconds, and mean rows and width;
-- ``verification_by_tokens``: the target's verification passes grouped by the tokens they feed
-  (rows x width, rounded up to the profile's batch sizes), their mean seconds, and (with
+- ``verification_by_tokens``: the target's verification passes (the engine with the most seconds of
+  them) grouped by the tokens they feed (rows x width), their mean seconds, and (with
   ``--profile``) what the profile's curve gives for a decode step of that many rows and what the
   simulator charges under each ``spec_pass`` model;
 - ``joins``: the joins' wall seconds against the forward passes inside them (the rest is copying the
@@ -147,7 +147,14 @@ def summarize(events: list[dict[str, Any]], profile_path: Path | None) -> dict[s
         costs = load_profile(str(profile_path)).target
         compute_bound = dataclasses.replace(costs, spec_pass="compute-bound")
         report["profile"] = str(profile_path)
-    verifications = [e for (engine, kind), es in groups.items() if kind == "verification" for e in es]
+    # the target's: the engine with the most seconds of verification passes (a draft that speculates too is cheaper)
+    spent: dict[str, float] = collections.Counter()
+    for (engine, kind), es in groups.items():
+        if kind == "verification":
+            spent[engine] += sum(e["s"] for e in es)
+    target = max(spent, key=spent.__getitem__) if spent else None
+    report["target"] = target
+    verifications = [e for (engine, kind), es in groups.items() if kind == "verification" and engine == target for e in es]
     by_tokens: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
     for e in verifications:
         by_tokens[e["rows"] * e["width"]].append(e)
@@ -169,9 +176,8 @@ def summarize(events: list[dict[str, Any]], profile_path: Path | None) -> dict[s
             totals = report["verification_totals"]
             totals["curve_at_tokens_fed_s"] = round(sum(costs.step_s(e["rows"] * e["width"]) for e in verifications), 3)
             # the simulator charges every pass of a speculating call (plain ones too) as a verification pass:
-            # with a run whose every target call speculates (sd), those are the speculating engine's passes
-            speculating = {e["engine"] for e in verifications}
-            spec_passes = verifications + [e for (engine, kind), es in groups.items() if kind == "decode" and engine in speculating for e in es]
+            # with a run whose every target call speculates (sd), those are the target's decode passes too
+            spec_passes = verifications + [e for (engine, kind), es in groups.items() if kind == "decode" and engine == target for e in es]
             memory_bound = dataclasses.replace(costs, spec_pass="memory-bound")
             totals["speculating_passes"] = len(spec_passes)
             totals["speculating_passes_s"] = round(sum(e["s"] for e in spec_passes), 3)

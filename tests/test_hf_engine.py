@@ -385,12 +385,15 @@ def test_output_vocab_file_errors(model, tokenizer, tmp_path):
 
 
 def test_measure_join_times_what_a_join_costs_a_running_loop(model, tokenizer):
-    """lookahead profile's join_s: a loop with one more row joining it costs more than the loop alone, by
-    at least the join's forward pass; an engine without a joining loop has none to measure."""
+    """lookahead profile's join_s: the pass during which a row joins costs more than the loop's other
+    passes; a loop too short to hold a join is refused; an engine without a joining loop has none to measure."""
     from lookahead.engines.costs import measure_join
     from lookahead.engines.fake import FakeEngine
+    from lookahead.errors import ConfigError
 
     engine = HFEngine(model, tokenizer)
-    joins = measure_join(engine, [1, 4], tokens=8, after=2, repeats=1)
-    assert sorted(joins) == [1, 4] and all(seconds > 0 for seconds in joins.values())
+    joins = measure_join(engine, [1, 4], tokens=8, after=2, repeats=3)
+    with pytest.raises(ConfigError, match="measuring a join needs"):
+        measure_join(engine, [1], tokens=2, after=2, repeats=1)
+    assert sorted(joins) == [1, 4] and min(joins.values()) >= 0 and max(joins.values()) > 0
     assert measure_join(FakeEngine(["a\n\n"]), [1]) == {}

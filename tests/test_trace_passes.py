@@ -34,11 +34,13 @@ def test_passes_are_grouped_and_joins_split_into_forward_and_the_rest(trace):
         event("forward", 1.3, 0.07, 8, 1),
         event("verification", 1.4, 0.11, 3, 5),
         event("verification", 1.6, 0.06, 1, 5),
+        event("verification", 1.7, 0.003, 2, 5, engine="draft"),  # a draft that speculates too: not the target's
     ]
     report = trace.summarize(events, PROFILE)
     kinds = {(r["kind"]): r for r in report["passes"]}
     assert kinds["decode"]["passes"] == 2 and kinds["join"]["passes"] == 1 and "prefill" not in kinds
     assert report["joins"] == {"count": 1, "wall_s": 0.1, "forward_s": 0.04, "other_ms_per_join": 60.0}
+    assert report["target"] == "target"
     by_tokens = {r["tokens"]: r for r in report["verification_by_tokens"]}
     assert set(by_tokens) == {5, 15} and by_tokens[15]["mean_ms"] == 110.0
     costs = load_profile(str(PROFILE)).target

@@ -7,10 +7,10 @@ Ray pool, an SGLang / OpenAI-compatible server), with the calls the loop makes.
   non-decreasing (an engine pads to the cheapest batch at or above a size);
 - **prefill** (``prefill_s_per_token``): a long fresh prompt against a short one, one new token;
 - **per-call cost** (``call_s``): the short 1-row call less its decode steps;
-- **join cost** (``join_s``, engines with a joining decode loop: the HF engine): a loop of n rows
-  with one more row joining it after a few passes (a cached prompt plus one word, one new token),
-  against the same loop alone. The difference is what a join costs the loop: its forward pass,
-  and splicing the row into the batch's KV cache and out again (it grows with the rows live).
+- **join cost** (``join_s``, engines with a joining decode loop: the HF engine): in a loop of n
+  rows, the pass during which one more row joins (a cached prompt plus one word, one new token)
+  less the loop's median pass: what a join costs the loop (its forward pass, and splicing the row
+  into the batch's KV cache and out again, which grows with the rows live).
 
 `lookahead profile` writes these into a cost profile; `lookahead bench` uses the curve as the
 target's b(k) where it cannot time the model's forward pass itself (a served target).
@@ -95,10 +95,13 @@ def measure_engine(engine: Any, sizes: Sequence[int], short: int = 4, long: int 
     return CallTimes(curve, round(prefill, 9), round(intercept, 6))  # (the timed calls' prompts were cached)
 
 
-def measure_join(engine: Any, sizes: Sequence[int], tokens: int = 12, after: int = 4, repeats: int = 2,
+def measure_join(engine: Any, sizes: Sequence[int], tokens: int = 12, after: int = 4, repeats: int = 3,
                  seed: int = 2, say: Say = _quiet, context_words: int = 40) -> dict[int, float]:
     """Seconds one join costs a running decode loop of n rows, for n in ``sizes`` (module docstring);
-    {} for an engine without a joining loop (``generate_requests``)."""
+    {} for an engine without a joining loop (``generate_requests``). The loop asks its ``join``
+    callback once per forward pass, so the time between two asks is one pass: the pass during which
+    a row joined (prefilled, spliced into the batch, ended after its one token and cut out again)
+    less the median of the loop's other passes, the median over ``repeats`` loops."""
     from lookahead.engines.base import RowRequest
 
     run = getattr(engine, "generate_requests", None)
@@ -107,30 +110,30 @@ def measure_join(engine: Any, sizes: Sequence[int], tokens: int = 12, after: int
     rng = random.Random(seed)
     base = filler_words(max(context_words, 1), rng)
 
-    def loop(prompts: list[str], joiner: str | None) -> float:
-        def request(texts: list[str], new: int) -> RowRequest:
-            return RowRequest(list(texts), [SamplingParams(max_new_tokens=new)] * len(texts), lambda out: None)
+    def request(texts: list[str], new: int) -> RowRequest:
+        return RowRequest(list(texts), [SamplingParams(max_new_tokens=new)] * len(texts), lambda out: None)
 
-        passes = 0
+    def one_join(prompts: list[str], joiner: str) -> float:
+        asked: list[float] = []
 
         def join(live_rows: int) -> list[RowRequest]:
-            nonlocal passes
-            passes += 1
-            return [request([joiner], 1)] if joiner is not None and passes == after else []
+            asked.append(time.perf_counter())
+            return [request([joiner], 1)] if len(asked) == after else []
 
-        start = time.perf_counter()
         run([request(prompts, tokens)], stop=(), join=join)
-        return time.perf_counter() - start
+        passes = [b - a for a, b in zip(asked, asked[1:], strict=False)]
+        if len(passes) <= after:
+            raise ConfigError(f"{engine.name} ended its rows after {len(passes)} passes; measuring a join needs {after + 1}")
+        others = sorted(p for i, p in enumerate(passes) if i != after - 1)
+        return passes[after - 1] - others[len(others) // 2]
 
     out: dict[int, float] = {}
     for n in sorted(set(sizes)):
         say(f"{engine.name}: a join into {n} row(s)")
         prompts = [f"{base} {i}: {filler_words(4, rng)}" for i in range(n)]
         engine.generate(prompts, SamplingParams(max_new_tokens=1), stop=())  # cached, as a round's rows are
-        joiner = f"{prompts[0]} {filler_words(1, rng)}"
-        alone = min(loop(prompts, None) for _ in range(repeats))
-        joined = min(loop(prompts, joiner) for _ in range(repeats))
-        out[n] = round(max(joined - alone, 0.0), 6)
+        costs = sorted(one_join(prompts, f"{prompts[0]} {filler_words(1, rng)}") for _ in range(repeats))
+        out[n] = round(max(costs[len(costs) // 2], 0.0), 6)
     return out
 
 

@@ -189,7 +189,7 @@ def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: 
     with LookaheadReasoner(config, **(engines or {})) as reasoner:
         say("measuring the draft")
         draft = measure_engine(reasoner.draft, [1, 2], repeats=repeats, seed=1, say=say)
-        draft.join_s = measure_join(reasoner.draft, [1, 4, 8], repeats=repeats, say=say)
+        draft.join_s = measure_join(reasoner.draft, [1, 4, 8], say=say)
         say("measuring the verifier")
         judge_call, judge_pair = measure_judge(reasoner.verifier, pairs, repeats)
         load, per_token = measure_workload(reasoner, questions, gamma, token_sd, say, draft)
@@ -198,8 +198,8 @@ def measure_profile(config: LookaheadConfig, questions: Sequence[str], *, task: 
         say(f"measuring the target (at a {context}-word context)")
         target = measure_engine(reasoner.target, loop_sizes(config, gamma, sizes), repeats=repeats, say=say,
                                 context_words=context)
-        target.join_s = measure_join(reasoner.target, [1, *(n for n in target.decode_s if n >= 4)], repeats=repeats,
-                                     say=say, context_words=context)
+        target.join_s = measure_join(reasoner.target, [1, *(n for n in target.decode_s if n >= 4)], say=say,
+                                     context_words=context)
         spec_cost = 1.0
         if token_sd and per_token.get("sd") and per_token["ar"]:
             spec_cost = max(load.target_acceptance_length * per_token["sd"] / per_token["ar"], 1.0)
@@ -253,8 +253,8 @@ def _engine_costs(times: CallTimes, cfg: Any, name: str, when: str, repeats: int
         "call_s": f"{when}: the short 1-row call (its prompt cached) less its decode steps",
         "spec_step_cost": (f"{when}: sd run's target s/token x token acceptance length / ar run's s/token"
                            if token_sd else "not measured (give --token-sd): 1.0"),
-        **({"join_s": f"{when}: a loop of n rows with one cached row joining after 4 passes against the loop alone, "
-                      f"{repeats} tries each"} if times.join_s else {}),
+        **({"join_s": f"{when}: in a loop of n rows, the pass during which one cached row joined less the loop's median "
+                      "pass, median of 3 loops"} if times.join_s else {}),
         "spec_pass": (SPEC_PASS_CPU if costs.spec_pass == "compute-bound"
                       else "assumed: a server or a GPU reads the weights and each row's KV cache once per pass"),
     }
