@@ -453,6 +453,32 @@ def test_compare_under_load_matches_the_evals_k_and_its_latency_speedup():
     assert [b["k"] for b in report["measured"]["benches"]] == [1, 4]
 
 
+def test_several_evals_at_one_k_are_compared_by_their_mean_with_their_spread(tmp_path):
+    """Real runs under load vary: --compare given several evals at one K compares their mean seconds and
+    pooled speedup (mean ar over mean run), and reports the spread of each."""
+    from lookahead.simulate.run import pool_benches
+
+    def eval_at(ar_s, lr_s, lr_speedup):
+        return {"concurrency": 4, "command": "c", "runs": [{"label": "ar", "mean_wall_time_s": ar_s, "speedup": 1.0},
+                                                        {"label": "lr", "mean_wall_time_s": lr_s, "speedup": lr_speedup}]}
+
+    pooled = pool_benches([eval_at(10.0, 20.0, 0.5), eval_at(12.0, 16.0, 0.75)])
+    lr = {r["label"]: r for r in pooled["runs"]}["lr"]
+    assert lr["mean_wall_time_s"] == 18.0 and lr["speedup"] == pytest.approx(11.0 / 18.0)
+    assert lr["mean_wall_time_s_range"] == [16.0, 20.0] and lr["speedup_range"] == [0.5, 0.75] and lr["evals"] == 2
+    files = []
+    for i, e in enumerate((eval_at(10.0, 20.0, 0.5), eval_at(12.0, 16.0, 0.75))):
+        files += ["--compare", str(tmp_path / f"e{i}.json")]
+        (tmp_path / f"e{i}.json").write_text(json.dumps(e), encoding="utf-8")
+    toy_file = tmp_path / "toy.yaml"
+    toy_file.write_text(yaml.safe_dump(TOY))
+    result = cli("simulate", "--profile", str(toy_file), "--runs", "ar,lr", "--k", "4", "--problems", "4", *files,
+                 "--out", str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    rows = {r["run"]: r for r in json.loads((tmp_path / "r.json").read_text())["measured"]["runs"]}
+    assert rows["lr"]["measured_s"] == 18.0 and rows["lr"]["evals"] == 2 and rows["lr"]["speedup_range"] == [0.5, 0.75]
+
+
 def test_what_if_acceptance_replaces_the_workloads_and_says_so():
     """--acceptance: the simulated acceptance and its source in the report are the what-if value."""
     report = simulate(toy(), runs="ar,lr", ks=[1], problems=2, acceptance=[1.0])

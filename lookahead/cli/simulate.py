@@ -132,7 +132,8 @@ def simulate_command(
     compare: Annotated[list[Path] | None, typer.Option(help="A `lookahead bench` report or `lookahead eval` summary.json of the "
                                                        "same runs and problems: simulated vs measured seconds per problem and "
                                                        "speedup, at the K the eval ran with (its --concurrency; a bench: the first "
-                                                       "--k). Repeat it for several K.")] = None,
+                                                       "--k). Repeat it for several K, or for several evals at one K: their mean is compared "
+                                                       "and their spread reported (real runs under load vary).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Project speedup and throughput of every mode vs load from a cost profile, with the real loop.
@@ -146,7 +147,7 @@ def simulate_command(
     simulation; the report lists every input with its source.
     """
     from lookahead.simulate import load_profile, simulate, write_report
-    from lookahead.simulate.run import compare_measured
+    from lookahead.simulate.run import compare_measured, pool_benches
 
     ks = _ks(k)
     what_if = None
@@ -162,12 +163,15 @@ def simulate_command(
             report = simulate(chosen, runs=runs, ks=ks, problems=problems, workload=workload, seed=seed,
                               overrides=list(set_ or []), batcher=batcher, acceptance=what_if,
                               on_run=lambda r: status.update(f"simulated {r['run']} at K={r['k']}"))
+        by_k: dict[int, list[dict[str, Any]]] = {}
         for path in compare or []:
             bench = _read_bench(path)
             at = int(bench.get("concurrency") or ks[0])
             if at not in ks:
                 raise fail(f"--compare {path}: its runs had {at} problems in flight; add {at} to --k")
-            compare_measured(report, bench, at)
+            by_k.setdefault(at, []).append(bench)
+        for at, benches in by_k.items():
+            compare_measured(report, pool_benches(benches) if len(benches) > 1 else benches[0], at)
     except LookaheadError as exc:
         raise fail(str(exc)) from None
     png = None

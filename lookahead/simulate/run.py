@@ -45,7 +45,7 @@ from typing import Any
 
 from lookahead.config import LookaheadConfig, config_from_dict, configured
 from lookahead.errors import ConfigError
-from lookahead.eval.harness import RunSpec, parse_run_specs
+from lookahead.eval.harness import BASELINE, RunSpec, parse_run_specs
 from lookahead.loop import LookaheadReasoner
 from lookahead.rounds.state import ProblemState
 from lookahead.scheduler import Job, run_many
@@ -329,6 +329,32 @@ def _reference_vs_ours(rows: list[dict[str, Any]], profile: Profile) -> list[dic
     return out
 
 
+def pool_benches(benches: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several evals (or benches) of the same runs at one K as one: per run label, the mean of their
+    ``mean_wall_time_s``, the pooled speedup (the mean ``ar`` seconds over the run's mean, as the
+    eval's summed wall times give it, the same problems in each), and the spread of both across them
+    (``mean_wall_time_s_range``, ``speedup_range``, ``evals``). Runs missing from one are left out."""
+    first = benches[0]
+    labels = [r["label"] for r in first.get("runs", []) if r.get("mean_wall_time_s")]
+    tables = [{r["label"]: r for r in b.get("runs", [])} for b in benches]
+    seconds = {label: [t[label]["mean_wall_time_s"] for t in tables if t.get(label, {}).get("mean_wall_time_s")] for label in labels}
+    seconds = {label: s for label, s in seconds.items() if len(s) == len(benches)}
+    runs = []
+    ar = seconds.get(BASELINE)
+    for label, values in seconds.items():
+        speedups = [t[label].get("speedup") for t in tables]
+        runs.append({
+            "label": label,
+            "mean_wall_time_s": sum(values) / len(values),
+            "speedup": (sum(ar) / sum(values)) if ar else None,
+            "mean_wall_time_s_range": [min(values), max(values)],
+            "speedup_range": [min(speedups), max(speedups)] if all(x is not None for x in speedups) else None,
+            "evals": len(values),
+        })
+    return {"runs": runs, "concurrency": first.get("concurrency"), "machine": first.get("machine"),
+            "command": " ; ".join(str(b.get("command")) for b in benches)}
+
+
 def compare_measured(report: dict[str, Any], bench: dict[str, Any], k: int | None = None) -> list[dict[str, Any]]:
     """The simulated runs at ``k`` next to real runs of the same runs and problems: a ``lookahead bench``
     report or a ``lookahead eval`` summary.json (both list ``runs`` with ``label``, ``mean_wall_time_s``, ``speedup``).
@@ -360,6 +386,7 @@ def compare_measured(report: dict[str, Any], bench: dict[str, Any], k: int | Non
             "simulated_speedup": speedup,
             "measured_speedup": real.get("speedup"),
             "speedup_error": round(speedup / real["speedup"] - 1, 4) if real.get("speedup") and speedup else None,
+            **{key: real[key] for key in ("mean_wall_time_s_range", "speedup_range", "evals") if key in real},
         })
     previous = report.get("measured") or {}
     every = [*previous.get("runs", []), *rows]
