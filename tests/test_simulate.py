@@ -330,6 +330,23 @@ def test_profile_measured_on_fake_engines_is_read_by_simulate(tmp_path):
     assert {r["run"] for r in report["runs"]} == {"ar", "lr"}
 
 
+def test_token_sd_profile_measures_the_drafts_own_acceptance_length_in_an_lr_sd_run():
+    """--token-sd: the sd run gives the target's token acceptance length, an lr+sd run the draft's own
+    (a copying draft accepts more than the target; it used to be assumed equal)."""
+    from lookahead.config import config_from_dict
+    from lookahead.engines.fake import DEFAULT_SCRIPT, FakeEngine
+
+    target, draft = FakeEngine(DEFAULT_SCRIPT), FakeEngine(DEFAULT_SCRIPT, name="fake-draft")
+    target.spec_accept_per_pass, draft.spec_accept_per_pass = 1, 3  # tokens accepted per verification pass
+    cfg = config_from_dict({"target": {"backend": "fake"}, "draft": {"backend": "fake"}, "max_step_tokens": 64})
+    profile = measure_profile(cfg, ["q1", "q2"], task="toy", gamma=2, repeats=1, sizes=[2], token_sd=True,
+                              engines={"target": target, "draft": draft})
+    load = profile.workloads["toy"]
+    assert load.target_acceptance_length < load.draft_acceptance_length <= 4.0
+    assert "lr+sd run" in load.sources["draft_acceptance_length"]
+    assert True in draft.speculate_calls  # the draft speculated: the lr+sd run
+
+
 def test_profile_of_servers_names_each_server_a_continuous_device(tmp_path):
     """lookahead profile over (mock) SGLang and OpenAI-compatible servers: each server is its own continuous device."""
     from lookahead.config import config_from_dict

@@ -193,7 +193,7 @@ def profile_command(
     data_dir: DataDirOpt = None,
     gamma: Annotated[int, typer.Option(help="Lookahead depth of the lr run that measures acceptance per depth.")] = 2,
     batch_sizes: Annotated[str, typer.Option(help="Extra target batch sizes to time, comma-separated.")] = "",
-    token_sd: Annotated[bool, typer.Option("--token-sd/--no-token-sd", help="Also run sd to measure token speculation.")] = False,
+    token_sd: Annotated[bool, typer.Option("--token-sd/--no-token-sd", help="Also run sd and lr+sd to measure token speculation (the target's and the draft's acceptance).")] = False,
     repeats: Annotated[int, typer.Option(help="Timed tries per measurement (the best counts).")] = 2,
     config: ConfigOpt = "default",
     set_: SetOpt = None,
@@ -204,7 +204,7 @@ def profile_command(
     Times the target's decode step at the batch sizes the loop uses, its prefill per token and
     per-call cost, the same for the draft, the verifier per call and per pair; then short ar and lr
     runs on --limit problems of --task give the problems' step lengths and the acceptance per
-    depth (and with --token-sd an sd run the token acceptance length). Writes --out (YAML), every
+    depth (and with --token-sd sd and lr+sd runs: the token acceptance lengths). Writes --out (YAML), every
     number with its source.
     """
     from lookahead.config import load_config

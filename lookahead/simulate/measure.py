@@ -17,9 +17,9 @@ Everything goes through the engines the config builds (in-process ``hf``, or ``s
 - **workload** (from ``--limit`` problems of ``--task``): an ``ar`` run gives each problem's
   prompt tokens and step lengths (the simulation replays exactly these problems), an ``lr`` run
   at ``--gamma`` the conditional step acceptance per depth and the share of complete draft steps,
-  and with ``--token-sd`` an ``sd`` run the token acceptance length and the cost of a
+  and with ``--token-sd`` an ``sd`` run the target's token acceptance length and the cost of a
   verification pass (relative to a plain decode step, from the ``sd`` and ``ar`` runs' target
-  seconds per token).
+  seconds per token), and an ``lr+sd`` run the draft's own token acceptance length.
 
 Every number is written with its source ("measured: ... on <machine>, <date>"). A measured batch
 cost is a minimum over ``--repeats`` calls; on a shared machine, rerun when the machine is quiet.
@@ -153,10 +153,19 @@ def measure_workload(reasoner: Any, questions: Sequence[str], gamma: int, token_
         passes = sum(r.stats["spec_verify_passes"] for r in sd)
         accepted = sum(r.stats["spec_accepted_tokens"] for r in sd)
         load.target_acceptance_length = round((accepted + passes) / passes, 4) if passes else 1.0
-        load.draft_acceptance_length = load.target_acceptance_length
         per_token["sd"] = _target_s_per_token(sd)
         load.sources["target_acceptance_length"] = f"{when}: sd run, (accepted + passes) / passes of the target's calls"
-        load.sources["draft_acceptance_length"] = "assumed: the target's (the draft's own was not measured)"
+        # the draft speculates tokens in lr+sd only, and copies what it saw more than the target does
+        both = _solve(reasoner, questions, "lr+sd", say, gamma=gamma, adaptive_gamma=False, pipeline=False, width=1)
+        passes = sum(r.stats.get("spec_draft_calls_verify_passes", 0) for r in both)
+        accepted = sum(r.stats.get("spec_draft_calls_accepted_tokens", 0) for r in both)
+        if passes:
+            load.draft_acceptance_length = round((accepted + passes) / passes, 4)
+            load.sources["draft_acceptance_length"] = (f"{when}: lr+sd run at gamma={gamma}, (accepted + passes) / passes "
+                                                       "of the draft's calls")
+        else:
+            load.draft_acceptance_length = load.target_acceptance_length
+            load.sources["draft_acceptance_length"] = "assumed: the target's (the lr+sd run's draft reported no passes)"
     return load, per_token
 
 
