@@ -58,15 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     if not eval_args:
         print("give the lookahead eval arguments after --", file=sys.stderr)
         return 2
+    costs = None
+    if args.profile is not None:  # read before the eval runs: a bad profile must not cost a whole eval
+        from lookahead.errors import ConfigError
+        from lookahead.simulate.profile import load_profile
+
+        try:
+            costs = load_profile(str(args.profile)).target
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     events = record_passes()
     from lookahead.cli import app
 
     try:
-        app(["eval", *eval_args], standalone_mode=False)
+        app(["eval", *eval_args], prog_name="lookahead")  # a bad eval argument gets the eval's own one-line error
     except SystemExit as exc:
         if exc.code:
             return int(exc.code)
-    report = summarize(events, args.profile)
+    report = summarize(events, costs, str(args.profile) if args.profile else None)
     report["command"] = "python scripts/trace_passes.py " + shlex.join(argv)
     report["machine"] = f"{platform.platform()}, {platform.machine()}, python {platform.python_version()}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +120,9 @@ def record_passes() -> list[dict[str, Any]]:
     return events
 
 
-def summarize(events: list[dict[str, Any]], profile_path: Path | None) -> dict[str, Any]:
+def summarize(events: list[dict[str, Any]], costs: Any = None, profile: str | None = None) -> dict[str, Any]:
+    """The report (module docstring) of ``events``; ``costs``: the target's `EngineCosts` of the profile
+    named ``profile``, to put its models next to the passes."""
     joins = [e for e in events if e["kind"] == "join"]
     start = min((e["t"] for e in joins), default=min((e["t"] for e in events), default=0.0)) - 1e-6
     events = [e for e in events if e["t"] >= start]
@@ -140,13 +152,9 @@ def summarize(events: list[dict[str, Any]], profile_path: Path | None) -> dict[s
             "forward_s": round(sum(e["s"] for e in passes), 3),
         },
     }
-    costs = None
-    if profile_path is not None:
-        from lookahead.simulate.profile import load_profile
-
-        costs = load_profile(str(profile_path)).target
+    if costs is not None:
         compute_bound = dataclasses.replace(costs, spec_pass="compute-bound")
-        report["profile"] = str(profile_path)
+        report["profile"] = profile
     # the target's: the engine with the most seconds of verification passes (a draft that speculates too is cheaper)
     spent: dict[str, float] = collections.Counter()
     for (engine, kind), es in groups.items():

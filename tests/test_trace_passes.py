@@ -36,7 +36,7 @@ def test_passes_are_grouped_and_joins_split_into_forward_and_the_rest(trace):
         event("verification", 1.6, 0.06, 1, 5),
         event("verification", 1.7, 0.003, 2, 5, engine="draft"),  # a draft that speculates too: not the target's
     ]
-    report = trace.summarize(events, PROFILE)
+    report = trace.summarize(events, load_profile(str(PROFILE)).target, str(PROFILE))
     kinds = {(r["kind"]): r for r in report["passes"]}
     assert kinds["decode"]["passes"] == 2 and kinds["join"]["passes"] == 1 and "prefill" not in kinds
     assert report["joins"] == {"count": 1, "wall_s": 0.1, "forward_s": 0.04, "other_ms_per_join": 60.0}
@@ -53,3 +53,16 @@ def test_passes_are_grouped_and_joins_split_into_forward_and_the_rest(trace):
 def test_without_eval_arguments_it_says_how_to_call_it(trace, capsys):
     assert trace.main(["--out", "x.json"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_a_bad_profile_or_eval_argument_is_one_line_and_exit_2(trace, tmp_path, capsys, monkeypatch):
+    """The profile is read before the eval runs; a bad eval option gets the eval's own usage error."""
+    from lookahead.engines.hf import HFEngine
+
+    for name in ("_forward", "_forward_all", "_join"):  # the script patches them: restored after the test
+        monkeypatch.setattr(HFEngine, name, getattr(HFEngine, name))
+    out = tmp_path / "x.json"
+    assert trace.main(["--out", str(out), "--profile", str(tmp_path / "none.yaml"), "--", "--task", "gsm8k"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert trace.main(["--out", str(out), "--", "--bogus"]) == 2
+    assert "No such option" in capsys.readouterr().err and not out.exists()
