@@ -42,6 +42,7 @@ from lookahead.config import LookaheadConfig, configured, uses_token_speculation
 from lookahead.engines.costs import CallTimes, filler_words, measure_engine, measure_join
 from lookahead.errors import DataError
 from lookahead.simulate.profile import EngineCosts, JudgeCosts, Profile, Workload, check_profile
+from lookahead.stats import TokenSpecStats
 from lookahead.types import Result
 
 Say = Callable[[str], None]
@@ -150,23 +151,30 @@ def measure_workload(reasoner: Any, questions: Sequence[str], gamma: int, token_
     }
     if token_sd:
         sd = _solve(reasoner, questions, "sd", say)
-        passes = sum(r.stats["spec_verify_passes"] for r in sd)
-        accepted = sum(r.stats["spec_accepted_tokens"] for r in sd)
-        load.target_acceptance_length = round((accepted + passes) / passes, 4) if passes else 1.0
+        load.target_acceptance_length = _acceptance_length(sd, "spec_") or 1.0
         per_token["sd"] = _target_s_per_token(sd)
         load.sources["target_acceptance_length"] = f"{when}: sd run, (accepted + passes) / passes of the target's calls"
         # the draft speculates tokens in lr+sd only, and copies what it saw more than the target does
         both = _solve(reasoner, questions, "lr+sd", say, gamma=gamma, adaptive_gamma=False, pipeline=False, width=1)
-        passes = sum(r.stats.get("spec_draft_calls_verify_passes", 0) for r in both)
-        accepted = sum(r.stats.get("spec_draft_calls_accepted_tokens", 0) for r in both)
-        if passes:
-            load.draft_acceptance_length = round((accepted + passes) / passes, 4)
+        draft_length = _acceptance_length(both, "spec_draft_calls_")
+        if draft_length:
+            load.draft_acceptance_length = draft_length
             load.sources["draft_acceptance_length"] = (f"{when}: lr+sd run at gamma={gamma}, (accepted + passes) / passes "
                                                        "of the draft's calls")
         else:
             load.draft_acceptance_length = load.target_acceptance_length
             load.sources["draft_acceptance_length"] = "assumed: the target's (the lr+sd run's draft reported no passes)"
     return load, per_token
+
+
+def _acceptance_length(results: Sequence[Result], counts: str) -> float:
+    """Token acceptance length of one side's calls over ``results``, from their summed stats counts
+    (``counts``: ``spec_`` the target's, ``spec_draft_calls_`` the draft's); 0.0 without passes."""
+    summed = TokenSpecStats(
+        spec_accepted_tokens=sum(r.stats.get(f"{counts}accepted_tokens", 0) for r in results),
+        spec_verify_passes=sum(r.stats.get(f"{counts}verify_passes", 0) for r in results),
+    )
+    return round(summed.acceptance_length, 4)
 
 
 def _target_s_per_token(results: Sequence[Result]) -> float:
