@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lookahead.config import SamplingParams
+from lookahead.engines.base import RowRequest
 from lookahead.errors import ConfigError
 
 Say = Callable[[str], None]
@@ -102,8 +103,6 @@ def measure_join(engine: Any, sizes: Sequence[int], tokens: int = 12, after: int
     callback once per forward pass, so the time between two asks is one pass: the pass during which
     a row joined (prefilled, spliced into the batch, ended after its one token and cut out again)
     less the median of the loop's other passes, the median over ``repeats`` loops."""
-    from lookahead.engines.base import RowRequest
-
     run = getattr(engine, "generate_requests", None)
     if run is None:
         return {}
